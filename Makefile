@@ -1,0 +1,23 @@
+# The two commands a new user needs (see README): `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+KDTUNE := $(VENV)/bin/kdtune
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup-venv.sh
+
+demo: setup
+	$(PY) -m kdtune demo
+
+test: setup
+	$(PY) -m ruff check kdtune tests
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	 if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; exit $$rc
+
+lint: setup
+	$(PY) -m ruff check kdtune tests
+
+clean:
+	rm -rf kdtune-runs .pytest_cache .ruff_cache

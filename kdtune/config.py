@@ -1,0 +1,242 @@
+"""The training config: one frozen dataclass, loaded from dicts/YAML and validated.
+
+Every hop of a hyper-parameter (YAML -> search space -> trial -> trainer) ends here: the
+trainer reads nothing but a :class:`TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdtune.errors import KdtuneError, choose_one
+
+SCHEDULES = ("multistep", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Fields handed to ``create_model`` when set; everything else is a training setting.
+MODEL_FIELDS = ("hidden", "dropout", "blocks", "block", "stem_stride", "width", "depth",
+                "widen_factor")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that fixes one training run (teacher or student)."""
+
+    # data
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    train_per_class: int | None = None
+    augment: bool | None = None  # None: the dataset's default
+    # model (unset fields keep the model's defaults)
+    model: str = "mlp"
+    hidden: tuple[int, ...] | None = None
+    dropout: float | None = None
+    blocks: tuple[int, ...] | None = None
+    block: str | None = None
+    stem_stride: int | None = None
+    width: int | None = None
+    depth: int | None = None
+    widen_factor: int | None = None
+    # distillation
+    method: str = "vanilla"
+    alpha: float = 0.5
+    temperature: float = 4.0
+    t_right: float | None = None
+    t_wrong: float | None = None
+    teacher: str | None = None
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    seed: int = 0
+    # execution
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True  # autocast on CUDA only; ignored on CPU
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
+        """Build from a plain mapping (YAML, CLI, a search trial), coercing types.
+
+        Unknown keys are rejected with the closest valid key as a suggestion.
+        """
+        names = cls.field_names()
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise KdtuneError(f"{where}: unknown key {key!r}{hint}; "
+                                  f"valid keys: {', '.join(names)}")
+            kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Load a YAML file; ``overrides`` (e.g. CLI flags) win over the file."""
+        data = load_yaml_mapping(path)
+        data.update(overrides)
+        return cls.from_dict(data, where=str(path))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-friendly dict (tuples become lists)."""
+        out = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The model fields that are set, as keyword arguments for ``create_model``."""
+        return {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors are one line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise KdtuneError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KdtuneError(f"{path}: invalid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KdtuneError(f"{path}: expected a mapping of keys to values, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Coerce a YAML/CLI value to the annotated type, or raise a one-line error."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            value = _split_ints(value, where)
+        if not isinstance(value, list | tuple):
+            raise KdtuneError(f"{where}: expected a list of integers, got {value!r}")
+        return tuple(_coerce(v, int, where) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise KdtuneError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise KdtuneError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise KdtuneError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise KdtuneError(f"{where}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise KdtuneError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise KdtuneError(f"{where}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise KdtuneError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _split_ints(value: int | str, where: str) -> list[int]:
+    """``"300-300"``, ``"1,1,0,0"`` or ``300`` -> a list of ints."""
+    if isinstance(value, int):
+        return [value]
+    parts = [p for p in value.replace(",", " ").replace("-", " ").split()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise KdtuneError(f"{where}: expected integers like 300-300 or 1,1,0,0, "
+                          f"got {value!r}") from None
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Range checks that need no data. Model and dataset names are checked here too."""
+    from kdtune.data import list_datasets
+    from kdtune.methods import get_method
+    from kdtune.models import list_models
+
+    if cfg.dataset not in list_datasets():
+        raise choose_one("dataset", cfg.dataset, list_datasets())
+    if cfg.model not in list_models():
+        raise choose_one("model", cfg.model, list_models())
+    spec = get_method(cfg.method)
+    if cfg.schedule not in SCHEDULES:
+        raise choose_one("schedule", cfg.schedule, SCHEDULES)
+    if cfg.device not in DEVICES:
+        raise choose_one("device", cfg.device, DEVICES)
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise KdtuneError(f"alpha {cfg.alpha:g} is outside [0, 1] (alpha weighs the hard-label "
+                          "loss; 1 means no distillation)")
+    if spec.uses_temperature and cfg.temperature <= 0:
+        raise KdtuneError(f"temperature {cfg.temperature:g} must be > 0")
+    if spec.uses_two_temperatures:
+        for name in ("t_right", "t_wrong"):
+            value = getattr(cfg, name)
+            if value is None or value <= 0:
+                raise KdtuneError(f"method {cfg.method!r} needs {name} > 0 (got {value}); "
+                                  "pass --t-right and --t-wrong")
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size}
+    for name, value in positive.items():
+        if value < 1:
+            raise KdtuneError(f"{name} {value} must be >= 1")
+    if cfg.lr <= 0:
+        raise KdtuneError(f"lr {cfg.lr:g} must be > 0")
+    if cfg.weight_decay < 0 or not 0 <= cfg.momentum < 1:
+        raise KdtuneError(f"weight_decay {cfg.weight_decay:g} must be >= 0 and momentum "
+                          f"{cfg.momentum:g} in [0, 1)")
+    if cfg.train_per_class is not None and cfg.train_per_class < 1:
+        raise KdtuneError(f"train_per_class {cfg.train_per_class} must be >= 1")
+    if not 0 < cfg.val_fraction <= 0.5:
+        raise KdtuneError(f"val_fraction {cfg.val_fraction:g} must be in (0, 0.5]")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise KdtuneError(f"threads {cfg.threads} must be >= 1")

@@ -1,0 +1,74 @@
+"""Model quality and cost: accuracy, parameters, FLOPs, CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from kdtune.models import count_params
+
+__all__ = ["accuracy", "count_flops", "count_params", "cpu_latency_ms", "evaluate", "predict"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` (put in eval mode) on ``x``, computed in batches, as float32."""
+    model.eval()
+    outs = [model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax equals the label."""
+    if len(labels) == 0:
+        return float("nan")
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on ``(x, y)``."""
+    logits = predict(model, x)
+    loss = nn.functional.cross_entropy(logits, y.to(logits.device)).item() if len(y) else 0.0
+    return accuracy(logits, y.to(logits.device)), loss
+
+
+def count_flops(model: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs for one sample, counted by ``torch.utils.flop_counter``.
+
+    A multiply-add counts as two FLOPs (PyTorch's convention).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *in_shape, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def cpu_latency_ms(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, *,
+                   repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time in milliseconds of one forward pass of a batch on the CPU.
+
+    The model is copied to the CPU and timed in eval mode; the original is not moved.
+    """
+    import copy
+
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    x = torch.randn(batch_size, *in_shape)
+    for _ in range(warmup):
+        cpu_model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        cpu_model(x)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)

@@ -1,0 +1,39 @@
+"""Multi-layer perceptron on flattened inputs (the seed's 1200-1200 teacher, 50-600 students)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from kdtune.models.registry import check_dropout, check_int_list, register_model
+
+
+class MLP(nn.Sequential):
+    """Flatten, then ``Linear -> ReLU [-> Dropout]`` per hidden width, then a linear head."""
+
+    def __init__(
+        self, in_features: int, num_classes: int, hidden: Sequence[int], dropout: float
+    ) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+
+
+@register_model("mlp")
+def mlp(
+    num_classes: int,
+    in_shape: tuple[int, int, int],
+    hidden: Sequence[int] = (300,),
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MLP with hidden layer widths ``hidden`` (empty: a linear model) and ``dropout``."""
+    widths = check_int_list("hidden", hidden, minimum=1)
+    return MLP(math.prod(in_shape), num_classes, widths, check_dropout(dropout))

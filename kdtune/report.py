@@ -1,0 +1,95 @@
+"""Printing and saving run results (terminal tables, JSON, the student's files)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kdtune.teacher import atomic_save
+
+# How each metric is shown: (label, format).
+_FORMATS: dict[str, tuple[str, str]] = {
+    "val_accuracy": ("val accuracy", "{:.4f}"),
+    "test_accuracy": ("test accuracy", "{:.4f}"),
+    "val_loss": ("val loss", "{:.4f}"),
+    "params": ("params", "{:,.0f}"),
+    "flops": ("FLOPs / sample", "{:,.0f}"),
+    "latency_ms_b1": ("CPU latency, batch 1 (ms)", "{:.3f}"),
+    "latency_ms_b256": ("CPU latency, batch 256 (ms)", "{:.3f}"),
+    "speedup": ("speedup vs teacher (batch 256)", "{:.2f}x"),
+    "train_time_s": ("train time (s)", "{:.2f}"),
+    "teacher_params": ("teacher params", "{:,.0f}"),
+    "teacher_test_accuracy": ("teacher test accuracy", "{:.4f}"),
+    "teacher_latency_ms_b256": ("teacher CPU latency, batch 256 (ms)", "{:.3f}"),
+}
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def fmt(name: str, value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    _, pattern = _FORMATS.get(name, (name, "{}"))
+    try:
+        return pattern.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def print_metrics(metrics: Mapping[str, Any], *, title: str) -> None:
+    """A two-column table of the final metrics on stdout."""
+    table = Table(title=title, show_header=False)
+    for name, value in metrics.items():
+        table.add_row(_FORMATS.get(name, (name, ""))[0], fmt(name, value))
+    Console(highlight=False).print(table)
+
+
+def epoch_printer(stream: Console = stderr):
+    """A trainer callback printing one line per epoch to stderr (stdout stays for results)."""
+
+    def callback(metrics: Mapping[str, float], run: Any) -> None:
+        stream.print(f"epoch {int(metrics['epoch'])}/{run.config.epochs}  "
+                     f"loss {metrics['train_loss']:.4f}  val acc {metrics['val_accuracy']:.4f}  "
+                     f"{metrics['elapsed_s']:.1f}s")
+
+    return callback
+
+
+def json_ready(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metrics with NaN turned into null, so the JSON is valid."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in metrics.items()}
+
+
+def write_student(result: Any, out: str | Path) -> Path:
+    """Write ``student.pt`` (weights + config + metrics), ``metrics.json`` and ``config.yaml``."""
+    import yaml
+
+    folder = Path(out).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save({"format": "kdtune-student/1", "config": result.config.to_dict(),
+                 "metrics": dict(result.metrics), "state_dict": result.model.state_dict()},
+                folder / "student.pt")
+    (folder / "metrics.json").write_text(json.dumps(json_ready(result.metrics), indent=2))
+    (folder / "config.yaml").write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
+    return folder
+
+
+def table_from_rows(rows: list[Mapping[str, Any]], columns: list[str], *, title: str) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(_FORMATS.get(col, (col, ""))[0], justify="right")
+    for row in rows:
+        table.add_row(*[fmt(c, row.get(c, float("nan"))) for c in columns])
+    return table
+
+
+def print_table(table: Table) -> None:
+    Console(highlight=False, file=sys.stdout).print(table)

@@ -1,0 +1,188 @@
+"""Teacher checkpoints: fingerprint, compatibility check, cached teacher outputs.
+
+A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "kdtune-teacher/1", "fingerprint": str,
+     "model": {"name": str, "kwargs": dict},
+     "data": {"dataset", "split_seed", "val_fraction", "num_classes", "in_shape"},
+     "metrics": {...}, "state_dict": {...}}
+
+The fingerprint hashes the model spec, the data spec (with ``split_seed`` but not the
+training ``seed``, so one teacher serves students of every seed) and the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdtune.data import DataSplits
+from kdtune.errors import KdtuneError
+from kdtune.metrics import cpu_latency_ms, predict
+from kdtune.models import create_model
+
+FORMAT = "kdtune-teacher/1"
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher network with its identity and (optionally) cached outputs."""
+
+    model: nn.Module
+    fingerprint: str
+    spec: dict[str, Any]
+    # Teacher logits on un-augmented training sets, by ``DataSplits.key``. Filled once (on a
+    # sweep's driver) and carried along when the teacher is shipped to trials.
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _latency: dict[int, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.spec["data"]["in_shape"])  # type: ignore[return-value]
+
+    def latency_ms(self, batch_size: int) -> float:
+        """CPU latency of a forward pass, measured once per batch size and remembered."""
+        if batch_size not in self._latency:
+            self._latency[batch_size] = cpu_latency_ms(self.model, self.in_shape, batch_size)
+        return self._latency[batch_size]
+
+    def to(self, device: torch.device | str) -> Teacher:
+        self.model.to(device)
+        return self
+
+
+def data_spec(data: DataSplits, split_seed: int, val_fraction: float) -> dict[str, Any]:
+    """What a teacher must share with the students it teaches."""
+    return {"dataset": data.name, "split_seed": split_seed, "val_fraction": val_fraction,
+            "num_classes": data.num_classes, "in_shape": list(data.in_shape)}
+
+
+def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        h.update(key.encode())
+        h.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(model_spec: dict[str, Any], data: dict[str, Any], wh: str) -> str:
+    blob = json.dumps({"model": model_spec, "data": data, "weights": wh}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_teacher(model: nn.Module, model_spec: dict[str, Any], data: dict[str, Any],
+                 metrics: dict[str, float], out_dir: str | Path, *,
+                 train_config: dict[str, Any] | None = None) -> Path:
+    """Write a teacher checkpoint named after its fingerprint under ``out_dir``.
+
+    ``train_config`` (the config it was trained with) lets a later request reuse it.
+    """
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    fp = fingerprint(model_spec, data, weights_hash(state))
+    path = Path(out_dir) / f"teacher-{model_spec['name']}-{fp}.pt"
+    atomic_save({"format": FORMAT, "fingerprint": fp, "model": model_spec, "data": data,
+                 "metrics": metrics, "train_config": train_config, "state_dict": state}, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and verify a teacher checkpoint file (weights only, no pickled code)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise KdtuneError(f"teacher checkpoint {str(path)!r} does not exist; make one with "
+                          "`kdtune teacher --out DIR`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise KdtuneError(f"{path} is not a kdtune teacher checkpoint "
+                          f"({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise KdtuneError(f"{path} is not a kdtune teacher checkpoint (format {FORMAT!r})")
+    wh = weights_hash(ckpt["state_dict"])
+    if fingerprint(ckpt["model"], ckpt["data"], wh) != ckpt["fingerprint"]:
+        raise KdtuneError(f"{path}: fingerprint does not match the weights (file altered?)")
+    return ckpt
+
+
+def teacher_from_checkpoint(ckpt: dict[str, Any]) -> Teacher:
+    spec = {k: ckpt[k] for k in ("model", "data", "metrics")}
+    data = ckpt["data"]
+    model = create_model(ckpt["model"]["name"], data["num_classes"], tuple(data["in_shape"]),
+                         **ckpt["model"]["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval().requires_grad_(False)
+    return Teacher(model=model, fingerprint=ckpt["fingerprint"], spec=spec)
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    """Load a teacher checkpoint into a frozen model in eval mode."""
+    return teacher_from_checkpoint(read_checkpoint(path))
+
+
+def check_compatible(teacher: Teacher, expected: dict[str, Any], source: str = "teacher") -> None:
+    """Refuse a teacher trained on other data than the student's (one-line error)."""
+    got = teacher.spec["data"]
+    diffs = [f"{k} {got.get(k)!r} (student: {expected[k]!r})" for k in expected
+             if got.get(k) != expected[k]]
+    if diffs:
+        raise KdtuneError(f"{source} {teacher.fingerprint} does not match this run's data: "
+                          f"{'; '.join(diffs)}; train a matching one with `kdtune teacher`")
+
+
+def cache_dir() -> Path:
+    """Where cached teacher outputs live (``$KDTUNE_CACHE`` or ``~/.cache/kdtune``)."""
+    root = os.environ.get("KDTUNE_CACHE") or Path.home() / ".cache" / "kdtune"
+    return Path(root) / "teacher-outputs"
+
+
+def train_logits(teacher: Teacher, data: DataSplits, *, root: Path | None = None) -> torch.Tensor:
+    """Teacher logits (eval mode, float32, CPU) on the un-augmented training set.
+
+    Computed once per (teacher fingerprint, training set), kept on the teacher and cached on
+    disk; a cache file of the wrong shape is recomputed.
+    """
+    expected = (len(data.x_train), data.num_classes)
+    held = teacher.outputs.get(data.key)
+    if held is not None and tuple(held.shape) == expected:
+        return held
+    teacher.outputs[data.key] = logits = _disk_cached_logits(teacher, data, root, expected)
+    return logits
+
+
+def _disk_cached_logits(teacher: Teacher, data: DataSplits, root: Path | None,
+                        expected: tuple[int, int]) -> torch.Tensor:
+    path = (root or cache_dir()) / f"{teacher.fingerprint}-{data.key}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(cached, torch.Tensor) and tuple(cached.shape) == expected:
+                return cached
+        except Exception:
+            pass
+    device = next(teacher.model.parameters()).device
+    logits = predict(teacher.model, data.x_train.to(device)).cpu()
+    with contextlib.suppress(OSError):  # an unwritable cache only costs speed
+        atomic_save(logits, path)
+    return logits

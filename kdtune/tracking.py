@@ -1,0 +1,569 @@
+"""kdtune's MLflow record: one parent run per sweep, one child run per trial.
+
+A thin layer over :class:`mlflow.tracking.MlflowClient` with no fluent (global) state, so a
+Ray worker can use it given only the tracking URI. Nothing in the core imports this module:
+``import kdtune`` never loads MLflow or pandas.
+
+Layout in the store:
+
+- parent run: name and tag ``kdtune.sweep`` = the sweep name, tag ``kdtune.kind=sweep``;
+  params such as ``objective.metrics`` / ``objective.modes`` (comma-joined).
+- child run: tags ``mlflow.parentRunId``, ``kdtune.kind=trial``, ``kdtune.sweep``,
+  ``kdtune.trial_id`` (the Ray trial id); params = the resolved config, each value a string
+  (plain strings as they are, anything else as JSON, see :func:`encode_param`); metrics per
+  epoch with ``step`` and final metrics at the end; status FINISHED, KILLED (tag
+  ``kdtune.rung``) or FAILED (tag ``kdtune.error``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdtune.errors import KdtuneError, choose_one
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+DEFAULT_EXPERIMENT = "kdtune"
+STORE_DIRNAME = "kdtune-runs"
+DB_FILENAME = "mlflow.db"
+ARTIFACTS_DIRNAME = "artifacts"
+
+TAG_SWEEP = "kdtune.sweep"
+TAG_KIND = "kdtune.kind"
+TAG_TRIAL_ID = "kdtune.trial_id"
+TAG_RUNG = "kdtune.rung"
+TAG_ERROR = "kdtune.error"
+TAG_PARENT = "mlflow.parentRunId"
+PARAM_OBJECTIVE_METRICS = "objective.metrics"
+PARAM_OBJECTIVE_MODES = "objective.modes"
+
+TRIAL_STATUSES = ("FINISHED", "KILLED", "FAILED")
+MODES = ("max", "min")
+# Natural direction of kdtune's metrics, used when a metric is asked for without a mode.
+DEFAULT_MODES = {
+    "val_accuracy": "max", "test_accuracy": "max", "train_accuracy": "max", "speedup": "max",
+    "params": "min", "flops": "min", "latency_ms_b1": "min", "latency_ms_b256": "min",
+    "train_time_s": "min", "train_loss": "min", "val_loss": "min", "test_loss": "min",
+}
+_MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_PAGE = 1000  # search_runs page size (MLflow's default maximum)
+
+
+# -- store locations ----------------------------------------------------------------------
+def default_store(cwd: Path | None = None) -> Path:
+    """The default local store: ``<cwd>/kdtune-runs`` as an absolute path."""
+    return (Path.cwd() if cwd is None else Path(cwd)).resolve() / STORE_DIRNAME
+
+
+def default_tracking_uri(store: Path) -> str:
+    """SQLite URI of the MLflow database inside ``store`` (absolute: trials change cwd)."""
+    return f"sqlite:///{Path(store).resolve() / DB_FILENAME}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for any other kind of store."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    rest = tracking_uri[len(prefix):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest).resolve()
+
+
+def require_store(tracking_uri: str) -> None:
+    """Raise a one-line error if ``tracking_uri`` is a SQLite file that does not exist."""
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.is_file():
+        raise KdtuneError(f"no kdtune store at {path}; run `kdtune search` first or pass "
+                          "--mlflow-uri")
+
+
+# -- params as strings --------------------------------------------------------------------
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):  # numpy arrays
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot log {type(value).__name__} value {value!r} as an MLflow param")
+
+
+def encode_param(value: Any) -> str:
+    """Encode a config value as an MLflow param string that :func:`decode_param` inverts.
+
+    Plain strings are kept as they are unless they would read back as JSON (``"3"``,
+    ``"null"``), in which case they are JSON-quoted; everything else is JSON.
+    """
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, default=_json_default)
+
+
+def decode_param(text: str) -> Any:
+    """Inverse of :func:`encode_param`."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def config_from_run(row_or_params: Mapping[str, Any] | pd.Series,
+                    fields: Iterable[str] | None = None) -> dict[str, Any]:
+    """Rebuild the config dict logged as a run's params.
+
+    Accepts ``run.data.params`` (``"x"`` keys) or a row of :meth:`Tracker.trial_runs`
+    (``"params.x"`` keys; other columns are ignored, params a run did not log — NaN in a
+    frame — are skipped). With ``fields``, keys that are not among them are dropped.
+    """
+    items = list(row_or_params.items())
+    if any(str(k).startswith("params.") for k, _ in items):
+        items = [(k[len("params."):], v) for k, v in items if str(k).startswith("params.")]
+    keep = None if fields is None else set(fields)
+    out: dict[str, Any] = {}
+    for key, value in items:
+        if not isinstance(value, str) or (keep is not None and key not in keep):
+            continue
+        out[key] = decode_param(value)
+    return out
+
+
+# -- the tracker --------------------------------------------------------------------------
+class Tracker:
+    """kdtune's view of one MLflow experiment; cheap to create, safe in any process."""
+
+    def __init__(self, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the client (Ray ships trackers to workers; each makes its own)."""
+        return {**self.__dict__, "_client": None}
+
+    # -- plumbing -------------------------------------------------------------------------
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def _store_exists(self) -> bool:
+        """False only for a SQLite file that is not there (reads must not create it)."""
+        path = sqlite_path(self.tracking_uri)
+        return path is None or path.is_file()
+
+    def _existing_experiment_id(self) -> str | None:
+        """The experiment's id without creating the database or the experiment."""
+        if self._experiment_id is None and self._store_exists():
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is not None and exp.lifecycle_stage == "active":
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def ensure_experiment(self) -> str:
+        """Create the database and the experiment if needed; return the experiment id.
+
+        Call it once on the driver before trials start: concurrent first-time creation races.
+        A SQLite store keeps its artifacts next to the database (``<store>/artifacts``).
+        """
+        if self._experiment_id is not None:
+            return self._experiment_id
+        from mlflow.exceptions import MlflowException
+
+        db = sqlite_path(self.tracking_uri)
+        artifact_location = None
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            artifact_location = (db.parent / ARTIFACTS_DIRNAME).as_uri()
+        # MlflowClient's constructor creates (and migrates) a SQLite database; keep its two
+        # INFO lines out of the CLI's output.
+        quiet = logging.getLogger("mlflow.store.db.utils")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            exp = self.client.get_experiment_by_name(self.experiment)
+        finally:
+            quiet.setLevel(level)
+        if exp is None:
+            try:
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=artifact_location)
+                return self._experiment_id
+            except MlflowException as exc:  # lost a race: someone else created it
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = self.client.get_experiment_by_name(self.experiment)
+        assert exp is not None
+        if exp.lifecycle_stage != "active":
+            raise KdtuneError(f"MLflow experiment {self.experiment!r} in {self.tracking_uri} "
+                              "is deleted; restore it or choose another experiment")
+        self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def _search(self, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
+        """All active runs of the experiment matching ``filter_string`` (every page)."""
+        exp_id = self._existing_experiment_id()
+        if exp_id is None:
+            return []
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs([exp_id], filter_string, max_results=_PAGE,
+                                           order_by=order_by, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _log(self, run_id: str, *, metrics: Mapping[str, float] | None = None,
+             params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+             step: int = 0, timestamp: int | None = None) -> None:
+        """One ``log_batch`` call (MLflow splits it only past 100 params/tags)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = int(time.time() * 1000) if timestamp is None else timestamp
+        encoded = {k: encode_param(v) for k, v in (params or {}).items()}
+        for key, text in encoded.items():
+            if len(text) > _MAX_PARAM_LEN:  # MLflow would cut it silently
+                raise KdtuneError(f"value of {key!r} is {len(text)} characters long; MLflow "
+                                  f"params hold at most {_MAX_PARAM_LEN}")
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), ts, int(step))
+                     for k, v in (metrics or {}).items() if v is not None],
+            params=[Param(k, v) for k, v in encoded.items()],
+            tags=[RunTag(k, _tag_value(v)) for k, v in (tags or {}).items()],
+        )
+
+    # -- sweeps ---------------------------------------------------------------------------
+    def find_sweep(self, name: str) -> str | None:
+        """Run id of the sweep's parent run, or None (never creates the store)."""
+        quoted = _quote(name)
+        if quoted is None:
+            return None
+        runs = self._search(f"tags.`{TAG_KIND}` = 'sweep' AND tags.`{TAG_SWEEP}` = {quoted}",
+                            order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def start_sweep(self, name: str, *, tags: Mapping[str, str] = {},
+                    params: Mapping[str, Any] = {}) -> str:
+        """Create the parent run of a new sweep; the name must not be taken."""
+        if not name or _quote(name) is None or any(c in name for c in "\n\r/\\"):
+            raise KdtuneError(f"invalid sweep name {name!r}: use letters, digits, '-', '_', '.'")
+        if len(name) > 250:
+            raise KdtuneError(f"sweep name too long ({len(name)} characters, at most 250)")
+        exp_id = self.ensure_experiment()
+        if self.find_sweep(name) is not None:
+            raise KdtuneError(f"sweep {name!r} already exists in {self.tracking_uri}; resume it "
+                              f"with `kdtune resume {name}` or choose another --name")
+        all_tags = {k: _tag_value(v) for k, v in tags.items()}
+        all_tags.update({TAG_SWEEP: name, TAG_KIND: "sweep"})
+        run = self.client.create_run(exp_id, tags=all_tags, run_name=name)
+        if params:
+            self._log(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def end_sweep(self, run_id: str, status: str = "FINISHED") -> None:
+        """Mark a sweep's parent run as ended (FINISHED, KILLED or FAILED)."""
+        self.client.set_terminated(run_id, status=_check_status(status))
+
+    def sweep_run(self, name: str) -> Run:
+        """The parent run of sweep ``name``; a one-line error listing sweeps if unknown."""
+        run_id = self.find_sweep(name)
+        if run_id is None:
+            raise self._unknown_sweep(name)
+        return self.client.get_run(run_id)
+
+    def _unknown_sweep(self, name: str) -> KdtuneError:
+        names = self._sweep_names()
+        if not names:
+            return KdtuneError(f"no sweep {name!r} in {self.tracking_uri}: it holds no sweeps "
+                               "yet; run `kdtune search` first or pass --mlflow-uri")
+        shown = ", ".join(names[:10]) + (f" (and {len(names) - 10} more)" if len(names) > 10
+                                          else "")
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return KdtuneError(f"no sweep {name!r} in {self.tracking_uri}{hint}; existing sweeps: "
+                           f"{shown}")
+
+    def _sweep_runs(self) -> list[Run]:
+        return self._search(f"tags.`{TAG_KIND}` = 'sweep'",
+                            order_by=["attributes.start_time DESC"])
+
+    def _sweep_names(self) -> list[str]:
+        """Sweep names, newest first."""
+        return [r.data.tags.get(TAG_SWEEP, r.info.run_name) for r in self._sweep_runs()]
+
+    def list_sweeps(self) -> pd.DataFrame:
+        """One row per sweep, newest first: name, run_id, status, times, params.*, tags.*."""
+        frame = _runs_frame(self._sweep_runs())
+        frame.insert(0, "name", frame["run_name"])
+        return frame.drop(columns="run_name")
+
+    def objective(self, name: str) -> tuple[list[str], list[str]]:
+        """The sweep's objective (metrics, modes) as stored on its parent run."""
+        params = self.sweep_run(name).data.params
+        metrics = _as_list(params.get(PARAM_OBJECTIVE_METRICS))
+        modes = _as_list(params.get(PARAM_OBJECTIVE_MODES))
+        if not metrics:
+            raise KdtuneError(f"sweep {name!r} records no objective; pass --metric and --mode")
+        if len(modes) != len(metrics):
+            modes = [DEFAULT_MODES.get(m, "max") for m in metrics]
+        return metrics, modes
+
+    # -- trials ---------------------------------------------------------------------------
+    def find_trial(self, parent_id: str, trial_id: str) -> str | None:
+        """Run id of the child run for Ray trial ``trial_id`` under ``parent_id``, if any."""
+        quoted = _quote(trial_id)
+        if quoted is None:
+            raise ValueError(f"trial id {trial_id!r} holds both kinds of quote")
+        runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}' AND "
+                            f"tags.`{TAG_TRIAL_ID}` = {quoted}",
+                            order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def start_trial(self, parent_id: str, trial_id: str, *, params: Mapping[str, Any],
+                    config_yaml: str | None = None, tags: Mapping[str, str] = {}) -> str:
+        """Create (or reopen) the child run of one trial and log its config.
+
+        Idempotent: if the parent already has a child for ``trial_id`` (a restored trial), it is
+        set RUNNING again and returned; params it already has keep their first value.
+        ``config_yaml`` is stored as the artifact ``config.yaml``.
+        """
+        parent = self.client.get_run(parent_id)
+        sweep = parent.data.tags.get(TAG_SWEEP, parent.info.run_name)
+        self._experiment_id = self._experiment_id or parent.info.experiment_id
+        run_id = self.find_trial(parent_id, trial_id)
+        all_tags = {k: _tag_value(v) for k, v in tags.items()}
+        all_tags.update({TAG_PARENT: parent_id, TAG_KIND: "trial", TAG_SWEEP: sweep,
+                         TAG_TRIAL_ID: trial_id})
+        if run_id is None:
+            run = self.client.create_run(parent.info.experiment_id, tags=all_tags,
+                                         run_name=f"{sweep}/{trial_id}")
+            run_id = run.info.run_id
+            self._log(run_id, params=params)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            logged = self.client.get_run(run_id).data.params
+            self._log(run_id, params={k: v for k, v in params.items() if k not in logged},
+                      tags=all_tags)
+        if config_yaml is not None:
+            self.client.log_text(run_id, config_yaml, "config.yaml")
+        return run_id
+
+    def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Log one epoch's metrics at ``step`` in a single ``log_batch`` call."""
+        self._log(run_id, metrics=metrics, step=step)
+
+    def end_trial(self, run_id: str, status: str, *, metrics: Mapping[str, float] = {},
+                  tags: Mapping[str, str] = {}) -> None:
+        """Log final metrics and tags in one batch and close the run.
+
+        Final metrics are logged at the run's last step with a later timestamp, so they are
+        the run's summary values (``metrics.*`` in searches) even where a per-epoch series of
+        the same name exists. KILLED runs should carry ``kdtune.rung``, FAILED ones
+        ``kdtune.error`` (long values are cut to MLflow's tag limit).
+        """
+        status = _check_status(status)
+        if metrics or tags:
+            step, ts = 0, int(time.time() * 1000)
+            if metrics:
+                logged = getattr(self.client.get_run(run_id).data, "_metric_objs", [])
+                if logged:
+                    step = max(m.step for m in logged)
+                    ts = max(ts, max(m.timestamp for m in logged) + 1)
+            self._log(run_id, metrics=metrics, tags=tags, step=step, timestamp=ts)
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifact(self, run_id: str, local_path: str | Path,
+                     artifact_path: str | None = None) -> None:
+        """Copy a file (or a folder's contents) into the run's artifacts."""
+        path = Path(local_path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    # -- queries --------------------------------------------------------------------------
+    def trial_runs(self, sweep: str) -> pd.DataFrame:
+        """All child runs of a sweep, oldest first: one row each with run_id, trial_id,
+        status, times, ``params.*``, ``metrics.*`` (final/latest values) and ``tags.*``."""
+        parent_id = self.find_sweep(sweep)
+        if parent_id is None:
+            raise self._unknown_sweep(sweep)
+        runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'",
+                            order_by=["attributes.start_time ASC"])
+        return _runs_frame(runs)
+
+    def best_configs(self, sweep: str, *, metrics: Sequence[str], modes: Sequence[str],
+                     top: int | None = None,
+                     status: Sequence[str] = ("FINISHED",)) -> pd.DataFrame:
+        """The best trials of a sweep.
+
+        One metric: rows sorted best-first. Several: the Pareto front (rows no other row
+        beats or equals on every metric while beating on one), sorted by the first metric.
+        ``top`` cuts the result afterwards. Rows lacking an objective metric are left out.
+        """
+        import numpy as np
+
+        metrics, modes = list(metrics), list(modes)
+        if not metrics or len(metrics) != len(modes):
+            raise KdtuneError(f"give one mode per metric: metrics {metrics}, modes {modes}")
+        for mode in modes:
+            if mode not in MODES:
+                raise choose_one("mode", mode, MODES)
+        frame = self.trial_runs(sweep)
+        if frame.empty:
+            return frame
+        logged = sorted(c[len("metrics."):] for c in frame.columns if c.startswith("metrics."))
+        for metric in metrics:
+            if metric not in logged:
+                close = difflib.get_close_matches(metric, logged, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise KdtuneError(f"metric {metric!r} was not logged by any trial of sweep "
+                                  f"{sweep!r}{hint}; logged metrics: "
+                                  f"{', '.join(logged) or '(none)'}")
+        cols = [f"metrics.{m}" for m in metrics]
+        frame = frame[frame["status"].isin(list(status))].dropna(subset=cols)
+        if len(metrics) > 1 and len(frame):
+            # Minimisation matrix: negate the maximised columns.
+            sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
+            values = frame[cols].to_numpy(dtype=float) * sign
+            keep = np.ones(len(values), dtype=bool)
+            for i, row in enumerate(values):
+                beaten = np.all(values <= row, axis=1) & np.any(values < row, axis=1)
+                keep[i] = not beaten.any()
+            frame = frame[keep]
+        frame = frame.sort_values(cols, ascending=[m == "min" for m in modes], kind="stable")
+        front = ["run_id", "trial_id", "status", *cols]
+        frame = frame[front + [c for c in frame.columns if c not in front]]
+        if top is not None:
+            frame = frame.head(top)
+        return frame.reset_index(drop=True)
+
+
+def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
+                 mode: str | Sequence[str] | None = None, top: int | None = 10,
+                 tracking_uri: str | None = None,
+                 experiment: str = DEFAULT_EXPERIMENT) -> pd.DataFrame:
+    """The best finished trials of sweep ``name`` as a DataFrame, read from MLflow alone.
+
+    ``metric``/``mode`` default to the sweep's own objective (several metrics give the Pareto
+    front); a comma-separated string counts as a list. A metric given without a mode takes the
+    sweep's mode for it, else its natural one (max for accuracies and speedup, min for
+    params, FLOPs, latency, time, losses). ``tracking_uri`` defaults to the local store in
+    the current folder. Use :func:`config_from_run` on a row to rebuild its config.
+    """
+    uri = tracking_uri or default_tracking_uri(default_store())
+    require_store(uri)
+    tracker = Tracker(uri, experiment)
+    if tracker.find_sweep(name) is None:
+        raise tracker._unknown_sweep(name)
+    metrics, modes = _as_list(metric), _as_list(mode)
+    if not metrics or not modes:
+        try:
+            sweep_metrics, sweep_modes = tracker.objective(name)
+        except KdtuneError:
+            if not metrics:
+                raise
+            sweep_metrics, sweep_modes = [], []
+        metrics = metrics or sweep_metrics
+        if not modes:
+            known = dict(zip(sweep_metrics, sweep_modes, strict=True))
+            modes = [known.get(m) or DEFAULT_MODES.get(m, "") for m in metrics]
+            missing = [m for m, d in zip(metrics, modes, strict=True) if not d]
+            if missing:
+                raise KdtuneError(f"no default mode for metric {missing[0]!r}; pass --mode "
+                                  "max or --mode min")
+    if len(modes) == 1 and len(metrics) > 1:
+        modes = modes * len(metrics)
+    return tracker.best_configs(name, metrics=metrics, modes=modes, top=top)
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _quote(value: str) -> str | None:
+    """A filter-string literal for ``value``; None if it holds both kinds of quote."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def _tag_value(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= _MAX_TAG_LEN else text[:_MAX_TAG_LEN - 3] + "..."
+
+
+def _check_status(status: str) -> str:
+    if status not in TRIAL_STATUSES:
+        raise ValueError(f"run status must be one of {TRIAL_STATUSES}, not {status!r}")
+    return status
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    """``None`` -> [], ``"a,b"`` or ``'["a", "b"]'`` -> ["a", "b"], a list stays a list."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        decoded = decode_param(value)
+        if isinstance(decoded, list):
+            return [str(v) for v in decoded]
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return [str(v) for v in value]
+
+
+def _runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Runs as a DataFrame: run_id, run_name, trial_id, status, start/end time, params.*,
+    metrics.*, tags.* (sorted within each group)."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        info, data = run.info, run.data
+        row: dict[str, Any] = {
+            "run_id": info.run_id,
+            "run_name": info.run_name,
+            "trial_id": data.tags.get(TAG_TRIAL_ID),
+            "status": info.status,
+            "start_time": info.start_time,
+            "end_time": info.end_time,
+        }
+        row.update({f"params.{k}": v for k, v in data.params.items()})
+        row.update({f"metrics.{k}": v for k, v in data.metrics.items()})
+        row.update({f"tags.{k}": v for k, v in data.tags.items()})
+        rows.append(row)
+    head = ["run_id", "run_name", "trial_id", "status", "start_time", "end_time"]
+    rest: set[str] = set()
+    for row in rows:
+        rest.update(k for k in row if k not in head)
+    order = {"params": 0, "metrics": 1, "tags": 2}
+    columns = head + sorted(rest, key=lambda c: (order[c.split(".", 1)[0]], c))
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in ("start_time", "end_time"):
+        frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
+    for col in columns:
+        if col.startswith("metrics."):
+            frame[col] = frame[col].astype(float)
+    return frame

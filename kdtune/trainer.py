@@ -1,0 +1,269 @@
+"""The one distillation trainer shared by ``kdtune train``, teachers and every search trial.
+
+Read top to bottom: :class:`TrainingRun` sets up data, student, teacher and optimiser;
+:meth:`TrainingRun.train_epoch` is the whole training loop; :func:`train` runs epochs and
+calls the callbacks. Nothing here knows about Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdtune.config import TrainConfig
+from kdtune.data import DataSplits, load_dataset
+from kdtune.errors import KdtuneError
+from kdtune.methods import distillation_loss, get_method
+from kdtune.metrics import count_flops, count_params, cpu_latency_ms, evaluate
+from kdtune.models import create_model
+from kdtune.teacher import Teacher, atomic_save, check_compatible, data_spec, load_teacher
+from kdtune.teacher import train_logits as cached_teacher_logits
+
+Callback = Callable[[Mapping[str, float], "TrainingRun"], None]
+CHECKPOINT_FORMAT = "kdtune-run/1"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: final metrics, per-epoch history and the student."""
+
+    config: TrainConfig
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    model: nn.Module = field(repr=False)
+    data_spec: dict[str, Any] = field(default_factory=dict)  # what a teacher made from it needs
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KdtuneError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def load_data(config: TrainConfig) -> DataSplits:
+    """The dataset a config asks for, split by ``split_seed``."""
+    return load_dataset(config.dataset, data_root=config.data_root, download=config.download,
+                        split_seed=config.split_seed, val_fraction=config.val_fraction,
+                        train_per_class=config.train_per_class)
+
+
+def build_student(config: TrainConfig, data: DataSplits) -> nn.Module:
+    torch.manual_seed(config.seed)
+    return create_model(config.model, data.num_classes, data.in_shape, **config.model_kwargs())
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Multistep (x0.2 at 30/60/80% of the epochs, as the thesis) or cosine, stepped per epoch."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    milestones = sorted({max(1, round(f * config.epochs)) for f in (0.3, 0.6, 0.8)})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.2)
+
+
+class TrainingRun:
+    """One student (or teacher) being trained; restartable from a checkpoint."""
+
+    def __init__(self, config: TrainConfig, *, teacher: Teacher | None = None,
+                 data: DataSplits | None = None) -> None:
+        self.config = config
+        self.method = get_method(config.method)
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.data = data if data is not None else load_data(config)
+        self.model = build_student(config, self.data).to(self.device)
+        self.teacher = self._load_teacher(teacher)
+        self.augment = self.data.augment if config.augment is not False else None
+        if config.augment and self.augment is None:
+            raise KdtuneError(f"dataset {config.dataset!r} has no augmentation; drop --augment")
+        # Cached logits are valid only for un-augmented inputs (DECISIONS.md).
+        self.teacher_logits: torch.Tensor | None = None
+        if self.teacher is not None and self.method.needs_teacher and self.augment is None:
+            self.teacher_logits = cached_teacher_logits(self.teacher, self.data).to(self.device)
+        self.x_train = self.data.x_train.to(self.device)
+        self.y_train = self.data.y_train.to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
+                                         momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = make_scheduler(config, self.optimizer)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.elapsed = 0.0
+        self.history: list[dict[str, float]] = []
+
+    def _load_teacher(self, teacher: Teacher | None) -> Teacher | None:
+        if teacher is None and self.config.teacher is not None:
+            teacher = load_teacher(self.config.teacher)
+        if teacher is None:
+            if self.method.needs_teacher:
+                raise KdtuneError(f"method {self.config.method!r} needs a teacher: pass "
+                                  "--teacher PATH (make one with `kdtune teacher`)")
+            return None
+        check_compatible(teacher, data_spec(self.data, self.config.split_seed,
+                                            self.config.val_fraction))
+        return teacher.to(self.device)
+
+    # -- the training loop -----------------------------------------------------------------
+    def batches(self) -> Iterable[torch.Tensor]:
+        """Shuffled index batches; a trailing partial batch is dropped when there are others."""
+        n, bs = len(self.x_train), self.config.batch_size
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        stop = n - n % bs if n > bs else n
+        return order[:stop].split(bs)
+
+    def teacher_outputs(self, idx: torch.Tensor, x: torch.Tensor, augmented: bool
+                        ) -> torch.Tensor | None:
+        """Teacher logits for exactly the inputs the student sees."""
+        if not self.method.needs_teacher or self.teacher is None:
+            return None
+        if self.teacher_logits is not None and not augmented:
+            return self.teacher_logits[idx]
+        with torch.no_grad(), self.autocast():
+            return self.teacher.model(x).float()
+
+    def autocast(self) -> Any:
+        enabled = self.device.type == "cuda" and self.config.amp
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training set; returns the epoch's metrics."""
+        cfg, start = self.config, time.perf_counter()
+        self.model.train()
+        total, count = torch.zeros((), device=self.device), 0
+        for idx in self.batches():
+            x, y = self.x_train[idx], self.y_train[idx]
+            if self.augment is not None:
+                views = self.augment.sample_views(len(idx), self.generator).to(self.device)
+                x = self.augment.apply(x, views)
+            t_logits = self.teacher_outputs(idx, x, augmented=self.augment is not None)
+            with self.autocast():
+                s_logits = self.model(x)
+            loss = distillation_loss(cfg.method, s_logits.float(), t_logits, y, alpha=cfg.alpha,
+                                     temperature=cfg.temperature, t_right=cfg.t_right,
+                                     t_wrong=cfg.t_wrong)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach() * len(idx)
+            count += len(idx)
+        self.scheduler.step()
+        self.epoch += 1
+        self.elapsed += time.perf_counter() - start
+        val_acc, val_loss = evaluate(self.model, self.data.x_val.to(self.device),
+                                     self.data.y_val.to(self.device))
+        train_loss = (total / max(count, 1)).item()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} at epoch {self.epoch}; "
+                                     f"lower the learning rate (lr {cfg.lr:g})")
+        metrics = {"epoch": self.epoch, "train_loss": train_loss, "val_accuracy": val_acc,
+                   "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                   "elapsed_s": self.elapsed}
+        self.history.append(metrics)
+        return metrics
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+                 "epoch": self.epoch, "elapsed": self.elapsed, "history": self.history,
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": _plain_scheduler_state(self.scheduler),
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise KdtuneError(f"not a kdtune training checkpoint (format {CHECKPOINT_FORMAT!r})")
+        if state["config"] != self.config.to_dict():
+            raise KdtuneError("checkpoint was written by a run with another config; "
+                              "refusing to resume it")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        sched = dict(state["scheduler"])
+        if "milestones" in sched:
+            sched["milestones"] = Counter({int(k): v for k, v in sched["milestones"].items()})
+        self.scheduler.load_state_dict(sched)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.epoch, self.elapsed = int(state["epoch"]), float(state["elapsed"])
+        self.history = [dict(h) for h in state["history"]]
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Atomically write everything needed to continue this run bit-for-bit."""
+        path = Path(path)
+        atomic_save(self.state_dict(), path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+    # -- final report ----------------------------------------------------------------------
+    def final_metrics(self, *, measure_latency: bool = True) -> dict[str, float]:
+        """Validation and test accuracy, size, FLOPs, CPU latency and teacher speedup.
+
+        The test set is evaluated here only, for the report: nothing selects on it.
+        """
+        data, model = self.data, self.model
+        val_acc, val_loss = evaluate(model, data.x_val.to(self.device), data.y_val.to(self.device))
+        test_acc, _ = evaluate(model, data.x_test.to(self.device), data.y_test.to(self.device))
+        metrics: dict[str, float] = {
+            "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc,
+            "params": count_params(model), "flops": count_flops(model, data.in_shape),
+            "train_time_s": self.elapsed, "epochs": self.epoch}
+        if measure_latency:
+            metrics["latency_ms_b1"] = cpu_latency_ms(model, data.in_shape, 1)
+            metrics["latency_ms_b256"] = cpu_latency_ms(model, data.in_shape, 256)
+        if self.teacher is not None:
+            t = self.teacher
+            metrics["teacher_params"] = count_params(t.model)
+            t_acc, _ = evaluate(t.model, data.x_test.to(self.device), data.y_test.to(self.device))
+            metrics["teacher_test_accuracy"] = t_acc
+            if measure_latency:
+                metrics["teacher_latency_ms_b256"] = t.latency_ms(256)
+                metrics["speedup"] = t.latency_ms(256) / metrics["latency_ms_b256"]
+        return metrics
+
+
+def _plain_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """Scheduler state with ``Counter`` turned into a dict so ``weights_only`` loading works."""
+    state = scheduler.state_dict()
+    if isinstance(state.get("milestones"), Counter):
+        state["milestones"] = dict(state["milestones"])
+    return state
+
+
+def train(config: TrainConfig, callbacks: Iterable[Callback] = (), *,
+          teacher: Teacher | None = None, data: DataSplits | None = None,
+          resume_from: str | Path | None = None, measure_latency: bool = True) -> TrainResult:
+    """Train a student per ``config``; call each callback after every epoch.
+
+    ``teacher``/``data`` may be passed in to share them between runs (a sweep loads them
+    once); otherwise they are loaded from ``config``. ``resume_from`` continues a run from
+    a checkpoint written by :meth:`TrainingRun.save_checkpoint`, giving the same numbers
+    as an uninterrupted run.
+    """
+    run = TrainingRun(config, teacher=teacher, data=data)
+    if resume_from is not None:
+        run.load_checkpoint(resume_from)
+    callbacks = list(callbacks)
+    while run.epoch < config.epochs:
+        metrics = run.train_epoch()
+        for callback in callbacks:
+            callback(metrics, run)
+    return TrainResult(config=config, metrics=run.final_metrics(measure_latency=measure_latency),
+                       history=run.history, model=run.model,
+                       data_spec=data_spec(run.data, config.split_seed, config.val_fraction))

@@ -1,0 +1,1 @@
+"""Search layer (imports Ray lazily)."""
