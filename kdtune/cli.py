@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -124,6 +125,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, seeds=args.seeds, as_json=args.json)
 
 
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite store in "
+                   "./kdtune-runs/mlflow.db)")
+    p.add_argument("--storage", help="Ray Tune storage folder or URI (default ./kdtune-runs/ray)")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from kdtune.tune.sweep import run_sweep
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise KdtuneError(f"--num-samples {args.num_samples} must be >= 1")
+    outcome = run_sweep(args.space, name=args.name, address=args.address,
+                        mlflow_uri=args.mlflow_uri, storage=args.storage,
+                        num_samples=args.num_samples)
+    return _after_sweep(outcome, args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from kdtune.tune.sweep import resume_sweep
+
+    outcome = resume_sweep(args.name, address=args.address, mlflow_uri=args.mlflow_uri,
+                           storage=args.storage)
+    return _after_sweep(outcome, args)
+
+
+def _after_sweep(outcome: Any, args: argparse.Namespace) -> int:
+    from kdtune.best import show_best
+
+    if not outcome.finished:
+        return 1
+    show_best(outcome.name, tracking_uri=outcome.tracking_uri, top=5)
+    print(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id}); browse with "
+          f"`mlflow ui --backend-store-uri {outcome.tracking_uri}`")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from kdtune.best import show_best
+    from kdtune.tune.sweep import Store
+
+    store = Store.resolve(args.mlflow_uri, args.storage)
+    show_best(args.name, tracking_uri=store.tracking_uri, top=args.top, metric=args.metric,
+              mode=args.mode, fmt=args.format, config_out=args.config_out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kdtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
@@ -138,7 +185,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_and_model_flags(p)
     p.add_argument("--retrain", action="store_true",
                    help="train even if --out holds a teacher of the same config")
-    p.set_defaults(func=cmd_teacher, out="kdtune-runs/teachers")
+    # No default for --out here: obtain_teacher falls back to kdtune-runs/teachers, so an
+    # ``out:`` in a --config file is not overridden by a flag that was never given.
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("search", help="run a hyper-parameter sweep from a search-space YAML")
+    p.add_argument("space", help="search-space file, e.g. search_spaces/digits_quick.yaml")
+    p.add_argument("--name", help="sweep name (default: the file's name:)")
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: local)")
+    p.add_argument("--num-samples", type=int, help="override search.num_samples")
+    _add_store_flags(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("resume", help="finish a sweep that was interrupted")
+    p.add_argument("name")
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: local)")
+    _add_store_flags(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("best", help="the best configs of a sweep, from MLflow alone")
+    p.add_argument("name")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--metric", help="rank by this metric (default: the sweep's objective; "
+                   "comma-separated for a Pareto front)")
+    p.add_argument("--mode", help="max or min (default: the metric's)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--config-out", help="write the best config as YAML for `kdtune train`")
+    _add_store_flags(p)
+    p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("demo", help="teacher on digits, then none vs vanilla KD students")
     p.add_argument("--out", default="kdtune-runs/teachers", help="where the teacher goes")
@@ -154,9 +228,30 @@ def _version() -> str:
     return f"kdtune {__version__}"
 
 
+_LIST_FLAGS = ("--hidden", "--blocks")
+
+
+def _join_negative_lists(argv: Sequence[str]) -> list[str]:
+    """``--blocks -1,1,0,0`` -> ``--blocks=-1,1,0,0``: argparse would take the value for a flag
+    and report "expected one argument" instead of the bad value."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        if (arg in _LIST_FLAGS and i + 1 < len(items)
+                and re.match(r"-\d", items[i + 1])):
+            out.append(f"{arg}={items[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_lists(sys.argv[1:] if argv is None else argv))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

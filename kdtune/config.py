@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -167,8 +168,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool):
             raise KdtuneError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        if isinstance(value, float):  # 5.0 -> 5, but 2.5 is not silently truncated to 2
+            if value.is_integer():
+                return int(value)
+            raise KdtuneError(f"{where}: expected an integer, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
@@ -191,7 +194,13 @@ def _split_ints(value: int | str, where: str) -> list[int]:
     """``"300-300"``, ``"1,1,0,0"`` or ``300`` -> a list of ints."""
     if isinstance(value, int):
         return [value]
-    parts = [p for p in value.replace(",", " ").replace("-", " ").split()]
+    text = value.strip()
+    # Commas/spaces separate; a dash separates only without them ("300-300"), so that
+    # "-1,1,0,0" keeps its minus sign (and is refused by the model) instead of becoming 1.
+    if re.search(r"[,\s]", text):
+        parts = [p for p in re.split(r"[,\s]+", text) if p]
+    else:
+        parts = text.split("-") if text else []
     try:
         return [int(p) for p in parts]
     except ValueError:

@@ -21,9 +21,9 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "val_loss": ("val loss", "{:.4f}"),
     "params": ("params", "{:,.0f}"),
     "flops": ("FLOPs / sample", "{:,.0f}"),
-    "latency_ms_b1": ("CPU latency, batch 1 (ms)", "{:.3f}"),
-    "latency_ms_b256": ("CPU latency, batch 256 (ms)", "{:.3f}"),
-    "speedup": ("speedup vs teacher (batch 256)", "{:.2f}x"),
+    "latency_ms_b1": ("CPU ms, batch 1", "{:.3f}"),
+    "latency_ms_b256": ("CPU ms, batch 256", "{:.3f}"),
+    "speedup": ("speedup vs teacher", "{:.2f}x"),
     "train_time_s": ("train time (s)", "{:.2f}"),
     "teacher_params": ("teacher params", "{:,.0f}"),
     "teacher_test_accuracy": ("teacher test accuracy", "{:.4f}"),
@@ -92,4 +92,8 @@ def table_from_rows(rows: list[Mapping[str, Any]], columns: list[str], *, title:
 
 
 def print_table(table: Table) -> None:
-    Console(highlight=False, file=sys.stdout).print(table)
+    """Print on stdout; when stdout is not a terminal, wide enough not to squeeze columns."""
+    console = Console(highlight=False, file=sys.stdout)
+    if not console.is_terminal:
+        console = Console(highlight=False, file=sys.stdout, width=240)
+    console.print(table)

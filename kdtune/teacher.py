@@ -120,8 +120,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                           f"({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise KdtuneError(f"{path} is not a kdtune teacher checkpoint (format {FORMAT!r})")
-    wh = weights_hash(ckpt["state_dict"])
-    if fingerprint(ckpt["model"], ckpt["data"], wh) != ckpt["fingerprint"]:
+    try:
+        expected = fingerprint(ckpt["model"], ckpt["data"], weights_hash(ckpt["state_dict"]))
+    except (KeyError, TypeError, AttributeError):
+        raise KdtuneError(f"{path}: incomplete kdtune teacher checkpoint (file altered?)"
+                          ) from None
+    if expected != ckpt.get("fingerprint"):
         raise KdtuneError(f"{path}: fingerprint does not match the weights (file altered?)")
     return ckpt
 
@@ -129,8 +133,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def teacher_from_checkpoint(ckpt: dict[str, Any]) -> Teacher:
     spec = {k: ckpt[k] for k in ("model", "data", "metrics")}
     data = ckpt["data"]
-    model = create_model(ckpt["model"]["name"], data["num_classes"], tuple(data["in_shape"]),
-                         **ckpt["model"]["kwargs"])
+    # Building the model draws random initial weights; keep that off the global RNG so that
+    # loading a teacher inside a run does not shift the student's dropout stream.
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(ckpt["model"]["name"], data["num_classes"],
+                             tuple(data["in_shape"]), **ckpt["model"]["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval().requires_grad_(False)
     return Teacher(model=model, fingerprint=ckpt["fingerprint"], spec=spec)

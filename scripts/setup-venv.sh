@@ -42,6 +42,6 @@ fi
 ln -sfn "$venv" .venv
 # Point the editable install at this checkout (several clones may share one environment).
 here=$(pwd -P)
-if [ "$(.venv/bin/python -c 'import kdtune, pathlib; print(pathlib.Path(kdtune.__file__).resolve().parent.parent)' 2>/dev/null)" != "$here" ]; then
+if [ "$(.venv/bin/python -I -c 'import kdtune, pathlib; print(pathlib.Path(kdtune.__file__).resolve().parent.parent)' 2>/dev/null)" != "$here" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 fi

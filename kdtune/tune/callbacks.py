@@ -1,0 +1,192 @@
+"""Driver-side Tune callbacks: the MLflow record of each trial, and the progress display.
+
+Trials never talk to MLflow: importing MLflow and opening its store costs seconds per process,
+more than a small trial trains. The driver keeps one client and writes every trial's child
+run from here. A child run is found again by its Ray trial id, so a trial resumed after a
+crash continues the same MLflow run and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from kdtune.tracking import Tracker
+from kdtune.tune.searcher import EPOCH_KEY, PLANNED_KEY, stopped_early
+from kdtune.tune.trainable import TrialSettings
+
+#: Per-epoch metrics logged with ``step=epoch``.
+EPOCH_METRICS = ("train_loss", "val_accuracy", "val_loss", "lr")
+#: Final metrics logged when a trial ends.
+FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "params", "flops",
+                 "latency_ms_b1", "latency_ms_b256", "speedup", "train_time_s",
+                 "teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256", "epoch")
+TAG_NODE = "kdtune.node_id"
+
+
+def resolved_config(settings: TrialSettings, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The full config a trial trains with (first seed), plus the list of seeds."""
+    config = settings.config(params, settings.seeds[0]).to_dict()
+    config["seeds"] = list(settings.seeds)
+    return config
+
+
+class MlflowTrials(Callback):
+    """One MLflow child run per trial under the sweep's parent run."""
+
+    def __init__(self, tracker: Tracker, parent_id: str, sweep: str,
+                 settings: TrialSettings) -> None:
+        self.tracker, self.parent_id, self.sweep = tracker, parent_id, sweep
+        self.settings = settings
+        self.run_ids: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # run ids are looked up again after a restore
+        return {**self.__dict__, "run_ids": {}}
+
+    def run_id(self, trial: Any) -> str:
+        if trial.trial_id not in self.run_ids:
+            config = resolved_config(self.settings, trial.config)
+            self.run_ids[trial.trial_id] = self.tracker.start_trial(
+                self.parent_id, trial.trial_id, params=config,
+                config_yaml=yaml.safe_dump(config, sort_keys=False),
+                tags={"kdtune.sweep": self.sweep})
+        return self.run_ids[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        run_id = self.run_id(trial)
+        metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
+        self.tracker.log_epoch(run_id, metrics, step=int(result[EPOCH_KEY]))
+        if result.get("node_id") and result[EPOCH_KEY] == 1:
+            self.tracker.client.set_tag(run_id, TAG_NODE, result["node_id"])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        final = {k: result[k] for k in FINAL_METRICS if k in result}
+        tags = {TAG_NODE: result["node_id"]} if result.get("node_id") else {}
+        if stopped_early(result):
+            tags["kdtune.rung"] = str(int(result[EPOCH_KEY]))
+            self.tracker.end_trial(self.run_id(trial), "KILLED", metrics=final, tags=tags)
+        else:
+            self.tracker.end_trial(self.run_id(trial), "FINISHED", metrics=final, tags=tags)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.end_trial(self.run_id(trial), "FAILED",
+                               tags={"kdtune.error": _last_error(trial)})
+
+
+def _last_error(trial: Any) -> str:
+    """The last line of the trial's error (the exception), or a generic note."""
+    try:
+        with open(trial.error_file) as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+        return lines[-1][:2000] if lines else "trial failed"
+    except (OSError, TypeError):
+        return "trial failed (no error file)"
+
+
+class Progress(Callback):
+    """Live table of trials (a line per finished trial when not on a terminal)."""
+
+    def __init__(self, metric: str, mode: str, *, console: Console | None = None) -> None:
+        self.metric, self.mode = metric, mode
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.live: Live | None = None
+        self.started = time.monotonic()
+
+    def __getstate__(self) -> dict[str, Any]:  # consoles and live displays do not pickle
+        return {"metric": self.metric, "mode": self.mode, "rows": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["metric"], state["mode"])
+
+    def setup(self, **info: Any) -> None:
+        if self.console.is_terminal:
+            self.live = Live(self.table(), console=self.console, refresh_per_second=2,
+                             transient=False)
+            self.live.start()
+
+    def _update(self, trial: Any, status: str, result: Mapping[str, Any] | None = None) -> None:
+        row = self.rows.setdefault(trial.trial_id, {"config": _summary(trial.config)})
+        row["status"] = status
+        if result:
+            row["epoch"] = f"{int(result.get(EPOCH_KEY, 0))}/{int(result.get(PLANNED_KEY, 0))}"
+            if self.metric in result:
+                row["value"] = float(result[self.metric])
+        if self.live is not None:
+            self.live.update(self.table())
+
+    def best(self) -> tuple[str, dict[str, Any]] | None:
+        scored = [(k, r) for k, r in self.rows.items() if "value" in r]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda kv: kv[1]["value"])
+
+    def table(self) -> Table:
+        elapsed = time.monotonic() - self.started
+        table = Table(title=f"kdtune sweep - {len(self.rows)} trials, {elapsed:.0f}s",
+                      caption=self._best_caption())
+        for col in ("trial", "config", "epoch", self.metric, "status"):
+            table.add_column(col)
+        for trial_id, row in self.rows.items():
+            value = f"{row['value']:.4f}" if "value" in row else "-"
+            table.add_row(trial_id, row["config"], row.get("epoch", "-"), value, row["status"])
+        return table
+
+    def _best_caption(self) -> str:
+        best = self.best()
+        if best is None:
+            return ""
+        return f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f}  {best[1]['config']}"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trial, "RUNNING")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._update(trial, "RUNNING", result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        status = f"STOPPED@{int(result.get(EPOCH_KEY, 0))}" if stopped_early(result) else "DONE"
+        self._update(trial, status, result)
+        self._line(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trial, "FAILED")
+        self._line(trial.trial_id)
+
+    def _line(self, trial_id: str) -> None:
+        if self.live is None:
+            row = self.rows[trial_id]
+            value = f"{row['value']:.4f}" if "value" in row else "-"
+            self.console.print(f"trial {trial_id} {row['status']:<11} {self.metric}={value}  "
+                               f"{row['config']}")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def _summary(params: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in params.items():
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        elif isinstance(value, list | tuple):
+            value = "-".join(map(str, value))
+        parts.append(f"{key}={value}")
+    return " ".join(parts)

@@ -1,0 +1,345 @@
+"""Run, resume and finish a sweep: space file -> teacher and data once -> Ray Tune -> MLflow.
+
+The driver validates the space, trains or loads the teacher once, computes its outputs on the
+training set once, and ships both with the data to every trial through Ray's object store.
+Optuna proposes configs (define-by-run), ASHA stops weak trials, MLflow records everything.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import kdtune
+from kdtune.config import TrainConfig
+from kdtune.errors import KdtuneError
+from kdtune.report import epoch_printer
+from kdtune.teacher import check_compatible, data_spec, load_teacher, train_logits
+from kdtune.tracking import Tracker, default_store, default_tracking_uri
+from kdtune.trainer import load_data
+from kdtune.tune.space import DATA_KEYS, SearchSpace, expand_grid, load_space, teacher_config
+from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
+
+ASHA_STATE = "kdtune-asha.json"
+TAG_STORAGE, TAG_SPACE, TAG_SPACE_SHA = "kdtune.storage", "kdtune.space_file", "kdtune.space_sha256"
+PARAM_NUM_SAMPLES, PARAM_SEARCHED = "num_samples", "searched"
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where a sweep's records go: the MLflow store and the Ray experiment storage."""
+
+    tracking_uri: str
+    storage: Path  # Ray experiments live in storage/<sweep name>
+
+    @classmethod
+    def resolve(cls, mlflow_uri: str | None = None, storage: str | None = None) -> Store:
+        """Defaults: one local folder ``./kdtune-runs`` with ``mlflow.db`` and ``ray/``."""
+        root = default_store()
+        uri = mlflow_uri or default_tracking_uri(root)
+        path = Path(storage).expanduser().resolve() if storage else root / "ray"
+        return cls(uri, path)
+
+    @property
+    def teachers(self) -> Path:
+        return self.storage / "_teachers"
+
+    def describe(self) -> str:
+        return f"MLflow {self.tracking_uri}, Ray storage {self.storage}"
+
+
+# -- the pieces -------------------------------------------------------------------------------
+def prepare_context(space: SearchSpace, store: Store, console: Console) -> SweepContext:
+    """Load the data and the teacher once on the driver, with the teacher's outputs."""
+    data_config = TrainConfig.from_dict({k: space.fixed[k] for k in DATA_KEYS if k in space.fixed})
+    data = load_data(data_config)
+    teacher, teacher_path = None, None
+    if space.teacher is not None:
+        teacher_path = space.teacher.path
+        if teacher_path is None:
+            console.print("training the teacher once on the driver ...")
+            from kdtune.teacher_store import obtain_teacher
+
+            path, _, reused = obtain_teacher(teacher_config(space), out=store.teachers,
+                                             callbacks=[epoch_printer()])
+            teacher_path = str(path)
+            console.print(f"teacher: {path}" + (" (reused: same config)" if reused else ""))
+        teacher = load_teacher(teacher_path)
+        check_compatible(teacher, data_spec(data, data_config.split_seed,
+                                            data_config.val_fraction), source="teacher")
+        if space.fixed.get("augment") is not True and data.augment is None:
+            train_logits(teacher, data)  # computed once here; trials look them up
+        elif space.fixed.get("augment") is not False and data.augment is not None:
+            console.print("augmented training: trials run the teacher live on each view")
+    gpus = space.resources.gpus
+    overrides = {"device": "cuda" if gpus > 0 else "cpu",
+                 "threads": max(1, int(space.resources.cpus))}
+    settings = TrialSettings(fixed=dict(space.fixed), seeds=space.seeds,
+                             teacher_path=teacher_path, overrides=overrides)
+    return SweepContext(settings=settings, data=data, teacher=teacher)
+
+
+def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
+    """Optuna (TPE, random, NSGA-II) define-by-run, or kdtune's own grid expansion."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if space.search.sampler == "grid":
+        grid = expand_grid(space)
+        return BasicVariantGenerator(points_to_evaluate=grid[:num_samples],
+                                     max_concurrent=space.search.max_concurrent)
+    import optuna
+
+    from kdtune.tune.searcher import PruningOptunaSearch
+    from kdtune.tune.space import suggest
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = space.search.seed
+    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+               "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+               "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}[space.search.sampler]()
+    metric: Any = space.metrics if space.multi_objective else space.metrics[0]
+    mode: Any = space.modes if space.multi_objective else space.modes[0]
+    return PruningOptunaSearch(space=functools.partial(suggest, space=space), metric=metric,
+                               mode=mode, sampler=sampler)
+
+
+def make_scheduler(space: SearchSpace, experiment_dir: Path) -> Any:
+    """ASHA on the first objective (rungs persisted for resume), or FIFO."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from kdtune.tune.scheduler import PersistentASHA
+
+    s = space.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    return PersistentASHA(time_attr="epoch", metric=space.metrics[0], mode=space.modes[0],
+                          max_t=s.max_t, grace_period=s.grace_period,
+                          reduction_factor=s.reduction_factor,
+                          state_path=experiment_dir / ASHA_STATE)
+
+
+def make_trainable(space: SearchSpace, context: SweepContext) -> Any:
+    from ray import tune
+
+    from kdtune.tune.trainable import run_trial
+
+    resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
+    return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+
+
+def init_ray(address: str | None, console: Console) -> None:
+    """Join the cluster at ``address``, or start a local Ray (unless one is running here)."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small experiment state: save often
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # kdtune keeps one checkpoint per trial, which forces a (tiny) snapshot each epoch: wanted.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
+                              "logging_level": "WARNING"}
+    if address:
+        kwargs["runtime_env"] = {"py_modules": [str(Path(kdtune.__file__).parent)]}
+        console.print(f"joining the Ray cluster at {address}")
+        ray.init(address=address, **kwargs)
+    else:
+        console.print("starting a local Ray")
+        ray.init(**kwargs)
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(kdtune.__file__).parent, timeout=5, check=False)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# -- commands ---------------------------------------------------------------------------------
+@dataclass
+class SweepOutcome:
+    name: str
+    parent_run_id: str
+    finished: bool
+    tracking_uri: str
+    experiment_dir: Path
+
+
+def run_sweep(space_file: str, *, name: str | None = None, address: str | None = None,
+              mlflow_uri: str | None = None, storage: str | None = None,
+              num_samples: int | None = None, console: Console | None = None) -> SweepOutcome:
+    """Start a new sweep; every input is validated before Ray starts."""
+    console = console or Console(highlight=False)
+    space = load_space(space_file)
+    name = name or space.name
+    num_samples = _num_samples(space, num_samples)
+    store = Store.resolve(mlflow_uri, storage)
+    experiment_dir = store.storage / name
+    if experiment_dir.exists():
+        raise KdtuneError(f"Ray storage {experiment_dir} already exists; resume with `kdtune "
+                          f"resume {name}` or choose another --name")
+    console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
+    tracker = Tracker(store.tracking_uri)
+    tracker.ensure_experiment()
+    if tracker.find_sweep(name) is not None:
+        raise KdtuneError(f"sweep {name!r} already exists in {store.tracking_uri}; resume it "
+                          f"with `kdtune resume {name}` or choose another --name")
+    context = prepare_context(space, store, console)
+    parent = tracker.start_sweep(name, tags={
+        TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
+        "kdtune.version": kdtune.__version__, "kdtune.git_sha": git_sha(),
+        "kdtune.ray_address": address or "local"},
+        params={"objective.metrics": ",".join(space.metrics),
+                "objective.modes": ",".join(space.modes), PARAM_NUM_SAMPLES: num_samples,
+                "sampler": space.search.sampler, "scheduler": space.scheduler.type,
+                PARAM_SEARCHED: ",".join(p.name for p in space.parameters),
+                "teacher": context.settings.teacher_path})
+    tracker.log_artifact(parent, space.source)
+    init_ray(address, console)
+    from ray import tune
+
+    from kdtune.tune.callbacks import MlflowTrials, Progress
+
+    tuner = tune.Tuner(
+        make_trainable(space, context),
+        tune_config=tune.TuneConfig(search_alg=make_search_alg(space, num_samples),
+                                    scheduler=make_scheduler(space, experiment_dir),
+                                    num_samples=num_samples,
+                                    max_concurrent_trials=space.search.max_concurrent),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(store.storage), verbose=0,
+            callbacks=[MlflowTrials(tracker, parent, name, context.settings),
+                       Progress(space.metrics[0], space.modes[0])],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0)))
+    return _fit_and_finish(tuner, space, store, tracker, parent, name, num_samples, console)
+
+
+def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
+                 storage: str | None = None, console: Console | None = None) -> SweepOutcome:
+    """Finish an interrupted sweep: finished trials stay, unfinished ones continue."""
+    console = console or Console(highlight=False)
+    store = Store.resolve(mlflow_uri, storage)
+    from kdtune.tracking import require_store
+
+    require_store(store.tracking_uri)
+    tracker = Tracker(store.tracking_uri)
+    run = tracker.sweep_run(name)
+    tags, params = run.data.tags, run.data.params
+    experiment_dir = store.storage / name if storage else Path(tags[TAG_STORAGE])
+    outcome = SweepOutcome(name, run.info.run_id, True, store.tracking_uri, experiment_dir)
+    if run.info.status == "FINISHED":
+        console.print(f"sweep {name!r} already finished; nothing to resume "
+                      f"(see `kdtune best {name}`)")
+        return outcome
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(experiment_dir)):
+        raise KdtuneError(f"no Ray experiment state for {name!r} at {experiment_dir}; pass "
+                          "--storage with the folder the sweep was started with")
+    space = load_space(tags[TAG_SPACE])
+    if space.sha256 != tags[TAG_SPACE_SHA]:
+        raise KdtuneError(f"{space.source} changed since sweep {name!r} started (sha256 "
+                          f"{tags[TAG_SPACE_SHA][:12]} -> {space.sha256[:12]}); restore it")
+    num_samples = int(params[PARAM_NUM_SAMPLES])
+    console.print(f"resuming sweep {name!r}; {store.describe()}")
+    context = prepare_context(space, store, console)
+    init_ray(address, console)
+    tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(space, context),
+                               resume_unfinished=True, resume_errored=False,
+                               restart_errored=False)
+    return _fit_and_finish(tuner, space, store, tracker, run.info.run_id, name, num_samples,
+                           console)
+
+
+def _num_samples(space: SearchSpace, override: int | None) -> int:
+    if space.search.sampler == "grid":
+        size = len(expand_grid(space))
+        n = override or space.search.num_samples or size
+        if n > size:
+            raise KdtuneError(f"--num-samples {n} is more than the grid's {size} configurations")
+        return n
+    n = override or space.search.num_samples
+    if n is None or n < 1:
+        raise KdtuneError(f"num_samples {n} must be >= 1 (--num-samples or search.num_samples)")
+    return n
+
+
+def _fit_and_finish(tuner: Any, space: SearchSpace, store: Store, tracker: Tracker, parent: str,
+                    name: str, num_samples: int, console: Console) -> SweepOutcome:
+    results = tuner.fit()
+    finished = _all_ended(results, num_samples)
+    removed = _drop_orphans(tracker, name, results)
+    if removed:
+        console.print(f"removed {removed} MLflow child run(s) of trials Ray never recorded")
+    experiment_dir = store.storage / name
+    if finished:
+        _log_best_student(tracker, space, name, results, console)
+        tracker.end_sweep(parent, "FINISHED")
+        console.print(f"sweep {name!r} finished: {len(results)} trials")
+    else:
+        console.print(f"sweep {name!r} stopped before the end; continue with "
+                      f"`kdtune resume {name}`")
+    return SweepOutcome(name, parent, finished, store.tracking_uri, experiment_dir)
+
+
+def _all_ended(results: Any, num_samples: int) -> bool:
+    """Every trial of the sweep exists and ended (finished, stopped early or failed)."""
+    if len(results) < num_samples:
+        return False
+    for r in results:
+        if r.error is None and not r.metrics.get("done", False) and not _stopped(r.metrics):
+            return False
+    return True
+
+
+def _stopped(metrics: dict[str, Any]) -> bool:
+    from kdtune.tune.searcher import stopped_early
+
+    return stopped_early(metrics)
+
+
+def _drop_orphans(tracker: Tracker, name: str, results: Any) -> int:
+    """Delete child runs of trials that Ray does not know (started just before a crash)."""
+    known = {Path(r.path).name for r in results}
+    runs = tracker.trial_runs(name)
+    removed = 0
+    for _, row in runs.iterrows():
+        if not any(str(row["trial_id"]) in folder for folder in known):
+            tracker.client.delete_run(row["run_id"])
+            removed += 1
+    return removed
+
+
+def _log_best_student(tracker: Tracker, space: SearchSpace, name: str, results: Any,
+                      console: Console) -> None:
+    """Attach the best finished trial's student weights to its MLflow run."""
+    import torch
+
+    from kdtune.teacher import atomic_save
+
+    best = tracker.best_configs(name, metrics=space.metrics[:1], modes=space.modes[:1], top=1)
+    if best.empty:
+        return
+    row = best.iloc[0]
+    match = [r for r in results if str(row["trial_id"]) in Path(r.path).name]
+    if not match or match[0].checkpoint is None:
+        return
+    with match[0].checkpoint.as_directory() as folder, \
+            tempfile.TemporaryDirectory() as out:
+        seeds = sorted(Path(folder).glob(CHECKPOINT_FILE.format(seed="*")))
+        state = torch.load(seeds[0], map_location="cpu", weights_only=True)
+        student = Path(out) / "student.pt"
+        atomic_save({"format": "kdtune-student/1", "config": state["config"],
+                     "state_dict": state["model"]}, student)
+        tracker.log_artifact(str(row["run_id"]), student)
+    console.print(f"best student's weights logged to MLflow run {row['run_id']}")

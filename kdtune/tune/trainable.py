@@ -1,0 +1,95 @@
+"""The Ray Tune trainable: one trial = the shared trainer on one config, reported per epoch.
+
+Everything a trial needs beyond its parameters (fixed settings, the data tensors, the teacher
+with its cached outputs) arrives once through the object store as a :class:`SweepContext`,
+so no trial trains a teacher, reads a driver path or downloads data. With several training
+seeds the runs advance epoch by epoch together and the trial reports their mean.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdtune.config import TrainConfig
+from kdtune.data import DataSplits
+from kdtune.teacher import Teacher
+from kdtune.trainer import TrainingRun
+from kdtune.tune.searcher import EPOCH_KEY, PLANNED_KEY
+
+CHECKPOINT_FILE = "seed-{seed}.pt"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How a trial's parameters become full configs (small: kept in Ray's experiment state)."""
+
+    fixed: Mapping[str, Any]
+    seeds: tuple[int, ...]
+    teacher_path: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # device/threads per resources
+
+    def config(self, params: Mapping[str, Any], seed: int) -> TrainConfig:
+        """The trial's full config for one seed (``teacher`` names the driver's checkpoint)."""
+        return TrainConfig.from_dict({**self.fixed, **params, **self.overrides, "seed": seed,
+                                      "teacher": self.teacher_path}, where="trial")
+
+
+@dataclass
+class SweepContext:
+    """What every trial of a sweep shares (shipped once through Ray's object store)."""
+
+    settings: TrialSettings
+    data: DataSplits
+    teacher: Teacher | None
+
+
+def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
+    """Mean over seeds of every numeric metric present in all of them."""
+    keys = [k for k in per_seed[0] if all(k in m for m in per_seed)]
+    return {k: statistics.fmean(float(m[k]) for m in per_seed) for k in keys}
+
+
+def node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def run_trial(params: dict[str, Any], context: SweepContext) -> None:
+    """Function trainable: train, report each epoch with a checkpoint, end with final metrics."""
+    from ray import tune
+
+    settings = context.settings
+    runs = [TrainingRun(settings.config(params, s), teacher=context.teacher, data=context.data)
+            for s in settings.seeds]
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            for run in runs:
+                run.load_checkpoint(Path(folder) / CHECKPOINT_FILE.format(seed=run.config.seed))
+    planned = runs[0].config.epochs
+    where = {"node_id": node_id()}
+    if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
+        _report(runs, {**mean_metrics([r.final_metrics() for r in runs]), **where}, planned)
+        return
+    while runs[0].epoch < planned:
+        metrics = mean_metrics([run.train_epoch() for run in runs])
+        if runs[0].epoch == planned:
+            metrics.update(mean_metrics([run.final_metrics() for run in runs]))
+        _report(runs, {**metrics, **where}, planned)
+
+
+def _report(runs: list[TrainingRun], metrics: dict[str, Any], planned: int) -> None:
+    from ray import tune
+
+    metrics[EPOCH_KEY] = runs[0].epoch
+    metrics[PLANNED_KEY] = planned
+    with tempfile.TemporaryDirectory(prefix="kdtune-ckpt-") as folder:
+        for run in runs:
+            run.save_checkpoint(Path(folder) / CHECKPOINT_FILE.format(seed=run.config.seed))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

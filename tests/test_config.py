@@ -1,0 +1,165 @@
+"""TrainConfig: coercion from YAML/CLI values, validation, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdtune.config import TrainConfig
+from kdtune.errors import KdtuneError
+
+
+def test_defaults_are_valid_and_round_trip() -> None:
+    cfg = TrainConfig()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("300-300", (300, 300)),
+    ("1200", (1200,)),
+    (" 64 ", (64,)),
+    ("1,1,0,0", (1, 1, 0, 0)),
+    ("1, 2, 0, 0", (1, 2, 0, 0)),
+    ([300, 300], (300, 300)),
+    ((50,), (50,)),
+    (300, (300,)),
+    ("", ()),
+])
+def test_int_lists_are_coerced(raw: object, expected: tuple[int, ...]) -> None:
+    assert TrainConfig.from_dict({"hidden": raw}).hidden == expected
+    assert TrainConfig.from_dict({"blocks": raw}).blocks == expected
+
+
+def test_negative_list_keeps_its_sign() -> None:
+    # "-1,1,0,0" must not turn into (1, 1, 0, 0); the model refuses the -1 later.
+    assert TrainConfig.from_dict({"blocks": "-1,1,0,0"}).blocks == (-1, 1, 0, 0)
+    with pytest.raises(KdtuneError, match="'-1-1'"):
+        TrainConfig.from_dict({"hidden": "-1-1"})
+
+
+def test_scalars_are_coerced() -> None:
+    cfg = TrainConfig.from_dict({"alpha": 1, "temperature": "3", "epochs": 5.0, "lr": 1,
+                                 "seed": "7", "download": "yes", "train_per_class": 10,
+                                 "teacher": None})
+    assert (cfg.alpha, cfg.temperature, cfg.epochs, cfg.lr, cfg.seed) == (1.0, 3.0, 5, 1.0, 7)
+    assert isinstance(cfg.alpha, float) and isinstance(cfg.epochs, int)
+    assert cfg.download is True and cfg.teacher is None
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"epochs": 2.5}, "expected an integer"),
+    ({"epochs": True}, "expected an integer"),
+    ({"alpha": "high"}, "expected a number"),
+    ({"hidden": "3x3"}, "expected integers like 300-300"),
+    ({"hidden": {"a": 1}}, "expected a list of integers"),
+    ({"download": "maybe"}, "expected true or false"),
+])
+def test_bad_types_are_one_line_errors(data: dict, fragment: str) -> None:
+    with pytest.raises(KdtuneError, match=fragment) as info:
+        TrainConfig.from_dict(data)
+    assert "\n" not in str(info.value)
+    assert next(iter(data)) in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "suggestion"), [
+    ("temprature", "temperature"), ("alhpa", "alpha"), ("hiden", "hidden"),
+    ("train_per_clas", "train_per_class"),
+])
+def test_unknown_key_suggests_the_closest(key: str, suggestion: str) -> None:
+    with pytest.raises(KdtuneError) as info:
+        TrainConfig.from_dict({key: 1})
+    msg = str(info.value)
+    assert f"unknown key {key!r}" in msg
+    assert f"did you mean {suggestion!r}" in msg
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"alpha": 1.5}, "alpha 1.5"),
+    ({"alpha": -0.1}, "alpha -0.1"),
+    ({"temperature": 0}, "temperature 0"),
+    ({"temperature": -2}, "temperature -2"),
+    ({"method": "two_temperature", "t_wrong": 2.0}, "t_right"),
+    ({"method": "two_temperature", "t_right": 2.0}, "t_wrong"),
+    ({"method": "two_temperature", "t_right": 0.0, "t_wrong": 2.0}, "t_right"),
+    ({"epochs": 0}, "epochs 0"),
+    ({"batch_size": 0}, "batch_size 0"),
+    ({"lr": 0}, "lr 0"),
+    ({"train_per_class": 0}, "train_per_class 0"),
+    ({"val_fraction": 0.9}, "val_fraction 0.9"),
+    ({"method": "rkd5"}, "unknown method 'rkd5'"),
+    ({"model": "mpl"}, "unknown model 'mpl'"),
+    ({"dataset": "digit"}, "unknown dataset 'digit'"),
+    ({"schedule": "linear"}, "unknown schedule 'linear'"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+])
+def test_invalid_values_are_refused(changes: dict, fragment: str) -> None:
+    with pytest.raises(KdtuneError) as info:
+        TrainConfig.from_dict(changes)
+    msg = str(info.value)
+    assert fragment in msg and "\n" not in msg
+
+
+def test_unknown_names_list_the_choices() -> None:
+    with pytest.raises(KdtuneError) as info:
+        TrainConfig(method="rkd5")
+    assert "vanilla" in str(info.value) and "did you mean 'rkd_v" in str(info.value)
+
+
+def test_two_temperature_valid_and_temperature_unused() -> None:
+    cfg = TrainConfig(method="two_temperature", t_right=2.0, t_wrong=6.0)
+    assert (cfg.t_right, cfg.t_wrong) == (2.0, 6.0)
+    # `none` has no soft term, so its temperature is not checked
+    assert TrainConfig(method="none", temperature=0).temperature == 0
+
+
+def test_replace_validates() -> None:
+    with pytest.raises(KdtuneError, match="alpha"):
+        TrainConfig().replace(alpha=2.0)
+
+
+def test_model_kwargs_only_set_fields() -> None:
+    cfg = TrainConfig(model="resnet", blocks=(1, 1, 0, 0), stem_stride=2)
+    assert cfg.model_kwargs() == {"blocks": (1, 1, 0, 0), "stem_stride": 2}
+    assert TrainConfig().model_kwargs() == {}
+
+
+def test_from_yaml_overrides_win(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("method: none\nhidden: 300-300\nalpha: 0.2\nepochs: 3\n")
+    cfg = TrainConfig.from_yaml(path, alpha=0.7, epochs="9")
+    assert (cfg.method, cfg.hidden, cfg.alpha, cfg.epochs) == ("none", (300, 300), 0.7, 9)
+    assert TrainConfig.from_yaml(path).alpha == 0.2
+
+
+def test_from_yaml_empty_file_is_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert TrainConfig.from_yaml(path) == TrainConfig()
+
+
+def test_from_yaml_unknown_key_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("temprature: 3\n")
+    with pytest.raises(KdtuneError) as info:
+        TrainConfig.from_yaml(path)
+    assert str(path) in str(info.value) and "did you mean 'temperature'" in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("alpha: [0.1\nepochs: 3\n", "invalid YAML"),
+    ("method: none\n  - x: : :\n", "invalid YAML"),
+    ("- 1\n- 2\n", "expected a mapping"),
+])
+def test_bad_yaml_is_one_line(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(KdtuneError) as info:
+        TrainConfig.from_yaml(path)
+    msg = str(info.value)
+    assert fragment in msg and str(path) in msg and "\n" not in msg
+
+
+def test_missing_yaml_file(tmp_path: Path) -> None:
+    with pytest.raises(KdtuneError, match="cannot read config"):
+        TrainConfig.from_yaml(tmp_path / "nope.yaml")
