@@ -19,8 +19,8 @@ TEACHER = TrainConfig(dataset="digits", model="mlp", hidden=(1200, 1200), dropou
                       method="none", epochs=30, lr=0.05, batch_size=64, seed=0)
 STUDENT = TrainConfig(dataset="digits", model="mlp", hidden=(64,), train_per_class=10,
                       epochs=60, lr=0.05, batch_size=32, alpha=0.1, temperature=4.0)
-COLUMNS = ["model", "method", "params", "val_accuracy", "test_accuracy", "latency_ms_b1",
-           "latency_ms_b256", "speedup"]
+COLUMNS = ["model", "train_per_class", "method", "params", "val_accuracy", "val_accuracy_sd",
+           "test_accuracy", "latency_ms_b1", "latency_ms_b256", "speedup"]
 
 
 def compare(teacher_path: Path, seeds: int, base: TrainConfig = STUDENT,
@@ -40,22 +40,24 @@ def compare(teacher_path: Path, seeds: int, base: TrainConfig = STUDENT,
         row: dict[str, Any] = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
         row["val_accuracy_sd"] = statistics.pstdev(r["val_accuracy"] for r in runs)
         row.update(model=f"mlp {'-'.join(map(str, base.hidden or ()))}", method=method,
-                   seeds=seeds)
+                   seeds=seeds, train_per_class=base.train_per_class)
         rows.append(row)
     return rows
 
 
-def run_demo(*, out: str, seeds: int, as_json: bool) -> int:
+def run_demo(*, out: str, seeds: int, as_json: bool,
+             per_class: tuple[int, ...] = (5, 10)) -> int:
     from kdtune.teacher_store import obtain_teacher
 
     stderr.print(f"[bold]1/2 teacher[/] MLP 1200-1200 on digits ({TEACHER.epochs} epochs)")
     path, t_metrics, reused = obtain_teacher(TEACHER, out=out, callbacks=[epoch_printer()])
     stderr.print(f"teacher: {path}" + (" (reused)" if reused else ""))
-    stderr.print(f"[bold]2/2 students[/] MLP 64 on {STUDENT.train_per_class} images per class, "
-                 f"none vs vanilla KD, {seeds} seeds each")
-    rows = compare(path, seeds)
+    stderr.print(f"[bold]2/2 students[/] MLP 64 on {', '.join(map(str, per_class))} images "
+                 f"per class, none vs vanilla KD, {seeds} seeds each")
+    rows = [row for n in per_class
+            for row in compare(path, seeds, STUDENT.replace(train_per_class=n))]
     teacher_row = {"model": "mlp 1200-1200 (teacher)", "method": "-", **t_metrics,
-                   "speedup": 1.0}
+                   "train_per_class": "all", "speedup": 1.0}
     print_table(table_from_rows([teacher_row, *rows], COLUMNS,
                                 title=f"digits: teacher vs students (mean of {seeds} seeds)"))
     if as_json:

@@ -19,6 +19,8 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "val_accuracy": ("val accuracy", "{:.4f}"),
     "test_accuracy": ("test accuracy", "{:.4f}"),
     "val_loss": ("val loss", "{:.4f}"),
+    "val_accuracy_sd": ("val acc sd", "{:.4f}"),
+    "train_per_class": ("per class", "{}"),
     "params": ("params", "{:,.0f}"),
     "flops": ("FLOPs / sample", "{:,.0f}"),
     "latency_ms_b1": ("CPU ms, batch 1", "{:.3f}"),

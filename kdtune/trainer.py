@@ -229,7 +229,8 @@ class TrainingRun:
             metrics["latency_ms_b256"] = cpu_latency_ms(model, data.in_shape, 256)
         if self.teacher is not None:
             t = self.teacher
-            metrics["teacher_params"] = count_params(t.model)
+            # the teacher is frozen (requires_grad False): count all its parameters
+            metrics["teacher_params"] = sum(p.numel() for p in t.model.parameters())
             t_acc, _ = evaluate(t.model, data.x_test.to(self.device), data.y_test.to(self.device))
             metrics["teacher_test_accuracy"] = t_acc
             if measure_latency:

@@ -4,7 +4,8 @@
   teacher-output cache never touches ``~/.cache/kdtune``.
 * ``teacher_path`` (session): one small MLP teacher on digits, trained once per run with
   :func:`kdtune.teacher_store.obtain_teacher`; ``teacher`` loads a fresh copy of it per test.
-* ``TEACHER_CONFIG``/``tiny_student``: the configs behind them, for tests that build their own.
+* ``teacher_config``: the config behind it; ``tiny_student(**changes)``: a few-second MLP
+  student config distilled from it.
 
 Torch runs single-threaded here: the CI machines have few, shared cores, and intra-op threads
 make the tiny models these tests train tens of times slower, not faster.
@@ -45,6 +46,12 @@ def kdtune_cache(_session_cache: Path, tmp_path: Path,
     path = tmp_path / "kdtune-cache"
     monkeypatch.setenv("KDTUNE_CACHE", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def teacher_config() -> TrainConfig:
+    """The config the session teacher is trained with."""
+    return TEACHER_CONFIG
 
 
 @pytest.fixture(scope="session")

@@ -214,7 +214,8 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
         tune_config=tune.TuneConfig(search_alg=make_search_alg(space, num_samples),
                                     scheduler=make_scheduler(space, experiment_dir),
                                     num_samples=num_samples,
-                                    max_concurrent_trials=space.search.max_concurrent),
+                                    max_concurrent_trials=space.search.max_concurrent,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=str(store.storage), verbose=0,
             callbacks=[MlflowTrials(tracker, parent, name, context.settings),

@@ -108,7 +108,7 @@ def test_shipped_space_loads(path: Path) -> None:
 
 def test_shipped_files_cover_the_issue() -> None:
     assert {p.stem for p in SHIPPED} == {"digits_quick", "mnist_mlp", "cifar10_resnet_blocks",
-                                         "cifar100_thesis"}
+                                         "cifar100_thesis", "cifar100_thesis_wrn"}
 
 
 def test_digits_quick_is_the_quick_default() -> None:
@@ -128,7 +128,8 @@ def test_grid_sizes_of_shipped_grids() -> None:
     # cifar100_thesis: 7 single-T methods x 3 alpha x 3 T = 63,
     #   plus two_temperature x 3 alpha x 2 t_right x 3 t_wrong = 18 -> 81
     sizes = {p.stem: len(expand_grid(load_space(p))) for p in SHIPPED if p.stem != "digits_quick"}
-    assert sizes == {"mnist_mlp": 12, "cifar10_resnet_blocks": 18, "cifar100_thesis": 81}
+    assert sizes == {"mnist_mlp": 12, "cifar10_resnet_blocks": 18, "cifar100_thesis": 81,
+                     "cifar100_thesis_wrn": 81}
     thesis = expand_grid(load_space(ROOT / "search_spaces" / "cifar100_thesis.yaml"))
     two = [c for c in thesis if c["method"] == "two_temperature"]
     assert len(two) == 18 and all("temperature" not in c for c in two)

@@ -1,0 +1,215 @@
+"""``kdtune train`` / ``kdtune teacher`` in-process (``main([...])``), plus one real subprocess
+proving that ``python -m kdtune`` works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kdtune.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--hidden", "16", "--epochs", "1", "--device", "cpu"]
+METRICS = {"val_accuracy", "test_accuracy", "params", "flops", "latency_ms_b1",
+           "latency_ms_b256", "train_time_s"}
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)  # keeps the test's KDTUNE_CACHE
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+# -- train ----------------------------------------------------------------------------------
+def test_train_prints_metrics_and_json_last(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--method", "none", *TINY, "--json"]) == 0
+    out, err = capsys.readouterr()
+    metrics = last_json(out)
+    assert METRICS <= metrics.keys() and "speedup" not in metrics
+    assert "val accuracy" in out and "student (none)" in out  # the table
+    assert "epoch 1/1" in err  # progress goes to stderr
+
+
+def test_train_with_teacher_reports_speedup(teacher_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--method", "vanilla", "--teacher", str(teacher_path), "--alpha", "0.3",
+            "--temperature", "2", *TINY, "--json"]
+    assert main(argv) == 0
+    metrics = last_json(capsys.readouterr().out)
+    assert (METRICS | {"speedup", "teacher_params"}) <= metrics.keys()
+    assert metrics["speedup"] > 0
+
+
+def test_config_file_with_flag_override_and_out(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "student.yaml"
+    config.write_text("method: none\nhidden: 16-16\nepochs: 3\nalpha: 0.2\nlr: 0.1\n"
+                      "device: cpu\n")
+    out_dir = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(out_dir),
+                 "--json"]) == 0
+    stdout, err = capsys.readouterr()
+    metrics = last_json(stdout)
+    assert metrics["epochs"] == 1 and "epoch 2/" not in err  # the flag won over the file
+
+    assert sorted(p.name for p in out_dir.iterdir()) == ["config.yaml", "metrics.json",
+                                                          "student.pt"]
+    written = yaml.safe_load((out_dir / "config.yaml").read_text())
+    assert written["epochs"] == 1 and written["alpha"] == 0.2 and written["hidden"] == [16, 16]
+    assert json.loads((out_dir / "metrics.json").read_text()) == metrics
+    student = torch.load(out_dir / "student.pt", weights_only=True)
+    assert student["format"] == "kdtune-student/1" and student["config"]["lr"] == 0.1
+    assert student["state_dict"]["1.weight"].shape == (16, 64)
+
+
+# -- bad input ------------------------------------------------------------------------------
+BAD_TRAIN = {
+    # id: (extra argv, text the error must contain)
+    "unknown-method": (["--method", "rkd5"], "'rkd5'"),
+    "alpha": (["--alpha", "1.5"], "alpha 1.5"),
+    "alpha-negative": (["--alpha=-0.1"], "alpha -0.1"),
+    "temperature": (["--temperature", "0"], "temperature 0"),
+    "blocks-negative": (["--method", "none", "--model", "resnet", "--blocks", "-1,1,0,0"],
+                        "[-1, 1, 0, 0]"),
+    "blocks-negative-eq": (["--method", "none", "--model", "resnet", "--blocks=-1,1,0,0"],
+                           "[-1, 1, 0, 0]"),
+    "blocks-zero": (["--method", "none", "--model", "resnet", "--blocks", "0,0,0,0"],
+                    "[0, 0, 0, 0]"),
+    "hidden-text": (["--method", "none", "--hidden", "big"], "'big'"),
+    "mnist-no-root": (["--method", "none", "--dataset", "mnist"], "--data-root"),
+    "no-teacher": (["--method", "vanilla"], "'vanilla' needs a teacher"),
+    "missing-teacher": (["--teacher", "missing.pt"], "'missing.pt' does not exist"),
+    "two-temperature": (["--method", "two_temperature", "--t-right", "2"], "t_wrong"),
+    "epochs-zero": (["--method", "none", "--epochs", "0"], "epochs 0"),
+    "model-option": (["--method", "none", "--model", "mlp", "--blocks", "1,1,0,0"],
+                     "'blocks'"),
+    "unknown-flag": (["--temprature", "3"], "--temprature"),
+    "bad-int": (["--epochs", "two"], "'two'"),
+}
+
+
+def run_bad(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("extra", "fragment"), BAD_TRAIN.values(), ids=BAD_TRAIN.keys())
+def test_bad_train_input(extra: list[str], fragment: str, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "out"
+    argv = ["train", "--epochs", "1", *extra, "--out", str(out_dir)]
+    code, _, err = run_bad(argv, capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("temprature: 3\n", "'temprature' (did you mean 'temperature'?)"),
+    ("alpha: [0.5\n", "invalid YAML"),
+    ("method: rkd5\n", "'rkd5'"),
+])
+def test_bad_config_file(text: str, fragment: str, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    out_dir = tmp_path / "out"
+    code, _, err = run_bad(["train", "--config", str(config), "--out", str(out_dir)], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not out_dir.exists()
+
+
+def test_missing_data_root_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "out"
+    root = tmp_path / "no-mnist-here"
+    code, _, err = run_bad(["train", "--method", "none", "--dataset", "mnist", "--data-root",
+                            str(root), "--out", str(out_dir)], capsys)
+    assert_one_line_error(code, err, str(root))
+    assert "--download" in err and not out_dir.exists()
+
+
+def test_bad_teacher_input_writes_nothing(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "teachers"
+    code, _, err = run_bad(["teacher", "--hidden", "0", "--out", str(out_dir)], capsys)
+    assert_one_line_error(code, err, "hidden [0]")
+    assert not out_dir.exists()
+
+
+def test_no_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_bad([], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+# -- teacher --------------------------------------------------------------------------------
+def test_teacher_writes_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "teachers"
+    argv = ["teacher", "--hidden", "16", "--epochs", "1", "--device", "cpu", "--out",
+            str(out_dir), "--json"]
+    assert main(argv) == 0
+    first = last_json(capsys.readouterr().out)
+    files = list(out_dir.glob("*.pt"))
+    assert len(files) == 1 and first["teacher"] == str(files[0])
+    assert torch.load(files[0], weights_only=True)["data"]["dataset"] == "digits"
+
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "(reused: same config)" in out and "epoch 1/1" not in err
+    assert last_json(out)["teacher"] == str(files[0]) and list(out_dir.glob("*.pt")) == files
+
+
+def test_teacher_out_from_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "teacher.yaml"
+    config.write_text(f"hidden: 16\nepochs: 1\ndevice: cpu\nout: {tmp_path / 'from-file'}\n"
+                      "method: vanilla\n")  # a student's config: the method is ignored
+    assert main(["teacher", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert len(list((tmp_path / "from-file").glob("teacher-mlp-*.pt"))) == 1
+    assert not (tmp_path / "kdtune-runs").exists()
+
+
+# -- the real entry point -------------------------------------------------------------------
+def test_python_m_kdtune_help_and_version() -> None:
+    env = subprocess_env()
+    done = subprocess.run([sys.executable, "-m", "kdtune", "--help"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "train" in done.stdout and "teacher" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "kdtune", "train", "--help"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "--temperature" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "kdtune", "--version"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("kdtune ")
+
+
+def test_python_m_kdtune_train_json(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kdtune", "train", "--method", "none", *TINY, "--threads", "1",
+         "--json"], capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path,
+        timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert METRICS <= last_json(done.stdout).keys()
+    assert list(tmp_path.iterdir()) == []  # nothing written without --out

@@ -1,0 +1,32 @@
+"""``import kdtune`` and ``kdtune train`` must not load the search/tracking stack (DECISIONS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("ray", "mlflow", "optuna", "pandas")
+
+SCRIPT = f"""
+import json, sys
+import kdtune, kdtune.cli, kdtune.trainer, kdtune.teacher_store
+after_import = sorted(m for m in {HEAVY!r} if m in sys.modules)
+code = kdtune.cli.main(["train", "--method", "none", "--hidden", "8", "--epochs", "1",
+                        "--device", "cpu", "--threads", "1", "--json"])
+after_train = sorted(m for m in {HEAVY!r} if m in sys.modules)
+print(json.dumps({{"code": code, "after_import": after_import, "after_train": after_train}}))
+"""
+
+
+def test_core_does_not_import_ray_or_mlflow(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "after_import": [], "after_train": []}
