@@ -30,3 +30,17 @@ def test_core_does_not_import_ray_or_mlflow(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"code": 0, "after_import": [], "after_train": []}
+
+
+def test_digits_read_without_sklearn_import_match_sklearn() -> None:
+    """kdtune reads digits' CSV itself (to keep pandas out); it must be sklearn's exact data."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    from kdtune.data.datasets import _digits_arrays
+
+    x, y = _digits_arrays()
+    bunch = load_digits()
+    assert torch.equal(x, torch.from_numpy(bunch.images.astype(np.float32)).unsqueeze(1))
+    assert np.array_equal(y, bunch.target)

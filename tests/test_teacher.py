@@ -159,7 +159,7 @@ def test_bad_files_are_refused(content: str, teacher_path: Path, tmp_path: Path)
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(KdtuneError, match="does not exist.*kdtune teacher"):
+    with pytest.raises(KdtuneError, match=r"does not exist.*kdtune teacher"):
         load_teacher(tmp_path / "nope.pt")
 
 

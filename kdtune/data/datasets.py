@@ -128,12 +128,28 @@ def _carve_test(x: torch.Tensor, y: np.ndarray, n_test: int, split_seed: int) ->
 
 @functools.cache
 def _digits_arrays() -> tuple[torch.Tensor, np.ndarray]:
-    """scikit-learn's digits, parsed once per process (callers only index into them)."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits, parsed once per process (callers only index into them).
 
-    bunch = load_digits()
-    x = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32)).unsqueeze(1)  # (N,1,8,8)
-    return x, np.asarray(bunch.target, dtype=np.int64)
+    The CSV shipped inside scikit-learn is read directly: importing ``sklearn.datasets`` costs
+    seconds and imports pandas, which ``kdtune train`` must not load (DECISIONS.md).
+    """
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    csv = (Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+           if spec is not None and spec.origin else None)
+    if csv is not None and csv.is_file():
+        with gzip.open(csv, "rt", encoding="utf-8") as f:
+            table = np.loadtxt(f, delimiter=",")
+        images, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:  # an unusual install: let scikit-learn find its data
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images, target = bunch.images, bunch.target
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).unsqueeze(1)  # (N,1,8,8)
+    return x, np.asarray(target, dtype=np.int64)
 
 
 def _load_digits(split_seed: int, **_: object) -> _Raw:
