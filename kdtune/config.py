@@ -19,6 +19,7 @@ from typing import Any
 from kdtune.errors import KdtuneError, choose_one
 
 SCHEDULES = ("multistep", "cosine")
+TEACHER_OUTPUTS = ("auto", "cached", "live")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields handed to ``create_model`` when set; everything else is a training setting.
@@ -55,6 +56,9 @@ class TrainConfig:
     t_right: float | None = None
     t_wrong: float | None = None
     teacher: str | None = None
+    # where teacher logits come from: auto (cached when they can be, else live), cached
+    # (un-augmented logits, or per-view logits computed once for augmented training), live
+    teacher_outputs: str = "auto"
     # optimisation
     epochs: int = 30
     batch_size: int = 64
@@ -67,6 +71,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     amp: bool = True  # autocast on CUDA only; ignored on CPU
+    channels_last: bool | None = None  # None: on for conv nets on CUDA
+    compile: bool = False  # torch.compile the student
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -221,6 +227,8 @@ def _validate(cfg: TrainConfig) -> None:
     spec = get_method(cfg.method)
     if cfg.schedule not in SCHEDULES:
         raise choose_one("schedule", cfg.schedule, SCHEDULES)
+    if cfg.teacher_outputs not in TEACHER_OUTPUTS:
+        raise choose_one("teacher_outputs", cfg.teacher_outputs, TEACHER_OUTPUTS)
     if cfg.device not in DEVICES:
         raise choose_one("device", cfg.device, DEVICES)
     if not 0.0 <= cfg.alpha <= 1.0:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdtune.data import DataSplits
+from kdtune.data import Augmentation, DataSplits
 from kdtune.errors import KdtuneError
 from kdtune.metrics import cpu_latency_ms, predict
 from kdtune.models import create_model
@@ -170,26 +171,63 @@ def train_logits(teacher: Teacher, data: DataSplits, *, root: Path | None = None
     Computed once per (teacher fingerprint, training set), kept on the teacher and cached on
     disk; a cache file of the wrong shape is recomputed.
     """
-    expected = (len(data.x_train), data.num_classes)
-    held = teacher.outputs.get(data.key)
+    def compute() -> torch.Tensor:
+        device = next(teacher.model.parameters()).device
+        return predict(teacher.model, data.x_train.to(device)).cpu()
+
+    return _outputs(teacher, data.key, (len(data.x_train), data.num_classes), compute, root)
+
+
+def view_key(data: DataSplits, augment: Augmentation) -> str:
+    """Cache key of the per-view teacher outputs of one training set and augmentation."""
+    return f"{data.key}-views-p{augment.pad}{'f' if augment.flip else ''}"
+
+
+def view_logits(teacher: Teacher, data: DataSplits, augment: Augmentation, *,
+                root: Path | None = None, batch_size: int = 1024) -> torch.Tensor:
+    """Teacher logits for every (training sample, augmentation view): ``(N, V, C)`` float16.
+
+    Augmentation is a finite set of views (pad-p crop x flip), so the teacher's output for
+    any augmented image a student will ever see can be computed once per teacher and shared
+    by every trial; a trial then looks logits up instead of running the teacher. Cached in
+    memory on the teacher and on disk like :func:`train_logits`.
+    """
+    expected = (len(data.x_train), augment.num_views, data.num_classes)
+
+    def compute() -> torch.Tensor:
+        device = next(teacher.model.parameters()).device
+        out = torch.empty(expected, dtype=torch.float16)
+        for start in range(0, len(data.x_train), batch_size):
+            x = data.x_train[start:start + batch_size].to(device)
+            for v in range(augment.num_views):
+                views = torch.full((len(x),), v, dtype=torch.int64, device=device)
+                out[start:start + len(x), v] = predict(teacher.model, augment.apply(x, views),
+                                                       batch_size=batch_size).half().cpu()
+        return out
+
+    return _outputs(teacher, view_key(data, augment), expected, compute, root)
+
+
+def _outputs(teacher: Teacher, key: str, expected: tuple[int, ...],
+             compute: Callable[[], torch.Tensor], root: Path | None) -> torch.Tensor:
+    """Teacher outputs under ``key``: from memory, else ``<cache>/<fingerprint>-<key>.pt`` if
+    it has the expected shape, else computed and written (atomically; an unwritable cache
+    only costs speed). Kept on ``teacher.outputs`` either way."""
+    held = teacher.outputs.get(key)
     if held is not None and tuple(held.shape) == expected:
         return held
-    teacher.outputs[data.key] = logits = _disk_cached_logits(teacher, data, root, expected)
-    return logits
-
-
-def _disk_cached_logits(teacher: Teacher, data: DataSplits, root: Path | None,
-                        expected: tuple[int, int]) -> torch.Tensor:
-    path = (root or cache_dir()) / f"{teacher.fingerprint}-{data.key}.pt"
+    path = (root or cache_dir()) / f"{teacher.fingerprint}-{key}.pt"
+    logits = None
     if path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(cached, torch.Tensor) and tuple(cached.shape) == expected:
-                return cached
-        except Exception:
+                logits = cached
+        except Exception:  # a broken cache file is recomputed
             pass
-    device = next(teacher.model.parameters()).device
-    logits = predict(teacher.model, data.x_train.to(device)).cpu()
-    with contextlib.suppress(OSError):  # an unwritable cache only costs speed
-        atomic_save(logits, path)
+    if logits is None:
+        logits = compute()
+        with contextlib.suppress(OSError):
+            atomic_save(logits, path)
+    teacher.outputs[key] = logits
     return logits

@@ -24,7 +24,15 @@ from kdtune.errors import KdtuneError
 from kdtune.methods import distillation_loss, get_method
 from kdtune.metrics import count_flops, count_params, cpu_latency_ms, evaluate
 from kdtune.models import create_model
-from kdtune.teacher import Teacher, atomic_save, check_compatible, data_spec, load_teacher
+from kdtune.teacher import (
+    Teacher,
+    atomic_save,
+    check_compatible,
+    data_spec,
+    load_teacher,
+    view_key,
+    view_logits,
+)
 from kdtune.teacher import train_logits as cached_teacher_logits
 
 Callback = Callable[[Mapping[str, float], "TrainingRun"], None]
@@ -87,11 +95,12 @@ class TrainingRun:
         self.augment = self.data.augment if config.augment is not False else None
         if config.augment and self.augment is None:
             raise KdtuneError(f"dataset {config.dataset!r} has no augmentation; drop --augment")
-        # Cached logits are valid only for un-augmented inputs (DECISIONS.md).
-        self.teacher_logits: torch.Tensor | None = None
-        if self.teacher is not None and self.method.needs_teacher and self.augment is None:
-            self.teacher_logits = cached_teacher_logits(self.teacher, self.data).to(self.device)
-        self.x_train = self.data.x_train.to(self.device)
+        self.teacher_mode, self.teacher_logits = self._teacher_source()
+        self.memory_format = (torch.channels_last if _wants_channels_last(config, self.model, self.device)
+                              else torch.contiguous_format)
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.x_train = self.data.x_train.to(self.device, memory_format=self.memory_format)
         self.y_train = self.data.y_train.to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
                                          momentum=config.momentum,
@@ -114,6 +123,26 @@ class TrainingRun:
                                             self.config.val_fraction))
         return teacher.to(self.device)
 
+    def _teacher_source(self) -> tuple[str, torch.Tensor | None]:
+        """Where teacher logits come from: ``none``, ``cached`` (un-augmented training set),
+        ``views`` (every augmentation view, computed once) or ``live`` (a forward pass).
+
+        Cached logits serve only the exact input the student sees: un-augmented logits for
+        un-augmented training, per-view logits for the view each sample was given.
+        """
+        if self.teacher is None or not self.method.needs_teacher:
+            return "none", None
+        wanted = self.config.teacher_outputs
+        if wanted == "live":
+            return "live", None
+        if self.augment is None:
+            return "cached", cached_teacher_logits(self.teacher, self.data).to(self.device)
+        has_views = view_key(self.data, self.augment) in self.teacher.outputs
+        if wanted == "cached" or has_views:
+            logits = view_logits(self.teacher, self.data, self.augment)
+            return "views", logits.to(self.device)
+        return "live", None
+
     # -- the training loop -----------------------------------------------------------------
     def batches(self) -> Iterable[torch.Tensor]:
         """Shuffled index batches; a trailing partial batch is dropped when there are others."""
@@ -122,13 +151,17 @@ class TrainingRun:
         stop = n - n % bs if n > bs else n
         return order[:stop].split(bs)
 
-    def teacher_outputs(self, idx: torch.Tensor, x: torch.Tensor, augmented: bool
-                        ) -> torch.Tensor | None:
-        """Teacher logits for exactly the inputs the student sees."""
-        if not self.method.needs_teacher or self.teacher is None:
+    def teacher_outputs(self, idx: torch.Tensor, x: torch.Tensor,
+                        views: torch.Tensor | None) -> torch.Tensor | None:
+        """Teacher logits for exactly the inputs ``x`` the student sees (``x`` is sample
+        ``idx`` in view ``views``, or un-augmented when ``views`` is None)."""
+        if self.teacher_mode == "none":
             return None
-        if self.teacher_logits is not None and not augmented:
+        if self.teacher_mode == "cached" and views is None:
             return self.teacher_logits[idx]
+        if self.teacher_mode == "views" and views is not None:
+            return self.teacher_logits[idx, views].float()
+        assert self.teacher is not None
         with torch.no_grad(), self.autocast():
             return self.teacher.model(x).float()
 
@@ -142,13 +175,13 @@ class TrainingRun:
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         for idx in self.batches():
-            x, y = self.x_train[idx], self.y_train[idx]
+            x, y, views = self.x_train[idx], self.y_train[idx], None
             if self.augment is not None:
                 views = self.augment.sample_views(len(idx), self.generator).to(self.device)
                 x = self.augment.apply(x, views)
-            t_logits = self.teacher_outputs(idx, x, augmented=self.augment is not None)
+            t_logits = self.teacher_outputs(idx, x, views)
             with self.autocast():
-                s_logits = self.model(x)
+                s_logits = self.forward(x)
             loss = distillation_loss(cfg.method, s_logits.float(), t_logits, y, alpha=cfg.alpha,
                                      temperature=cfg.temperature, t_right=cfg.t_right,
                                      t_wrong=cfg.t_wrong)
@@ -237,6 +270,18 @@ class TrainingRun:
                 metrics["teacher_latency_ms_b256"] = t.latency_ms(256)
                 metrics["speedup"] = t.latency_ms(256) / metrics["latency_ms_b256"]
         return metrics
+
+
+def _wants_channels_last(config: TrainConfig, model: nn.Module, device: torch.device) -> bool:
+    """``channels_last`` as asked; by default for conv nets on CUDA only.
+
+    Not by default on CPU: in torch 2.14.1 the CPU backward of a channels_last 1x1 stride-2
+    convolution with few channels (4 -> 8, as in a ResNet shortcut on digits) corrupts the
+    heap and kills the process. ``channels_last: true`` turns it on for CPU runs.
+    """
+    if config.channels_last is not None:
+        return config.channels_last
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def _plain_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:

@@ -309,7 +309,9 @@ def test_augmented_batches_get_live_teacher_outputs(student: dict, synthetic: Da
                       epochs=1, batch_size=32, device="cpu", **student)
     run = TrainingRun(cfg, teacher=teacher, data=synthetic)
     assert run.augment is not None  # on by default for 3x16x16 images
-    assert run.teacher_logits is None  # cached logits would belong to another view
+    # un-augmented logits would belong to another view; per-view logits are not computed
+    # for a single run unless asked for (teacher_outputs="cached")
+    assert run.teacher_logits is None and run.teacher_mode == "live"
 
     idx = torch.arange(8)
     views = run.augment.sample_views(8, torch.Generator().manual_seed(0))
@@ -317,7 +319,7 @@ def test_augmented_batches_get_live_teacher_outputs(student: dict, synthetic: Da
     assert not torch.equal(x_aug, run.x_train[idx])
     with torch.no_grad():
         expected = teacher.model(x_aug)
-    assert torch.equal(run.teacher_outputs(idx, x_aug, augmented=True), expected)
+    assert torch.equal(run.teacher_outputs(idx, x_aug, views), expected)
 
     # In a real epoch the teacher sees exactly the (augmented) batch the student sees.
     seen_by: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
@@ -346,7 +348,7 @@ def test_unaugmented_run_uses_cached_logits(synthetic: DataSplits,
     with torch.no_grad():
         assert torch.allclose(run.teacher_logits, teacher.model(synthetic.x_train), atol=1e-5)
     idx = torch.tensor([3, 0, 5])
-    assert torch.equal(run.teacher_outputs(idx, run.x_train[idx], augmented=False),
+    assert torch.equal(run.teacher_outputs(idx, run.x_train[idx], None),
                        run.teacher_logits[idx])
     calls: list[int] = []
     hook = teacher.model.register_forward_hook(lambda *a: calls.append(1))
