@@ -96,8 +96,8 @@ class TrainingRun:
         if config.augment and self.augment is None:
             raise KdtuneError(f"dataset {config.dataset!r} has no augmentation; drop --augment")
         self.teacher_mode, self.teacher_logits = self._teacher_source()
-        self.memory_format = (torch.channels_last if _wants_channels_last(config, self.model, self.device)
-                              else torch.contiguous_format)
+        channels_last = _wants_channels_last(config, self.model, self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.x_train = self.data.x_train.to(self.device, memory_format=self.memory_format)

@@ -29,6 +29,8 @@ FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "params", "flops",
                  "latency_ms_b1", "latency_ms_b256", "speedup", "train_time_s",
                  "teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256", "epoch")
 TAG_NODE = "kdtune.node_id"
+#: MLflow statuses of a trial that ended for good (a FAILED trial that Ray restores retries).
+ENDED = ("FINISHED", "KILLED")
 
 
 def resolved_config(settings: TrialSettings, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,19 +41,35 @@ def resolved_config(settings: TrialSettings, params: Mapping[str, Any]) -> dict[
 
 
 class MlflowTrials(Callback):
-    """One MLflow child run per trial under the sweep's parent run."""
+    """One MLflow child run per trial under the sweep's parent run.
+
+    Idempotent across a driver crash: a restored trial reopens its own run; epochs already
+    logged are not logged again; a run that had ended (FINISHED or KILLED) before the crash is
+    left exactly as it was, whatever the restored trial reports again.
+    """
 
     def __init__(self, tracker: Tracker, parent_id: str, sweep: str,
                  settings: TrialSettings) -> None:
         self.tracker, self.parent_id, self.sweep = tracker, parent_id, sweep
         self.settings = settings
         self.run_ids: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}  # run id -> last epoch logged
+        self.closed: set[str] = set()  # trial ids whose run ended before a restore
 
     def __getstate__(self) -> dict[str, Any]:  # run ids are looked up again after a restore
-        return {**self.__dict__, "run_ids": {}}
+        return {**self.__dict__, "run_ids": {}, "last_step": {}, "closed": set()}
 
     def run_id(self, trial: Any) -> str:
         if trial.trial_id not in self.run_ids:
+            existing = self.tracker.find_trial(self.parent_id, trial.trial_id)
+            if existing is not None:  # a restored trial
+                run = self.tracker.client.get_run(existing)
+                if run.info.status in ENDED:
+                    self.closed.add(trial.trial_id)
+                    self.run_ids[trial.trial_id] = existing
+                    return existing
+                history = self.tracker.client.get_metric_history(existing, "val_accuracy")
+                self.last_step[existing] = max((m.step for m in history), default=0)
             config = resolved_config(self.settings, trial.config)
             self.run_ids[trial.trial_id] = self.tracker.start_trial(
                 self.parent_id, trial.trial_id, params=config,
@@ -65,24 +83,42 @@ class MlflowTrials(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         run_id = self.run_id(trial)
+        if trial.trial_id in self.closed:
+            return
+        self._log_epoch(run_id, result)
+
+    def _log_epoch(self, run_id: str, result: Mapping[str, Any]) -> None:
+        if EPOCH_KEY not in result:
+            return
+        step = int(result[EPOCH_KEY])
+        if step <= self.last_step.get(run_id, 0):  # replayed after a restore
+            return
         metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
-        self.tracker.log_epoch(run_id, metrics, step=int(result[EPOCH_KEY]))
-        if result.get("node_id") and result[EPOCH_KEY] == 1:
+        self.tracker.log_epoch(run_id, metrics, step=step)
+        self.last_step[run_id] = step
+        if result.get("node_id") and step == 1:
             self.tracker.client.set_tag(run_id, TAG_NODE, result["node_id"])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        if trial.trial_id in self.closed:
+            return
         result = trial.last_result or {}
-        final = {k: result[k] for k in FINAL_METRICS if k in result}
+        self._log_epoch(run_id, result)  # normally logged already by on_trial_result
+        # per-epoch metrics are already in the history at the last step: not again
+        final = {k: result[k] for k in FINAL_METRICS if k in result and k not in EPOCH_METRICS}
         tags = {TAG_NODE: result["node_id"]} if result.get("node_id") else {}
         if stopped_early(result):
             tags["kdtune.rung"] = str(int(result[EPOCH_KEY]))
-            self.tracker.end_trial(self.run_id(trial), "KILLED", metrics=final, tags=tags)
+            self.tracker.end_trial(run_id, "KILLED", metrics=final, tags=tags)
         else:
-            self.tracker.end_trial(self.run_id(trial), "FINISHED", metrics=final, tags=tags)
+            self.tracker.end_trial(run_id, "FINISHED", metrics=final, tags=tags)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.end_trial(self.run_id(trial), "FAILED",
-                               tags={"kdtune.error": _last_error(trial)})
+        run_id = self.run_id(trial)
+        if trial.trial_id in self.closed:
+            return
+        self.tracker.end_trial(run_id, "FAILED", tags={"kdtune.error": _last_error(trial)})
 
 
 def _last_error(trial: Any) -> str:

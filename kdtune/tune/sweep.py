@@ -254,12 +254,23 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     num_samples = int(params[PARAM_NUM_SAMPLES])
     console.print(f"resuming sweep {name!r}; {store.describe()}")
     context = prepare_context(space, store, console)
+    context.ended = _ended_trials(tracker, name)
     init_ray(address, console)
     tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(space, context),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False)
     return _fit_and_finish(tuner, space, store, tracker, run.info.run_id, name, num_samples,
                            console)
+
+
+def _ended_trials(tracker: Tracker, name: str) -> frozenset[str]:
+    """Trials whose MLflow record is complete: a restored one only replays its last epoch."""
+    from kdtune.tune.callbacks import ENDED
+
+    runs = tracker.trial_runs(name)
+    if runs.empty:
+        return frozenset()
+    return frozenset(str(t) for t in runs.loc[runs["status"].isin(ENDED), "trial_id"])
 
 
 def _num_samples(space: SearchSpace, override: int | None) -> int:

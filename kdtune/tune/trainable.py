@@ -46,6 +46,9 @@ class SweepContext:
     settings: TrialSettings
     data: DataSplits
     teacher: Teacher | None
+    #: On resume: trials whose MLflow run had ended (FINISHED or KILLED) before the driver
+    #: died, though Ray's last snapshot still had them running. They must not train again.
+    ended: frozenset[str] = frozenset()
 
 
 def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
@@ -76,6 +79,11 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     where = {"node_id": node_id()}
     if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
         _report(runs, {**mean_metrics([r.final_metrics() for r in runs]), **where}, planned)
+        return
+    if checkpoint is not None and runs[0].history and \
+            tune.get_context().get_trial_id() in context.ended:
+        # stopped by the scheduler just before the driver died: report that epoch again, end
+        _report(runs, {**mean_metrics([r.history[-1] for r in runs]), **where}, planned)
         return
     while runs[0].epoch < planned:
         metrics = mean_metrics([run.train_epoch() for run in runs])
