@@ -60,6 +60,9 @@ def _add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=S, help="init, batch order, augmentation")
     g.add_argument("--device", default=S, help="auto (default), cpu or cuda")
     g.add_argument("--threads", type=int, default=S, help="torch CPU threads")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
+                   help="channels_last memory format (default: conv nets on CUDA)")
+    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the student")
     p.add_argument("--config", help="YAML file of config keys; flags override it")
     p.add_argument("--out", default=S, help="folder to write results into")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON last")
@@ -75,6 +78,9 @@ def _add_kd_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--t-right", type=float, default=S, help="two_temperature: T when right")
     g.add_argument("--t-wrong", type=float, default=S, help="two_temperature: T when wrong")
     g.add_argument("--teacher", default=S, help="teacher checkpoint (.pt) from `kdtune teacher`")
+    g.add_argument("--teacher-outputs", default=S, help="auto (default): cached teacher logits "
+                   "when they exist, else live; cached: compute them (per augmentation view "
+                   "when augmenting) once; live: run the teacher on every batch")
 
 
 _NOT_CONFIG = {"command", "config", "json", "func", "retrain"}
