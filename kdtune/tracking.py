@@ -436,14 +436,7 @@ class Tracker:
         frame = self.trial_runs(sweep)
         if frame.empty:
             return frame
-        logged = sorted(c[len("metrics."):] for c in frame.columns if c.startswith("metrics."))
-        for metric in metrics:
-            if metric not in logged:
-                close = difflib.get_close_matches(metric, logged, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise KdtuneError(f"metric {metric!r} was not logged by any trial of sweep "
-                                  f"{sweep!r}{hint}; logged metrics: "
-                                  f"{', '.join(logged) or '(none)'}")
+        _check_logged(frame, metrics, sweep)
         cols = [f"metrics.{m}" for m in metrics]
         frame = frame[frame["status"].isin(list(status))].dropna(subset=cols)
         if len(metrics) > 1 and len(frame):
@@ -494,6 +487,8 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
             modes = [known.get(m) or DEFAULT_MODES.get(m, "") for m in metrics]
             missing = [m for m, d in zip(metrics, modes, strict=True) if not d]
             if missing:
+                # a typo of a logged metric: say so rather than ask for a mode
+                _check_logged(tracker.trial_runs(name), missing, name, typos_only=True)
                 raise KdtuneError(f"no default mode for metric {missing[0]!r}; pass --mode "
                                   "max or --mode min")
     if len(modes) == 1 and len(metrics) > 1:
@@ -502,6 +497,24 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _check_logged(frame: pd.DataFrame, metrics: Sequence[str], sweep: str, *,
+                  typos_only: bool = False) -> None:
+    """A one-line error naming the closest logged metric if one of ``metrics`` never was
+    (with ``typos_only``, only when there is a close one)."""
+    if frame.empty:
+        return
+    logged = sorted(c[len("metrics."):] for c in frame.columns if c.startswith("metrics."))
+    for metric in metrics:
+        if metric not in logged:
+            close = difflib.get_close_matches(metric, logged, n=1)
+            if typos_only and not close:
+                continue
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise KdtuneError(f"metric {metric!r} was not logged by any trial of sweep "
+                              f"{sweep!r}{hint}; logged metrics: "
+                              f"{', '.join(logged) or '(none)'}")
+
+
 def _quote(value: str) -> str | None:
     """A filter-string literal for ``value``; None if it holds both kinds of quote."""
     if "'" not in value:

@@ -38,6 +38,13 @@ class PruningOptunaSearch(OptunaSearch):
     it COMPLETE with its last value).
     """
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Intermediate values are indexed by epoch, not by Ray's ``training_iteration`` (the
+        two part after a trial resumed from a later checkpoint than Ray's snapshot named)."""
+        if EPOCH_KEY in result:
+            result = {**result, TRAINING_ITERATION: int(result[EPOCH_KEY])}
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         if trial_id in self._completed_trials:
@@ -58,7 +65,7 @@ class PruningOptunaSearch(OptunaSearch):
         """Report the final result as an intermediate value (single objective only)."""
         if not result or isinstance(self.metric, list) or self.metric not in result:
             return
-        step = result.get(TRAINING_ITERATION, result.get(EPOCH_KEY))
+        step = result.get(EPOCH_KEY, result.get(TRAINING_ITERATION))
         if step is None:
             return
         ot_trial = self._ot_trials[trial_id]

@@ -24,7 +24,14 @@ from kdtune.report import epoch_printer
 from kdtune.teacher import check_compatible, data_spec, load_teacher, train_logits
 from kdtune.tracking import Tracker, default_store, default_tracking_uri
 from kdtune.trainer import load_data
-from kdtune.tune.space import DATA_KEYS, SearchSpace, expand_grid, load_space, teacher_config
+from kdtune.tune.space import (
+    DATA_KEYS,
+    EPOCH_METRICS,
+    SearchSpace,
+    expand_grid,
+    load_space,
+    teacher_config,
+)
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
 
 ASHA_STATE = "kdtune-asha.json"
@@ -151,8 +158,10 @@ def init_ray(address: str | None, console: Console) -> None:
         console.print(f"joining the Ray cluster at {address}")
         ray.init(address=address, **kwargs)
     else:
+        # "local": never join a cluster that `ray start` left on this machine (ray.init()
+        # with no address would, via /tmp/ray/ray_current_cluster or RAY_ADDRESS)
         console.print("starting a local Ray")
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)
 
 
 def git_sha() -> str:
@@ -205,6 +214,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
                 "teacher": context.settings.teacher_path})
     tracker.log_artifact(parent, space.source)
     init_ray(address, console)
+    _allow_final_only_metrics(space)
     from ray import tune
 
     from kdtune.tune.callbacks import MlflowTrials, Progress
@@ -256,11 +266,70 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     context = prepare_context(space, store, console)
     context.ended = _ended_trials(tracker, name)
     init_ray(address, console)
+    _allow_final_only_metrics(space)
+    repaired = _repair_checkpoints(experiment_dir)
+    if repaired:
+        console.print(f"{repaired} trial(s) continue from the checkpoint after the one Ray's "
+                      "last snapshot names (deleted just before the crash)")
     tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(space, context),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False)
     return _fit_and_finish(tuner, space, store, tracker, run.info.run_id, name, num_samples,
                            console)
+
+
+def _repair_checkpoints(experiment_dir: Path) -> int:
+    """Point restored trials at a checkpoint that exists; return how many needed it.
+
+    kdtune keeps one checkpoint per trial (``num_to_keep=1``). Ray deletes the previous
+    checkpoint as soon as it registers a new one, but writes the experiment snapshot that
+    names the new one only later (at the next step of its loop, then copied to storage), so a
+    driver killed in between leaves a snapshot naming a deleted checkpoint, and Ray's restore
+    fails that trial ("Could not recover from checkpoint as it does not exist on storage
+    anymore"). The trial folder then holds the next checkpoint(s); the oldest of them is the
+    one Ray had registered (its epoch is in MLflow), so it is copied to the name the snapshot
+    expects and the trial continues from there (kdtune's trainable counts epochs itself).
+    """
+    import json
+    import re
+    import shutil
+
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    state_file = _find_newest_experiment_checkpoint(str(experiment_dir))
+    if state_file is None:
+        return 0
+    state = json.loads(Path(state_file).read_text())
+    repaired = 0
+    for _, metadata in state.get("trial_data", []):
+        manager = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager
+        latest = manager.latest_checkpoint_result if manager is not None else None
+        if latest is None or latest.checkpoint is None:
+            continue
+        named = Path(latest.checkpoint.path)
+        expected = experiment_dir / named.parent.name / named.name
+        index = re.fullmatch(r"checkpoint_(\d+)", expected.name)
+        if expected.exists() or index is None or not expected.parent.is_dir():
+            continue
+        newer = sorted((int(m[1]), p) for p in expected.parent.glob("checkpoint_*")
+                       if (m := re.fullmatch(r"checkpoint_(\d+)", p.name)) and p.is_dir()
+                       and int(m[1]) > int(index[1]))
+        if newer:
+            shutil.copytree(newer[0][1], expected)
+            repaired += 1
+    return repaired
+
+
+def _allow_final_only_metrics(space: SearchSpace) -> None:
+    """Objectives such as ``params`` or latency exist only in a trial's last result.
+
+    Ray checks that every result carries every metric the searcher optimises and fails the
+    sweep at the first epoch otherwise; the searcher reads them only when a trial ends, and
+    ASHA's metric (the first objective) is one reported every epoch, so the check is off then.
+    """
+    if any(m not in EPOCH_METRICS for m in space.metrics):
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
 
 def _ended_trials(tracker: Tracker, name: str) -> frozenset[str]:

@@ -1,0 +1,152 @@
+"""Benchmark 3: sweep overhead.
+
+**3a** -- the same 16-trial digits sweep (``benchmarks/spaces/digits_quick.yaml`` = the shipped
+``digits_quick``: TPE + ASHA, 15 epochs, 2 trials at a time) run by kdtune (``run_sweep``) and
+by the hand-written baseline (``benchmarks/baseline_sweep.py``: Tuner + OptunaSearch + ASHA +
+MLflowLoggerCallback, each trial loading digits and the teacher itself and running the teacher
+live). Each run is a fresh subprocess with its own MLflow SQLite store and Ray storage in a
+scratch folder; the sides alternate (kdtune, baseline, baseline, kdtune, ...). The teacher is
+trained once beforehand and both get the same checkpoint. Wall time = from launching the
+process (interpreter start and imports included) to the moment the sweep call returned.
+Target: kdtune <= 0.25x the baseline. Per-trial overhead, for both, =
+(wall - sum of the trials' own training times) / trials; kdtune's training times are MLflow's
+``train_time_s`` (for ASHA-stopped trials, which have none there, the last ``elapsed_s`` the
+trial reported to Ray); the baseline's trials time their own loop.
+
+**3b** -- a compute-dominated kdtune sweep (``benchmarks/spaces/synthetic_resnet8.yaml``:
+ResNet-8 students, CIFAR-shaped synthetic data, >= 20 s of training per trial, 4 trials 2 at a
+time, no scheduler): wall vs the ideal = sum(train_time_s) / 2 parallel slots.
+Target <= 1.15x. Printed beside it: where the rest goes (start-up before the first trial,
+the trials phase, after the last trial; each trial's own time outside its training loop).
+
+    .venv/bin/python -m benchmarks.bench_sweep [--quick] [--only 3a|3b] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import SPACES, Result, emit, header, machine, median, note, python, scratch
+from benchmarks.sweeps import kdtune_cmd, launch, sqlite_uri, with_teacher
+
+TARGET_3A = 0.25
+TARGET_3B = 1.15
+
+
+def baseline_cmd(teacher: Path, store: Path, num_samples: int, epochs: int) -> list[str]:
+    return [python(), "-m", "benchmarks.baseline_sweep", "--teacher", str(teacher),
+            "--storage", str(store / "ray"), "--mlflow-uri", sqlite_uri(store),
+            "--num-samples", str(num_samples), "--epochs", str(epochs)]
+
+
+def per_trial_overhead(res: dict[str, Any]) -> float:
+    n = res.get("trials_n", res.get("trials"))
+    return (res["wall_s"] - res["train_time_sum"]) / n
+
+
+def sweep_3a(quick: bool, repeats: int, keep: bool) -> Result:
+    num_samples, epochs = (4, 15) if quick else (16, 15)
+    with scratch("sweep3a", keep=keep) as tmp:
+        space, teacher = with_teacher(SPACES / "digits_quick.yaml", tmp,
+                                      search={"num_samples": num_samples})
+        runs: dict[str, list[dict[str, Any]]] = {"kdtune": [], "baseline": []}
+        for rep in range(repeats):
+            order = ("kdtune", "baseline") if rep % 2 == 0 else ("baseline", "kdtune")
+            for side in order:
+                store = tmp / f"{side}-{rep}"
+                cmd = (kdtune_cmd(space, store, "digits") if side == "kdtune"
+                       else baseline_cmd(teacher, store, num_samples, epochs))
+                res = launch(cmd, store, timeout=1800)
+                runs[side].append(res)
+                n = res.get("trials_n", res.get("trials"))
+                note(f"{side} run {rep + 1}: wall {res['wall_s']:.1f} s, {n} trials, "
+                     f"sum of trial training {res['train_time_sum']:.2f} s, per-trial overhead "
+                     f"{per_trial_overhead(res):.2f} s")
+        kd, base = runs["kdtune"], runs["baseline"]
+        wall_kd = median([r["wall_s"] for r in kd])
+        wall_base = median([r["wall_s"] for r in base])
+        result = emit(Result(
+            f"sweep_3a[digits {num_samples} trials]", wall_kd / wall_base, "<=", TARGET_3A,
+            raw=(f"kdtune {wall_kd:.1f} s vs baseline {wall_base:.1f} s wall (median of "
+                 f"{repeats}); per-trial overhead kdtune "
+                 f"{median([per_trial_overhead(r) for r in kd]):.2f} s, baseline "
+                 f"{median([per_trial_overhead(r) for r in base]):.2f} s"),
+            extra={"kdtune": kd, "baseline": base}))
+        describe_kdtune(kd[-1])
+        note(f"baseline, last run: start -> Tuner.fit {base[-1]['t_fit'] - base[-1]['t_launch']:.1f} "
+             f"s, fit {base[-1]['t_done'] - base[-1]['t_fit']:.1f} s; epochs trained "
+             f"{sum(base[-1]['epochs'])}")
+    return result
+
+
+def describe_kdtune(res: dict[str, Any]) -> None:
+    """Where a kdtune sweep's wall time went (driver clock)."""
+    trials = res["trials"]
+    first = min(t["start"] for t in trials)
+    last = max(t["end"] for t in trials)
+    inside = [(t["end"] - t["start"]) - (t["train_time_s"] or 0.0) for t in trials]
+    sources = sorted({t["train_time_source"] for t in trials})
+    note(f"kdtune, last run: launch -> run_sweep {res['t_call'] - res['t_launch']:.1f} s "
+         f"(imports), run_sweep -> first trial {first - res['t_call']:.1f} s (store, data, "
+         f"teacher, Ray start), trials phase {last - first:.1f} s, after the last trial "
+         f"{res['t_done'] - last:.1f} s; per trial, time not training (setup, eval, "
+         f"checkpoints, reports, final metrics) median {median(inside):.2f} s; "
+         f"epochs trained {sum(t['epochs'] for t in trials)}; train times from {sources}")
+
+
+def sweep_3b(quick: bool, keep: bool, epochs: int | None) -> Result:
+    fixed = {"epochs": epochs or (1 if quick else 6)}
+    search = {"num_samples": 2 if quick else 4}
+    with scratch("sweep3b", keep=keep) as tmp:
+        space, _ = with_teacher(SPACES / "synthetic_resnet8.yaml", tmp, fixed=fixed,
+                                search=search)
+        res = launch(kdtune_cmd(space, tmp / "kdtune", "synthetic"), tmp / "kdtune",
+                     timeout=3600)
+    trials = res["trials"]
+    slots = 2
+    train = [t["train_time_s"] for t in trials]
+    ideal = sum(train) / slots
+    first = min(t["start"] for t in trials)
+    last = max(t["end"] for t in trials)
+    result = emit(Result(
+        f"sweep_3b[resnet8 synthetic {len(trials)} trials]", res["wall_s"] / ideal, "<=",
+        TARGET_3B,
+        raw=(f"wall {res['wall_s']:.1f} s vs ideal {ideal:.1f} s = sum of train_time_s "
+             f"{sum(train):.1f} s / {slots} slots; trials trained "
+             f"{', '.join(f'{t:.1f}' for t in train)} s"),
+        extra={"run": res}))
+    note(f"trials phase alone (first trial start -> last trial end): {last - first:.1f} s = "
+         f"{(last - first) / ideal:.2f}x ideal")
+    describe_kdtune(res)
+    return result
+
+
+def run(quick: bool = False, only: str | None = None, repeats: int | None = None,
+        keep: bool = False, epochs_3b: int | None = None) -> list[Result]:
+    header("3. sweep overhead: kdtune vs a hand-written Ray Tune sweep; compute-dominated sweep")
+    note(machine())
+    results = []
+    if only in (None, "3a"):
+        results.append(sweep_3a(quick, repeats or (1 if quick else 2), keep))
+    if only in (None, "3b"):
+        results.append(sweep_3b(quick, keep, epochs_3b))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="3a with 4 trials, 3b with 2 one-epoch trials")
+    parser.add_argument("--only", choices=["3a", "3b"])
+    parser.add_argument("--repeats", type=int, help="3a runs per side (default 2; quick 1)")
+    parser.add_argument("--epochs-3b", type=int, help="epochs per 3b trial (default 6)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folders")
+    args = parser.parse_args(argv)
+    return run(args.quick, args.only, args.repeats, args.keep, args.epochs_3b)
+
+
+if __name__ == "__main__":
+    main()

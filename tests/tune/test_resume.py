@@ -1,0 +1,224 @@
+"""`kdtune search` killed with SIGKILL mid-sweep, then `kdtune resume`: nothing lost, nothing
+duplicated, finished trials not run again.
+
+The sweep runs as a real subprocess (``python -m kdtune search``) with its own local Ray. Two
+things keep that Ray apart from the test session's (``ray_session``):
+
+* ``ray.init()`` with no address joins the cluster named by ``RAY_ADDRESS`` or by
+  ``<RAY_TMPDIR>/ray/ray_current_cluster`` (written by ``ray start``), else starts a new one;
+  a Ray started in-process by ``ray.init()`` writes neither, so the test session's Ray is not
+  joined. kdtune's ``init_ray`` now passes ``address="local"`` anyway (a sweep without
+  ``--address`` never joins a ``ray start`` cluster of this machine).
+* The subprocess gets its own short ``RAY_TMPDIR`` (Unix socket paths must stay under ~107
+  characters, so not under pytest's tmp_path) and no ``RAY_ADDRESS``. Its Ray processes
+  (GCS, raylet, workers) are started without a new session, so they share the driver's
+  process group: ``os.killpg`` kills the whole run at once. Anything left is found by process
+  group or by the temp folder in its command line and killed by pid; the test session's Ray
+  is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from kdtune.cli import main
+from kdtune.tracking import Tracker
+
+from .conftest import BASE_SPACE, new_store, sqlite_uri, write_space
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES, EPOCHS = 8, 12
+RUNGS = {6}  # grace 6, reduction factor 2, max_t 12: about half the trials stop at epoch 6
+
+
+def kdtune_env(ray_tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)  # keeps the test's KDTUNE_CACHE
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def processes_of(pgid: int, marker: str) -> list[int]:
+    """Pids in process group ``pgid`` or with ``marker`` in their command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # a zombie (the killed driver, until it is waited for)
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if os.getpgid(pid) == pgid or marker in cmdline:
+                found.append(pid)
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def kill_all(pgid: int, marker: str) -> list[int]:
+    """SIGKILL the process group and any straggler of that Ray; return what was left over."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    left = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = processes_of(pgid, marker)
+        if not left:
+            return []
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    return left
+
+
+def run_kdtune(argv: list[str], *, cwd: Path, env: dict[str, str], marker: str,
+               timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m kdtune ARGV`` in its own session; its Ray is cleaned up afterwards."""
+    proc = subprocess.Popen([sys.executable, "-m", "kdtune", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_all(proc.pid, marker)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="kdt", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def snapshot(tracker: Tracker, run_id: str) -> dict:
+    run = tracker.client.get_run(run_id)
+    history = tracker.client.get_metric_history(run_id, "val_accuracy")
+    return {"status": run.info.status, "end_time": run.info.end_time,
+            "metrics": dict(run.data.metrics),
+            "history": [(m.step, m.value) for m in history]}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_tmp: Path,
+                                       mlflow_template: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    space = write_space(
+        tmp_path, name="killed", teacher={"path": str(teacher_path)},
+        fixed={**BASE_SPACE["fixed"], "epochs": EPOCHS},
+        search={"num_samples": SAMPLES, "max_concurrent": 2, "sampler": "tpe", "seed": 5},
+        scheduler={"type": "asha", "grace_period": 6, "reduction_factor": 2})
+    store = new_store(tmp_path / "store", mlflow_template)
+    uri, storage = sqlite_uri(store), store / "ray"
+    flags = ["--mlflow-uri", uri, "--storage", str(storage)]
+    env = kdtune_env(ray_tmp)
+    where = {"cwd": tmp_path, "env": env, "marker": str(ray_tmp)}
+    log = tmp_path / "search.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kdtune", "search", str(space), *flags],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    pgid = proc.pid
+    try:
+        # -- wait for two finished trials, then SIGKILL the driver and its Ray -------------
+        tracker = Tracker(uri)
+        deadline = time.monotonic() + 300
+        runs = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            # not before the driver has created the store: opening a SQLite store that is
+            # being created runs MLflow's migrations twice at once ("table already exists")
+            if "starting a local Ray" in log.read_text() and \
+                    tracker.find_sweep("killed") is not None:
+                runs = tracker.trial_runs("killed")
+                if (runs["status"] == "FINISHED").sum() >= 2:
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"search ended before the kill:\n{log.read_text()}"
+        assert runs is not None and (runs["status"] == "FINISHED").sum() >= 2, log.read_text()
+        assert kill_all(pgid, str(ray_tmp)) == [], "Ray processes of the killed run survived"
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+
+        runs = tracker.trial_runs("killed")
+        ended = runs[runs["status"].isin(["FINISHED", "KILLED"])]
+        assert len(ended) < SAMPLES, "nothing left to resume"
+        assert tracker.sweep_run("killed").info.status == "RUNNING"
+        before = {r: snapshot(tracker, r) for r in runs.loc[runs["status"] == "FINISHED",
+                                                           "run_id"]}
+
+        # -- resume refuses a wrong storage folder or a changed space file ------------------
+        # (in-process: both fail before Ray starts)
+        assert main(["resume", "killed", "--mlflow-uri", uri, "--storage",
+                     str(tmp_path / "elsewhere")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "no Ray experiment state" in err, err
+        original = space.read_text()
+        space.write_text(original + "# edited\n")
+        assert main(["resume", "killed", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "changed since sweep 'killed' started" in err, err
+        space.write_text(original)
+        assert tracker.trial_runs("killed")["run_id"].tolist() == runs["run_id"].tolist()
+
+        # -- resume ----------------------------------------------------------------------
+        resumed = run_kdtune(["resume", "killed", *flags], timeout=400, **where)
+        (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "resuming sweep 'killed'" in resumed.stdout
+        assert f"finished: {SAMPLES} trials" in resumed.stdout
+
+        runs = tracker.trial_runs("killed")
+        assert len(runs) == SAMPLES and runs["trial_id"].is_unique, runs[["trial_id", "status"]]
+        assert set(runs["status"]) <= {"FINISHED", "KILLED"}, runs[["trial_id", "status"]]
+        assert tracker.sweep_run("killed").info.status == "FINISHED"
+        # trials finished before the kill: same run, same record, not trained again
+        for run_id, old in before.items():
+            assert run_id in set(runs["run_id"])
+            assert snapshot(tracker, run_id) == old, run_id
+        # no epoch logged twice, anywhere; killed runs stopped at a rung
+        for _, row in runs.iterrows():
+            steps = [m.step for m in tracker.client.get_metric_history(row["run_id"],
+                                                                        "val_accuracy")]
+            last = EPOCHS if row["status"] == "FINISHED" else int(row["tags.kdtune.rung"])
+            assert steps == list(range(1, last + 1)), (row["trial_id"], row["status"], steps)
+            if row["status"] == "KILLED":
+                assert last in RUNGS
+            else:
+                assert row["metrics.test_accuracy"] > 0
+        # Optuna's restored study agrees with MLflow: one trial each, pruned = killed
+        # (named by session start; Ray rewrites both files, so go by name, not mtime)
+        files = sorted((storage / "killed").glob("searcher-state-*.pkl"))
+        assert len(files) == 2
+        with open(files[-1], "rb") as f:
+            state = pickle.load(f)
+        study = {t.number: t for t in state["_ot_study"].get_trials(deepcopy=False)}
+        assert len(study) == SAMPLES
+        by_id = {trial_id: study[t.number] for trial_id, t in state["_ot_trials"].items()}
+        assert set(by_id) == set(runs["trial_id"])
+        for _, row in runs.iterrows():
+            want = TrialState.PRUNED if row["status"] == "KILLED" else TrialState.COMPLETE
+            assert by_id[row["trial_id"]].state == want, row["trial_id"]
+
+        # -- resuming a finished sweep does nothing -----------------------------------------
+        assert main(["resume", "killed", *flags]) == 0
+        assert "already finished" in capsys.readouterr().out
+        assert len(tracker.trial_runs("killed")) == SAMPLES
+    finally:
+        kill_all(pgid, str(ray_tmp))
+    assert processes_of(pgid, str(ray_tmp)) == []

@@ -1,0 +1,140 @@
+"""PruningOptunaSearch with hand-made results: what Optuna is told when a trial ends.
+
+The searcher is the real one (Ray's OptunaSearch + kdtune's override) on a real in-memory
+Optuna study; only the results are made up.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kdtune.tune.searcher import PruningOptunaSearch, stopped_early
+from kdtune.tune.space import load_space, suggest
+
+from .conftest import write_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+PLANNED = 6
+
+
+def result(epoch: int, value: float, **extra: Any) -> dict[str, Any]:
+    """What kdtune's trainable reports (plus Ray's ``training_iteration``)."""
+    return {"epoch": epoch, "epochs_planned": PLANNED, "training_iteration": epoch,
+            "val_accuracy": value, "val_loss": 1 - value, **extra}
+
+
+def space_fn(trial: optuna.Trial) -> dict[str, Any]:
+    return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
+
+
+@pytest.fixture
+def searcher() -> PruningOptunaSearch:
+    return PruningOptunaSearch(space=space_fn, metric="val_accuracy", mode="max",
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def frozen(searcher: PruningOptunaSearch, trial_id: str) -> optuna.trial.FrozenTrial:
+    number = searcher._ot_trials[trial_id].number
+    return searcher._ot_study.get_trials(deepcopy=False)[number]
+
+
+def run(searcher: PruningOptunaSearch, trial_id: str, values: list[float]) -> None:
+    """Start a trial and report every value but the last one as an ordinary result."""
+    assert "lr" in searcher.suggest(trial_id)
+    for epoch, value in enumerate(values[:-1], start=1):
+        searcher.on_trial_result(trial_id, result(epoch, value))
+
+
+def test_stopped_early() -> None:
+    assert stopped_early(result(2, 0.5))
+    assert not stopped_early(result(PLANNED, 0.5))
+    assert not stopped_early({"val_accuracy": 0.5})  # no epoch info: not ours to judge
+    assert not stopped_early(None)
+
+
+def test_stopped_by_the_scheduler_is_pruned_with_its_rung_value(searcher) -> None:
+    run(searcher, "a", [0.3, 0.5])
+    searcher.on_trial_complete("a", result=result(2, 0.5))
+    t = frozen(searcher, "a")
+    assert t.state == TrialState.PRUNED
+    # the value ASHA judged it by (only on_trial_complete sees it) is the last intermediate
+    assert t.intermediate_values == {1: 0.3, 2: 0.5}
+
+
+def test_reaching_the_planned_epochs_is_complete(searcher) -> None:
+    values = [0.3, 0.5, 0.6, 0.7, 0.8, 0.85]
+    run(searcher, "b", values)
+    searcher.on_trial_complete("b", result=result(PLANNED, 0.85, test_accuracy=0.8))
+    t = frozen(searcher, "b")
+    assert t.state == TrialState.COMPLETE and t.value == pytest.approx(0.85)
+    assert t.intermediate_values == dict(enumerate(values, start=1))
+
+
+def test_error_is_fail_even_with_results(searcher) -> None:
+    run(searcher, "c", [0.3, 0.4])
+    searcher.on_trial_complete("c", result=result(2, 0.4), error=True)
+    assert frozen(searcher, "c").state == TrialState.FAIL
+    run(searcher, "d", [0.3])
+    searcher.on_trial_complete("d", error=True)
+    assert frozen(searcher, "d").state == TrialState.FAIL
+
+
+def test_a_second_completion_changes_nothing(searcher) -> None:
+    run(searcher, "e", [0.3, 0.5])
+    searcher.on_trial_complete("e", result=result(2, 0.5))
+    searcher.on_trial_complete("e", result=result(PLANNED, 0.9))  # e.g. replayed on resume
+    t = frozen(searcher, "e")
+    assert t.state == TrialState.PRUNED and t.intermediate_values == {1: 0.3, 2: 0.5}
+
+
+def test_pruned_trials_keep_their_state_through_save_and_restore(searcher,
+                                                                 tmp_path: Path) -> None:
+    """What ``kdtune resume`` relies on: Ray pickles the searcher into the experiment."""
+    run(searcher, "a", [0.3, 0.5])
+    searcher.on_trial_complete("a", result=result(2, 0.5))
+    run(searcher, "b", [0.4])  # still running at the "crash"
+    searcher.save(str(tmp_path / "searcher.pkl"))
+
+    restored = PruningOptunaSearch(space=space_fn, metric="val_accuracy", mode="max")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert frozen(restored, "a").state == TrialState.PRUNED
+    assert frozen(restored, "b").state == TrialState.RUNNING
+    restored.on_trial_result("b", result(1, 0.4))  # replayed epoch: ignored by Optuna
+    restored.on_trial_complete("b", result=result(PLANNED, 0.9))
+    t = frozen(restored, "b")
+    assert t.state == TrialState.COMPLETE and t.intermediate_values == {1: 0.4, PLANNED: 0.9}
+
+
+def test_multi_objective_pruned_and_complete() -> None:
+    searcher = PruningOptunaSearch(space=space_fn, metric=["val_accuracy", "params"],
+                                   mode=["max", "min"],
+                                   sampler=optuna.samplers.NSGAIISampler(seed=0))
+    run(searcher, "a", [0.3, 0.5])  # multi-objective: no intermediate values in Optuna
+    searcher.on_trial_complete("a", result=result(2, 0.5))
+    run(searcher, "b", [0.3, 0.9])
+    searcher.on_trial_complete("b", result=result(PLANNED, 0.9, params=1000.0))
+    assert frozen(searcher, "a").state == TrialState.PRUNED
+    b = frozen(searcher, "b")
+    assert b.state == TrialState.COMPLETE and b.values == [0.9, 1000.0]
+
+
+def test_define_by_run_space_from_a_file(tmp_path: Path) -> None:
+    """kdtune's own space function, as ``make_search_alg`` passes it: conditions hold."""
+    space = load_space(write_space(tmp_path))
+    searcher = PruningOptunaSearch(space=functools.partial(suggest, space=space),
+                                   metric="val_accuracy", mode="max",
+                                   sampler=optuna.samplers.RandomSampler(seed=1))
+    for i in range(20):
+        config = searcher.suggest(f"t{i}")
+        method = config["method"]
+        assert ("alpha" in config) == (method != "none")
+        assert ("temperature" in config) == (method == "vanilla")
+        assert ("t_right" in config) == ("t_wrong" in config) == (method == "two_temperature")
+        assert isinstance(config["hidden"], list)
