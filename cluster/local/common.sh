@@ -13,7 +13,7 @@
 #   KDTUNE_OBJECT_STORE_MB object store per node, MiB             (default 256)
 #   KDTUNE_MIN_WORKER_PORT first of 2 x KDTUNE_WORKER_PORTS worker ports (default: a free range)
 #   KDTUNE_WORKER_PORTS    worker ports per node                  (default 100)
-#   KDTUNE_DASHBOARD       1: start the Ray dashboard UI (on 127.0.0.1 only)   (default 0)
+#   KDTUNE_DASHBOARD       1: start the Ray dashboard UI on 127.0.0.1 (needs ray[default]) (default 0)
 #   KDTUNE_DASHBOARD_PORT  dashboard port                         (default: a free port)
 #   KDTUNE_START_TIMEOUT   seconds to wait for each service       (default 180)
 #   KDTUNE_PYTHON          Python with ray and mlflow installed   (default: the repo's .venv)

@@ -45,11 +45,23 @@ LOOPBACK="$KDTUNE_LOCAL_HERE/ray_loopback.py"
 }
 
 # -- ports ----------------------------------------------------------------------------------
-# free_ports N [RANGE]: N free TCP ports on 127.0.0.1; with RANGE, the first of RANGE free
-# consecutive ports (for the worker-port ranges of both nodes).
-free_ports() {
-    "$PY" - "$@" <<'EOF'
+# Every Ray port is explicit so that the two nodes (and any other Ray on this machine) never
+# collide: 13 free single ports plus a range of 2 x KDTUNE_WORKER_PORTS free consecutive
+# ports for the workers of both nodes, none inside another or equal to the fixed ports.
+for port in "$KDTUNE_RAY_PORT" "$KDTUNE_MLFLOW_PORT"; do
+    if ! "$PY" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+        log "port $port on 127.0.0.1 is in use (set KDTUNE_RAY_PORT / KDTUNE_MLFLOW_PORT)"
+        exit 1
+    fi
+done
+WP="$KDTUNE_WORKER_PORTS"
+PORT_LIST="$("$PY" - 13 $((2 * WP)) "${KDTUNE_MIN_WORKER_PORT:-}" "$KDTUNE_RAY_PORT" \
+    "$KDTUNE_MLFLOW_PORT" "${KDTUNE_DASHBOARD_PORT:-0}" <<'EOF'
 import random, socket, sys
+
+n, width = int(sys.argv[1]), int(sys.argv[2])
+given_base = int(sys.argv[3]) if sys.argv[3] else None
+taken = {int(p) for p in sys.argv[4:]}
 
 def free(port):
     with socket.socket() as s:
@@ -59,39 +71,34 @@ def free(port):
             return False
     return True
 
-n = int(sys.argv[1])
-if len(sys.argv) > 2:
-    width = int(sys.argv[2])
-    for _ in range(200):
+if given_base is not None:
+    base = given_base
+else:
+    for _ in range(500):
         base = random.randrange(20000, 60000 - width)
-        if all(free(p) for p in range(base, base + width)):
-            print(base)
+        if not taken & set(range(base, base + width)) and all(
+                free(p) for p in range(base, base + width)):
             break
     else:
-        sys.exit("no free port range")
-else:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    print(" ".join(str(s.getsockname()[1]) for s in socks))
-    for s in socks:
-        s.close()
+        sys.exit("no free range of worker ports")
+taken |= set(range(base, base + width))
+singles, socks = [], []
+while len(singles) < n:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    socks.append(s)  # held until the end, so the OS never hands out the same port twice
+    if port not in taken:
+        taken.add(port)
+        singles.append(port)
+for s in socks:
+    s.close()
+print(base, *singles)
 EOF
-}
-
-for port in "$KDTUNE_RAY_PORT" "$KDTUNE_MLFLOW_PORT"; do
-    if ! "$PY" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
-        log "port $port on 127.0.0.1 is in use (set KDTUNE_RAY_PORT / KDTUNE_MLFLOW_PORT)"
-        exit 1
-    fi
-done
-read -r HEAD_NM HEAD_OM HEAD_METRICS HEAD_AGENT HEAD_AGENT_GRPC HEAD_RTENV DASH_PORT \
-        N2_NM N2_OM N2_METRICS N2_AGENT N2_AGENT_GRPC N2_RTENV <<< "$(free_ports 13)"
+)" || { log "could not find free ports"; exit 1; }
+read -r MIN_WP HEAD_NM HEAD_OM HEAD_METRICS HEAD_AGENT HEAD_AGENT_GRPC HEAD_RTENV DASH_PORT \
+        N2_NM N2_OM N2_METRICS N2_AGENT N2_AGENT_GRPC N2_RTENV <<< "$PORT_LIST"
 DASH_PORT="${KDTUNE_DASHBOARD_PORT:-$DASH_PORT}"
-WP="$KDTUNE_WORKER_PORTS"
-MIN_WP="${KDTUNE_MIN_WORKER_PORT:-$(free_ports 0 $((2 * WP)))}"
 
 # -- state ----------------------------------------------------------------------------------
 mkdir -p "$LOG_DIR" "$KDTUNE_CLUSTER_DIR/mlflow/artifacts" "$KDTUNE_RAY_TMP"
@@ -124,7 +131,7 @@ fail() {
         [ -f "$f" ] && { log "--- last lines of $f"; tail -n 25 "$f" >&2; }
     done
     log "stopping what was started"
-    "$KDTUNE_LOCAL_HERE/stop.sh" || true
+    KDTUNE_CLUSTER_DIR="$KDTUNE_CLUSTER_DIR" "$KDTUNE_LOCAL_HERE/stop.sh" || true
     exit 1
 }
 
