@@ -152,8 +152,9 @@ def one_seed(seed: int, tmp: Path, *, quick: bool) -> dict[str, Any]:
     frac_s = r["seconds"] / grid_seconds if r["reached"] else math.inf
     distinct = len({config_key({k: decode_param(v) for k, v in t["params"].items()})
                     for t in trials})
-    note(f"seed {seed}: grid best val_accuracy {best:.4f} ({sum(g['val_accuracy'] == best for g in grid)} "
-         f"of {len(grid)} configs; grid {grid_epochs} epochs, {grid_seconds:.1f} s training); "
+    near = sum(g["val_accuracy"] >= best - WITHIN - 1e-9 for g in grid)
+    note(f"seed {seed}: grid best val_accuracy {best:.4f} ({near} of {len(grid)} configs within "
+         f"0.5 points of it; grid {grid_epochs} epochs, {grid_seconds:.1f} s training); "
          + (f"TPE+ASHA reached {r['value']:.4f} after {r['epochs']} epochs = {100 * frac:.1f}% "
             f"({100 * frac_s:.1f}% of the grid's training seconds), {r['trials_started']} "
             f"trials started" if r["reached"] else

@@ -48,6 +48,9 @@ def kdtune_env(ray_tmp: Path) -> dict[str, str]:
     env = dict(os.environ)  # keeps the test's KDTUNE_CACHE
     env.pop("RAY_ADDRESS", None)
     env["RAY_TMPDIR"] = str(ray_tmp)
+    # the trials' own temp folders (a checkpoint being written when SIGKILL hits stays behind)
+    (ray_tmp / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(ray_tmp / "tmp")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
 
@@ -138,7 +141,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_t
     try:
         # -- wait for two finished trials, then SIGKILL the driver and its Ray -------------
         tracker = Tracker(uri)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 240
         runs = None
         while time.monotonic() < deadline and proc.poll() is None:
             # not before the driver has created the store: opening a SQLite store that is
@@ -177,7 +180,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_t
         assert tracker.trial_runs("killed")["run_id"].tolist() == runs["run_id"].tolist()
 
         # -- resume ----------------------------------------------------------------------
-        resumed = run_kdtune(["resume", "killed", *flags], timeout=400, **where)
+        resumed = run_kdtune(["resume", "killed", *flags], timeout=300, **where)
         (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert "resuming sweep 'killed'" in resumed.stdout
@@ -222,3 +225,87 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_t
     finally:
         kill_all(pgid, str(ray_tmp))
     assert processes_of(pgid, str(ray_tmp)) == []
+
+
+# -- the pieces that make a resume idempotent, each in a state a crash can leave ----------------
+class FakeTrial:
+    """What kdtune's MLflow callback reads from a Ray trial."""
+
+    def __init__(self, trial_id: str, config: dict) -> None:
+        self.trial_id, self.config, self.last_result = trial_id, config, {}
+
+
+def epoch_result(epoch: int, planned: int = 4, **final: float) -> dict:
+    return {"epoch": epoch, "epochs_planned": planned, "val_accuracy": 0.5 + epoch / 100,
+            "val_loss": 1.0 / epoch, "train_loss": 1.0 / epoch, "lr": 0.1, **final}
+
+
+def test_mlflow_record_survives_a_restore_without_duplicates(tmp_path: Path,
+                                                             mlflow_template: Path) -> None:
+    """Ray restores the callback from its pickle; trials then report again what they had."""
+    from kdtune.tune.callbacks import MlflowTrials
+    from kdtune.tune.trainable import TrialSettings
+
+    tracker = Tracker(sqlite_uri(new_store(tmp_path / "store", mlflow_template)))
+    parent = tracker.start_sweep("s", params={"objective.metrics": "val_accuracy"})
+    settings = TrialSettings(fixed={"dataset": "digits", "model": "mlp", "epochs": 4},
+                             seeds=(0,))
+    config = {"method": "none", "hidden": [8], "lr": 0.1}
+    done, killed, running = (FakeTrial(t, config) for t in ("done", "killed", "running"))
+
+    def feed(callback: MlflowTrials, trial: FakeTrial, epochs: range, end: bool,
+             **final: float) -> None:
+        callback.on_trial_start(0, [], trial)
+        for epoch in epochs:
+            trial.last_result = epoch_result(epoch, **(final if epoch == 4 else {}))
+            callback.on_trial_result(0, [], trial, trial.last_result)
+        if end:
+            callback.on_trial_complete(0, [], trial)
+
+    first = MlflowTrials(tracker, parent, "s", settings)
+    feed(first, done, range(1, 5), True, test_accuracy=0.9, params=610.0)
+    feed(first, killed, range(1, 3), True)
+    feed(first, running, range(1, 3), False)
+    runs = tracker.trial_runs("s").set_index("trial_id")
+    assert runs.loc["done", "status"] == "FINISHED" and runs.loc["killed", "status"] == "KILLED"
+    assert runs.loc["killed", "tags.kdtune.rung"] == "2"
+    before = {t: snapshot(tracker, runs.loc[t, "run_id"]) for t in ("done", "killed")}
+    assert before["done"]["history"] == [(s, 0.5 + s / 100) for s in range(1, 5)]
+
+    # after the crash: Ray had them all RUNNING; the restored trials report again
+    second = pickle.loads(pickle.dumps(first))
+    assert second.run_ids == {}
+    feed(second, done, range(4, 5), True, test_accuracy=0.8, params=610.0)  # "end again"
+    feed(second, killed, range(2, 3), True)  # replays the epoch it was stopped at
+    feed(second, running, range(2, 5), True, test_accuracy=0.7, params=610.0)  # from epoch 2
+
+    runs = tracker.trial_runs("s").set_index("trial_id")
+    assert len(runs) == 3  # the same runs, reopened or left alone
+    for t in ("done", "killed"):
+        assert snapshot(tracker, runs.loc[t, "run_id"]) == before[t], t
+    after = snapshot(tracker, runs.loc["running", "run_id"])
+    assert after["status"] == "FINISHED"
+    assert [s for s, _ in after["history"]] == [1, 2, 3, 4]
+    assert after["metrics"]["test_accuracy"] == 0.7
+
+
+def test_restore_finds_a_checkpoint_deleted_before_the_snapshot(asha_sweep, tmp_path: Path
+                                                               ) -> None:
+    """The snapshot names checkpoint N, Ray had already deleted it for N+1 (num_to_keep=1)."""
+    from kdtune.tune.sweep import _repair_checkpoints
+
+    copy = tmp_path / "exp"
+    shutil.copytree(asha_sweep.experiment_dir, copy)
+    assert _repair_checkpoints(copy) == 0  # intact: nothing to do
+    trial_dir = sorted(copy.glob("run_trial_*"))[0]
+    (named,) = trial_dir.glob("checkpoint_*")
+    index = int(named.name.split("_")[1])
+    later = trial_dir / f"checkpoint_{index + 1:06d}"
+    named.rename(later)  # what a crash leaves: N gone, N+1 on storage
+    newest = trial_dir / f"checkpoint_{index + 2:06d}"
+    newest.mkdir()  # persisted by the trial, never registered: not the one to use
+    assert _repair_checkpoints(copy) == 1
+    assert sorted(p.name for p in named.iterdir()) == sorted(p.name for p in later.iterdir())
+    for f in later.iterdir():
+        assert (named / f.name).read_bytes() == f.read_bytes()
+    assert _repair_checkpoints(copy) == 0
