@@ -31,21 +31,41 @@ class PersistentASHA(ASHAScheduler):
                 for b in self._brackets]
 
     def _save(self) -> None:
+        text = json.dumps({"brackets": self.rungs(), "num_stopped": self._num_stopped})
+        if "://" in self.state_path:  # storage URI (s3://...): one object, written whole
+            import pyarrow.fs
+
+            fs, key = pyarrow.fs.FileSystem.from_uri(self.state_path)
+            with fs.open_output_stream(key) as f:
+                f.write(text.encode())
+            return
         path = Path(self.state_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump({"brackets": self.rungs(), "num_stopped": self._num_stopped}, f)
+            f.write(text)
         os.replace(tmp, path)
+
+    def _read(self) -> str | None:
+        if "://" in self.state_path:
+            import pyarrow.fs
+
+            fs, key = pyarrow.fs.FileSystem.from_uri(self.state_path)
+            if fs.get_file_info(key).type == pyarrow.fs.FileType.NotFound:
+                return None
+            with fs.open_input_stream(key) as f:
+                return f.read().decode()
+        path = Path(self.state_path)
+        return path.read_text() if path.is_file() else None
 
     def _load_once(self) -> None:
         if self._loaded:
             return
         self._loaded = True
-        path = Path(self.state_path)
-        if not path.is_file():
+        text = self._read()
+        if text is None:
             return
-        state = json.loads(path.read_text())
+        state = json.loads(text)
         for bracket, saved in zip(self._brackets, state["brackets"], strict=True):
             for (milestone, recorded), rung in zip(bracket._rungs, saved, strict=True):
                 if rung["milestone"] == milestone:

@@ -21,7 +21,7 @@ import kdtune
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
 from kdtune.report import epoch_printer
-from kdtune.teacher import check_compatible, data_spec, load_teacher, train_logits
+from kdtune.teacher import cache_dir, check_compatible, data_spec, load_teacher, train_logits
 from kdtune.tracking import Tracker, default_store, default_tracking_uri
 from kdtune.trainer import load_data
 from kdtune.tune.space import (
@@ -44,22 +44,50 @@ class Store:
     """Where a sweep's records go: the MLflow store and the Ray experiment storage."""
 
     tracking_uri: str
-    storage: Path  # Ray experiments live in storage/<sweep name>
+    # Ray experiments live in storage/<sweep name>: a local folder (absolute Path) or a URI
+    # such as s3://bucket/path that every node of a cluster reaches.
+    storage: Path | str
 
     @classmethod
     def resolve(cls, mlflow_uri: str | None = None, storage: str | None = None) -> Store:
         """Defaults: one local folder ``./kdtune-runs`` with ``mlflow.db`` and ``ray/``."""
         root = default_store()
         uri = mlflow_uri or default_tracking_uri(root)
+        if storage and is_uri(storage):
+            return cls(uri, storage.rstrip("/"))
         path = Path(storage).expanduser().resolve() if storage else root / "ray"
         return cls(uri, path)
 
+    def experiment_dir(self, name: str) -> Path | str:
+        if isinstance(self.storage, Path):
+            return self.storage / name
+        return f"{self.storage}/{name}"
+
     @property
     def teachers(self) -> Path:
-        return self.storage / "_teachers"
+        """Where the driver keeps teachers it trains (they reach trials via the object store,
+        so a driver-local folder does; with a URI storage, the driver's kdtune cache)."""
+        if isinstance(self.storage, Path):
+            return self.storage / "_teachers"
+        return cache_dir().parent / "teachers"
 
     def describe(self) -> str:
         return f"MLflow {self.tracking_uri}, Ray storage {self.storage}"
+
+
+def is_uri(location: str | Path) -> bool:
+    """``s3://...``, ``gs://...``, ``file://...``: storage reached through pyarrow, not a path."""
+    return "://" in str(location)
+
+
+def location_exists(location: Path | str) -> bool:
+    """Whether a local path or a storage URI (through pyarrow's filesystems) exists."""
+    if not is_uri(location):
+        return Path(location).exists()
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
 # -- the pieces -------------------------------------------------------------------------------
@@ -117,7 +145,7 @@ def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
                                mode=mode, sampler=sampler)
 
 
-def make_scheduler(space: SearchSpace, experiment_dir: Path) -> Any:
+def make_scheduler(space: SearchSpace, experiment_dir: Path | str) -> Any:
     """ASHA on the first objective (rungs persisted for resume), or FIFO."""
     from ray.tune.schedulers import FIFOScheduler
 
@@ -129,7 +157,7 @@ def make_scheduler(space: SearchSpace, experiment_dir: Path) -> Any:
     return PersistentASHA(time_attr="epoch", metric=space.metrics[0], mode=space.modes[0],
                           max_t=s.max_t, grace_period=s.grace_period,
                           reduction_factor=s.reduction_factor,
-                          state_path=experiment_dir / ASHA_STATE)
+                          state_path=f"{experiment_dir}/{ASHA_STATE}")
 
 
 def make_trainable(space: SearchSpace, context: SweepContext) -> Any:
@@ -180,7 +208,7 @@ class SweepOutcome:
     parent_run_id: str
     finished: bool
     tracking_uri: str
-    experiment_dir: Path
+    experiment_dir: Path | str
 
 
 def run_sweep(space_file: str, *, name: str | None = None, address: str | None = None,
@@ -192,8 +220,8 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     name = name or space.name
     num_samples = _num_samples(space, num_samples)
     store = Store.resolve(mlflow_uri, storage)
-    experiment_dir = store.storage / name
-    if experiment_dir.exists():
+    experiment_dir = store.experiment_dir(name)
+    if location_exists(experiment_dir):
         raise KdtuneError(f"Ray storage {experiment_dir} already exists; resume with `kdtune "
                           f"resume {name}` or choose another --name")
     console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
@@ -246,7 +274,9 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     tracker = Tracker(store.tracking_uri)
     run = tracker.sweep_run(name)
     tags, params = run.data.tags, run.data.params
-    experiment_dir = store.storage / name if storage else Path(tags[TAG_STORAGE])
+    experiment_dir = store.experiment_dir(name) if storage else tags[TAG_STORAGE]
+    if not is_uri(experiment_dir):
+        experiment_dir = Path(experiment_dir)
     outcome = SweepOutcome(name, run.info.run_id, True, store.tracking_uri, experiment_dir)
     if run.info.status == "FINISHED":
         console.print(f"sweep {name!r} already finished; nothing to resume "
@@ -278,7 +308,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
                            console)
 
 
-def _repair_checkpoints(experiment_dir: Path) -> int:
+def _repair_checkpoints(experiment_dir: Path | str) -> int:
     """Point restored trials at a checkpoint that exists; return how many needed it.
 
     kdtune keeps one checkpoint per trial (``num_to_keep=1``). Ray deletes the previous
@@ -289,7 +319,11 @@ def _repair_checkpoints(experiment_dir: Path) -> int:
     anymore"). The trial folder then holds the next checkpoint(s); the oldest of them is the
     one Ray had registered (its epoch is in MLflow), so it is copied to the name the snapshot
     expects and the trial continues from there (kdtune's trainable counts epochs itself).
+    Local storage only: on a URI storage (s3://...) such a trial restarts as Ray decides.
     """
+    if is_uri(experiment_dir):
+        return 0
+    experiment_dir = Path(experiment_dir)
     import json
     import re
     import shutil
@@ -362,7 +396,7 @@ def _fit_and_finish(tuner: Any, space: SearchSpace, store: Store, tracker: Track
     removed = _drop_orphans(tracker, name, results)
     if removed:
         console.print(f"removed {removed} MLflow child run(s) of trials Ray never recorded")
-    experiment_dir = store.storage / name
+    experiment_dir = store.experiment_dir(name)
     if finished:
         _log_best_student(tracker, space, name, results, console)
         tracker.end_sweep(parent, "FINISHED")
