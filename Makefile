@@ -9,7 +9,8 @@ setup:
 	@bash scripts/setup-venv.sh
 
 demo: setup
-	$(PY) -m kdtune demo
+	$(KDTUNE) search search_spaces/digits_quick.yaml
+	$(KDTUNE) best --top 5
 
 test: setup
 	$(PY) -m ruff check kdtune tests

@@ -140,7 +140,7 @@ def run(quick: bool = False, threads: int = 1,
     for p in pairs:
         teacher, student = p.split(":")
         results += measure(teacher, student, n_train=40 if quick else 142,
-                           epochs=2 if quick else 5, repeats=1 if quick else 3)
+                           epochs=2 if quick else 10, repeats=1 if quick else 5)
     return results
 
 

@@ -132,8 +132,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite store in "
-                   "./kdtune-runs/mlflow.db)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else the sqlite store ./kdtune-runs/mlflow.db)")
     p.add_argument("--storage", help="Ray Tune storage folder or URI (default ./kdtune-runs/ray)")
 
 
@@ -162,8 +162,10 @@ def _after_sweep(outcome: Any, args: argparse.Namespace) -> int:
     if not outcome.finished:
         return 1
     show_best(outcome.name, tracking_uri=outcome.tracking_uri, top=5)
-    print(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id}); browse with "
-          f"`mlflow ui --backend-store-uri {outcome.tracking_uri}`")
+    uri = outcome.tracking_uri
+    browse = (f"open {uri}" if uri.startswith(("http://", "https://"))
+              else f"browse with `mlflow ui --backend-store-uri {uri}`")
+    print(f"MLflow: {uri} (parent run {outcome.parent_run_id}); {browse}")
     return 0
 
 
@@ -172,7 +174,16 @@ def cmd_best(args: argparse.Namespace) -> int:
     from kdtune.tune.sweep import Store
 
     store = Store.resolve(args.mlflow_uri, args.storage)
-    show_best(args.name, tracking_uri=store.tracking_uri, top=args.top, metric=args.metric,
+    name = args.name
+    if name is None:
+        from kdtune.tracking import Tracker, require_store
+
+        require_store(store.tracking_uri)
+        names = Tracker(store.tracking_uri).sweep_names()
+        if not names:
+            raise KdtuneError(f"no sweep in {store.tracking_uri} yet; run `kdtune search` first")
+        name = names[0]
+    show_best(name, tracking_uri=store.tracking_uri, top=args.top, metric=args.metric,
               mode=args.mode, fmt=args.format, config_out=args.config_out)
     return 0
 
@@ -210,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("best", help="the best configs of a sweep, from MLflow alone")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", help="sweep name (default: the newest sweep in the store)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--metric", help="rank by this metric (default: the sweep's objective; "
                    "comma-separated for a Pareto front)")

@@ -36,8 +36,10 @@ stderr = Console(stderr=True, highlight=False)
 
 
 def fmt(name: str, value: Any) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if name not in _FORMATS and isinstance(value, float):
+        return f"{value:.4g}"
     _, pattern = _FORMATS.get(name, (name, "{}"))
     try:
         return pattern.format(value)

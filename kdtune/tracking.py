@@ -296,7 +296,7 @@ class Tracker:
         return self.client.get_run(run_id)
 
     def _unknown_sweep(self, name: str) -> KdtuneError:
-        names = self._sweep_names()
+        names = self.sweep_names()
         if not names:
             return KdtuneError(f"no sweep {name!r} in {self.tracking_uri}: it holds no sweeps "
                                "yet; run `kdtune search` first or pass --mlflow-uri")
@@ -311,7 +311,7 @@ class Tracker:
         return self._search(f"tags.`{TAG_KIND}` = 'sweep'",
                             order_by=["attributes.start_time DESC"])
 
-    def _sweep_names(self) -> list[str]:
+    def sweep_names(self) -> list[str]:
         """Sweep names, newest first."""
         return [r.data.tags.get(TAG_SWEEP, r.info.run_name) for r in self._sweep_runs()]
 

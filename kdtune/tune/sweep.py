@@ -19,9 +19,18 @@ from rich.console import Console
 
 import kdtune
 from kdtune.config import TrainConfig
+from kdtune.data import DataSplits
 from kdtune.errors import KdtuneError
 from kdtune.report import epoch_printer
-from kdtune.teacher import cache_dir, check_compatible, data_spec, load_teacher, train_logits
+from kdtune.teacher import (
+    Teacher,
+    cache_dir,
+    check_compatible,
+    data_spec,
+    load_teacher,
+    train_logits,
+    view_logits,
+)
 from kdtune.tracking import Tracker, default_store, default_tracking_uri
 from kdtune.trainer import load_data
 from kdtune.tune.space import (
@@ -50,9 +59,10 @@ class Store:
 
     @classmethod
     def resolve(cls, mlflow_uri: str | None = None, storage: str | None = None) -> Store:
-        """Defaults: one local folder ``./kdtune-runs`` with ``mlflow.db`` and ``ray/``."""
+        """Defaults: ``$MLFLOW_TRACKING_URI`` if set, and one local folder ``./kdtune-runs``
+        with ``mlflow.db`` and ``ray/``."""
         root = default_store()
-        uri = mlflow_uri or default_tracking_uri(root)
+        uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
         if storage and is_uri(storage):
             return cls(uri, storage.rstrip("/"))
         path = Path(storage).expanduser().resolve() if storage else root / "ray"
@@ -91,7 +101,8 @@ def location_exists(location: Path | str) -> bool:
 
 
 # -- the pieces -------------------------------------------------------------------------------
-def prepare_context(space: SearchSpace, store: Store, console: Console) -> SweepContext:
+def prepare_context(space: SearchSpace, store: Store, console: Console,
+                    num_samples: int) -> SweepContext:
     """Load the data and the teacher once on the driver, with the teacher's outputs."""
     data_config = TrainConfig.from_dict({k: space.fixed[k] for k in DATA_KEYS if k in space.fixed})
     data = load_data(data_config)
@@ -109,16 +120,44 @@ def prepare_context(space: SearchSpace, store: Store, console: Console) -> Sweep
         teacher = load_teacher(teacher_path)
         check_compatible(teacher, data_spec(data, data_config.split_seed,
                                             data_config.val_fraction), source="teacher")
-        if space.fixed.get("augment") is not True and data.augment is None:
-            train_logits(teacher, data)  # computed once here; trials look them up
-        elif space.fixed.get("augment") is not False and data.augment is not None:
-            console.print("augmented training: trials run the teacher live on each view")
+        _precompute_teacher_outputs(space, data, teacher, num_samples, console)
     gpus = space.resources.gpus
     overrides = {"device": "cuda" if gpus > 0 else "cpu",
                  "threads": max(1, int(space.resources.cpus))}
     settings = TrialSettings(fixed=dict(space.fixed), seeds=space.seeds,
                              teacher_path=teacher_path, overrides=overrides)
     return SweepContext(settings=settings, data=data, teacher=teacher)
+
+
+#: Largest per-view logit table a sweep computes and ships to every trial (fp16 bytes).
+MAX_VIEW_TABLE_BYTES = 2 * 1024**3
+
+
+def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: Teacher,
+                                num_samples: int, console: Console) -> None:
+    """Compute the teacher's logits once on the driver so that trials run no teacher at all.
+
+    Un-augmented training: the logits of the training set. Augmented training: the logits of
+    every (sample, view) when the sweep's trials would otherwise run more teacher passes per
+    sample than there are views (and the table is not huge); else trials run it live.
+    """
+    wanted = space.fixed.get("teacher_outputs", "auto")
+    augment = data.augment if space.fixed.get("augment") is not False else None
+    if wanted == "live":
+        return
+    if augment is None:
+        train_logits(teacher, data)
+        return
+    epochs = space.scheduler.max_t or space.fixed.get("epochs") or TrainConfig().epochs
+    passes = num_samples * int(epochs) * len(space.seeds)  # teacher passes per sample, at most
+    table = len(data.x_train) * augment.num_views * data.num_classes * 2
+    if wanted == "cached" or (passes >= augment.num_views and table <= MAX_VIEW_TABLE_BYTES):
+        console.print(f"computing the teacher's logits for all {augment.num_views} "
+                      f"augmentation views once ({table / 1e6:.0f} MB, fp16) ...")
+        view_logits(teacher, data, augment)
+    else:
+        console.print(f"augmented training: trials run the teacher live ({passes} passes per "
+                      f"sample at most, {augment.num_views} views, table {table / 1e6:.0f} MB)")
 
 
 def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
@@ -217,20 +256,21 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     """Start a new sweep; every input is validated before Ray starts."""
     console = console or Console(highlight=False)
     space = load_space(space_file)
-    name = name or space.name
     num_samples = _num_samples(space, num_samples)
     store = Store.resolve(mlflow_uri, storage)
+    tracker = Tracker(store.tracking_uri)
+    if name is None:  # the file's name, or the next free name-2, name-3, ... after it
+        name = _free_name(space.name, store, tracker)
     experiment_dir = store.experiment_dir(name)
     if location_exists(experiment_dir):
         raise KdtuneError(f"Ray storage {experiment_dir} already exists; resume with `kdtune "
                           f"resume {name}` or choose another --name")
     console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
-    tracker = Tracker(store.tracking_uri)
     tracker.ensure_experiment()
     if tracker.find_sweep(name) is not None:
         raise KdtuneError(f"sweep {name!r} already exists in {store.tracking_uri}; resume it "
                           f"with `kdtune resume {name}` or choose another --name")
-    context = prepare_context(space, store, console)
+    context = prepare_context(space, store, console, num_samples)
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
         "kdtune.version": kdtune.__version__, "kdtune.git_sha": git_sha(),
@@ -293,7 +333,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
                           f"{tags[TAG_SPACE_SHA][:12]} -> {space.sha256[:12]}); restore it")
     num_samples = int(params[PARAM_NUM_SAMPLES])
     console.print(f"resuming sweep {name!r}; {store.describe()}")
-    context = prepare_context(space, store, console)
+    context = prepare_context(space, store, console, num_samples)
     context.ended = _ended_trials(tracker, name)
     init_ray(address, console)
     _allow_final_only_metrics(space)
@@ -374,6 +414,19 @@ def _ended_trials(tracker: Tracker, name: str) -> frozenset[str]:
     if runs.empty:
         return frozenset()
     return frozenset(str(t) for t in runs.loc[runs["status"].isin(ENDED), "trial_id"])
+
+
+def _free_name(base: str, store: Store, tracker: Tracker) -> str:
+    """``base`` if no sweep has it yet, else the first free ``base-2``, ``base-3``, ..."""
+    from kdtune.tracking import sqlite_path
+
+    db = sqlite_path(store.tracking_uri)
+    known = set() if db is not None and not db.exists() else set(tracker.sweep_names())
+    name, k = base, 1
+    while name in known or location_exists(store.experiment_dir(name)):
+        k += 1
+        name = f"{base}-{k}"
+    return name
 
 
 def _num_samples(space: SearchSpace, override: int | None) -> int:
