@@ -1,0 +1,77 @@
+"""The sweep's driver computes the teacher's outputs once, and per augmentation view only
+when its trials would otherwise run more teacher passes per sample than there are views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kdtune.config import TrainConfig
+from kdtune.teacher import save_teacher, view_key
+from kdtune.trainer import load_data, train
+from kdtune.tune.space import load_space
+from kdtune.tune.sweep import Store, prepare_context
+
+
+@pytest.fixture(scope="module")
+def synthetic_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = TrainConfig(dataset="synthetic", model="mlp", hidden=(8,), method="none", epochs=1,
+                      augment=False, device="cpu")
+    result = train(cfg, measure_latency=False)
+    return save_teacher(result.model, {"name": "mlp", "kwargs": {"hidden": [8]}},
+                        result.data_spec, result.metrics, tmp_path_factory.mktemp("t"))
+
+
+def space_file(tmp_path: Path, teacher: Path, **fixed: object) -> Path:
+    extra = "".join(f"  {k}: {v}\n" for k, v in fixed.items())
+    path = tmp_path / "space.yaml"
+    path.write_text(f"""name: plan
+fixed:
+  dataset: synthetic
+  model: mlp
+  hidden: [8]
+  epochs: 2
+{extra}teacher: {{path: {teacher}}}
+parameters:
+  method: {{type: categorical, choices: [vanilla]}}
+  alpha: {{type: float, low: 0.1, high: 0.9}}
+objective: {{metric: val_accuracy, mode: max}}
+search: {{num_samples: 2, sampler: random}}
+scheduler: {{type: none}}
+""")
+    return path
+
+
+def plan(tmp_path: Path, teacher: Path, num_samples: int, **fixed: object) -> set[str]:
+    space = load_space(space_file(tmp_path, teacher, **fixed))
+    store = Store.resolve(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "ray"))
+    context = prepare_context(space, store, Console(quiet=True), num_samples)
+    assert context.teacher is not None
+    return set(context.teacher.outputs)
+
+
+def test_views_are_computed_when_trials_would_run_the_teacher_more(
+        tmp_path: Path, synthetic_teacher: Path) -> None:
+    data = load_data(TrainConfig(dataset="synthetic"))
+    assert data.augment is not None and data.augment.num_views == 162
+    # 100 trials x 2 epochs = 200 teacher passes per sample >= 162 views: precompute them
+    assert view_key(data, data.augment) in plan(tmp_path, synthetic_teacher, num_samples=100)
+
+
+def test_few_trials_keep_the_teacher_live(tmp_path: Path, synthetic_teacher: Path) -> None:
+    assert plan(tmp_path, synthetic_teacher, num_samples=2) == set()  # 4 passes < 162 views
+
+
+def test_teacher_outputs_in_fixed_decide(tmp_path: Path, synthetic_teacher: Path) -> None:
+    data = load_data(TrainConfig(dataset="synthetic"))
+    key = view_key(data, data.augment)
+    assert key in plan(tmp_path, synthetic_teacher, 2, teacher_outputs="cached")
+    assert plan(tmp_path, synthetic_teacher, 100, teacher_outputs="live") == set()
+
+
+def test_unaugmented_training_gets_the_plain_logits(tmp_path: Path,
+                                                    synthetic_teacher: Path) -> None:
+    data = load_data(TrainConfig(dataset="synthetic", augment=False))
+    assert plan(tmp_path, synthetic_teacher, 2, augment="false") == {data.key}
