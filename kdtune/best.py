@@ -57,7 +57,21 @@ def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any
     for p in param_cols:
         value = r[f"params.{p}"]
         row[p] = decode_param(value) if isinstance(value, str) else None
+    for p in _unused_by_method(row.get("method")):  # resolved defaults the method ignores
+        if p in row:
+            row[p] = None
     return row
+
+
+def _unused_by_method(method: Any) -> tuple[str, ...]:
+    from kdtune.methods import get_method, list_methods
+
+    if method not in list_methods():
+        return ()
+    spec = get_method(method)
+    unused = () if spec.uses_temperature else ("temperature",)
+    unused += () if spec.uses_two_temperatures else ("t_right", "t_wrong")
+    return unused + (() if spec.needs_teacher else ("alpha",))
 
 
 def write_config(row: Any, path: str | Path) -> Path:
