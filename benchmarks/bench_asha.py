@@ -28,6 +28,7 @@ The same fraction in training seconds is printed beside it.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -104,7 +105,7 @@ def reach(trials: list[dict[str, Any]], best: float, max_t: int) -> dict[str, An
     events = sorted((ts, step, val, t["trial_id"]) for t in trials
                     for step, val, ts in t["mlflow_history"])
     epochs, seconds, started = 0, 0.0, set()
-    for ts, step, val, tid in events:
+    for _ts, step, val, tid in events:
         epochs += 1
         seconds += elapsed.get((tid, int(step)), 0.0)
         started.add(tid)
@@ -148,6 +149,11 @@ def one_seed(seed: int, tmp: Path, *, quick: bool) -> dict[str, Any]:
             total += 1
             same += abs(by_key.get(config_key(params), -1) - t["history"][-1]["val_accuracy"]
                         ) < 1e-9
+    # did TPE propose the near-best configurations, and how far did ASHA let them train?
+    near_keys = {g["key"] for g in grid if g["val_accuracy"] >= best - WITHIN - 1e-9}
+    near_runs = [t["epochs"] for t in trials if config_key(
+        {k: decode_param(v) for k, v in t["params"].items()}) in near_keys]
+    (tmp / f"grid_s{seed}.json").write_text(json.dumps(grid, default=list))
     frac = r["epochs"] / grid_epochs if r["reached"] else math.inf
     frac_s = r["seconds"] / grid_seconds if r["reached"] else math.inf
     distinct = len({config_key({k: decode_param(v) for k, v in t["params"].items()})
@@ -162,7 +168,8 @@ def one_seed(seed: int, tmp: Path, *, quick: bool) -> dict[str, Any]:
             f"({r['epochs']} epochs = {100 * r['epochs'] / grid_epochs:.1f}% of the grid)")
          + f"; whole sweep {total_epochs} epochs ({100 * total_epochs / grid_epochs:.1f}%), "
          f"{distinct} distinct configs in {len(trials)} trials, sweep wall {res['wall_s']:.0f} "
-         f"s; grid == sweep on {same}/{total} finished trials")
+         f"s; grid == sweep on {same}/{total} finished trials; trials of near-best configs: "
+         f"{len(near_runs)} (epochs each: {sorted(near_runs) or '-'})")
     return {"seed": seed, "fraction": frac, "fraction_seconds": frac_s, "best": best,
             "reach": r, "total_epochs": total_epochs, "grid_epochs": grid_epochs,
             "consistent": (same, total)}

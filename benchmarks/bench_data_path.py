@@ -27,8 +27,8 @@ from benchmarks.common import (
     emit,
     header,
     interleaved,
-    make_teacher,
     machine,
+    make_teacher,
     median,
     note,
     scratch,
@@ -60,12 +60,14 @@ def measure(name: str, data, student: dict, *, repeats: int, batch_size: int = 6
         tr = TrainingRun(cfg, teacher=teacher, data=data)
         assert tr.teacher_mode == "views"
 
+    held: list = []
+
     def data_epoch() -> None:  # the data path of TrainingRun.train_epoch, nothing else
         for idx in tr.batches():
             x, y = tr.x_train[idx], tr.y_train[idx]
             views = tr.augment.sample_views(len(idx), tr.generator)
             x = tr.augment.apply(x, views)
-            tr.teacher_outputs(idx, x, views)
+            held[:] = (x, y, tr.teacher_outputs(idx, x, views))
 
     batches = []
     for idx in tr.batches():

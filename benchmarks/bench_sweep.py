@@ -76,9 +76,10 @@ def sweep_3a(quick: bool, repeats: int, keep: bool) -> Result:
                  f"{median([per_trial_overhead(r) for r in base]):.2f} s"),
             extra={"kdtune": kd, "baseline": base}))
         describe_kdtune(kd[-1])
-        note(f"baseline, last run: start -> Tuner.fit {base[-1]['t_fit'] - base[-1]['t_launch']:.1f} "
-             f"s, fit {base[-1]['t_done'] - base[-1]['t_fit']:.1f} s; epochs trained "
-             f"{sum(base[-1]['epochs'])}")
+        last = base[-1]
+        note(f"baseline, last run: launch -> Tuner.fit {last['t_fit'] - last['t_launch']:.1f} s, "
+             f"fit {last['t_done'] - last['t_fit']:.1f} s; epochs trained "
+             f"{sum(last['epochs'])}")
     return result
 
 

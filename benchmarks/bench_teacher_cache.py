@@ -34,8 +34,8 @@ from benchmarks.common import (
     emit,
     header,
     interleaved,
-    make_teacher,
     machine,
+    make_teacher,
     median,
     note,
     scratch,
@@ -46,7 +46,8 @@ from benchmarks.common import (
 TARGET = 3.0
 
 
-def per_sample_costs(teacher_model, student_model, in_shape, batch_size: int) -> tuple[float, float]:
+def per_sample_costs(teacher_model, student_model, in_shape,
+                     batch_size: int) -> tuple[float, float]:
     """Seconds per sample of the teacher's forward (eval, no grad) and of the student's
     forward + backward + SGD step, at the trial's batch size (for the ceiling line)."""
     import torch
