@@ -13,12 +13,15 @@ demo: setup
 	$(KDTUNE) best --top 5
 
 test: setup
-	$(PY) -m ruff check kdtune tests
+	$(PY) -m ruff check kdtune tests benchmarks
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	 if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; exit $$rc
 
+bench: setup
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
 lint: setup
-	$(PY) -m ruff check kdtune tests
+	$(PY) -m ruff check kdtune tests benchmarks
 
 clean:
 	rm -rf kdtune-runs .pytest_cache .ruff_cache
