@@ -53,13 +53,33 @@ def count_flops(model: nn.Module, in_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
-@torch.no_grad()
+#: Latency measured per architecture in this process: a sweep's worker (actors are reused)
+#: measures each student architecture and batch size once, not once per trial or seed.
+_LATENCY_MS: dict[tuple, float] = {}
+
+
+def architecture_key(model: nn.Module) -> tuple:
+    """Identifies a model's compute (class and parameter/buffer shapes), not its weights."""
+    shapes = tuple((n, tuple(t.shape)) for n, t in model.state_dict().items())
+    return type(model).__qualname__, shapes
+
+
 def cpu_latency_ms(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, *,
                    repeats: int = 10, warmup: int = 2) -> float:
     """Median wall time in milliseconds of one forward pass of a batch on the CPU.
 
-    The model is copied to the CPU and timed in eval mode; the original is not moved.
+    The model is copied to the CPU and timed in eval mode; the original is not moved. The
+    result is remembered per (architecture, input shape, batch size) in this process.
     """
+    key = (architecture_key(model), tuple(in_shape), batch_size)
+    if key not in _LATENCY_MS:
+        _LATENCY_MS[key] = _time_forward(model, in_shape, batch_size, repeats, warmup)
+    return _LATENCY_MS[key]
+
+
+@torch.no_grad()
+def _time_forward(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, repeats: int,
+                  warmup: int) -> float:
     import copy
 
     cpu_model = copy.deepcopy(model).cpu().eval()

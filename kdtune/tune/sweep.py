@@ -121,6 +121,7 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
         check_compatible(teacher, data_spec(data, data_config.split_seed,
                                             data_config.val_fraction), source="teacher")
         _precompute_teacher_outputs(space, data, teacher, num_samples, console)
+        teacher.latency_ms(256)  # measured once here; ships with the teacher to every trial
     gpus = space.resources.gpus
     overrides = {"device": "cuda" if gpus > 0 else "cpu",
                  "threads": max(1, int(space.resources.cpus))}

@@ -87,6 +87,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         return
     while runs[0].epoch < planned:
         metrics = mean_metrics([run.train_epoch() for run in runs])
+        metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials ASHA stops
         if runs[0].epoch == planned:
             metrics.update(mean_metrics([run.final_metrics() for run in runs]))
         _report(runs, {**metrics, **where}, planned)

@@ -128,6 +128,7 @@ def test_per_epoch_history_and_final_metrics(asha_sweep: SweepRecord) -> None:
         else:  # KILLED by ASHA at a rung, with the rung as a tag
             assert status == "KILLED"
             assert last in RUNGS and last < EPOCHS
+            assert row["metrics.train_time_s"] > 0  # the compute it used, for cost accounting
 
 
 def test_best_student_weights_are_logged(asha_sweep: SweepRecord, tmp_path: Path) -> None:

@@ -1,0 +1,32 @@
+"""Metrics: accuracy, FLOPs, and CPU latency measured once per architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdtune.metrics import accuracy, architecture_key, count_flops, cpu_latency_ms
+from kdtune.models import create_model
+
+
+def test_accuracy() -> None:
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_flops_of_a_linear_model() -> None:
+    model = create_model("mlp", 10, (1, 8, 8), hidden=())
+    assert count_flops(model, (1, 8, 8)) == 2 * 64 * 10  # a multiply-add counts as 2
+
+
+def test_latency_is_measured_once_per_architecture() -> None:
+    torch.manual_seed(0)
+    a = create_model("mlp", 10, (1, 8, 8), hidden=(17,))
+    b = create_model("mlp", 10, (1, 8, 8), hidden=(17,))  # other weights, same compute
+    c = create_model("mlp", 10, (1, 8, 8), hidden=(18,))
+    assert architecture_key(a) == architecture_key(b) != architecture_key(c)
+    first = cpu_latency_ms(a, (1, 8, 8), 4)
+    calls: list[int] = []
+    b.register_forward_hook(lambda *args: calls.append(1))  # copied along with the model
+    assert cpu_latency_ms(b, (1, 8, 8), 4) == first and calls == []
+    assert cpu_latency_ms(b, (1, 8, 8), 5) > 0 and calls  # another batch size is measured
