@@ -65,13 +65,11 @@ def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any
 
 def _unused_by_method(method: Any) -> tuple[str, ...]:
     from kdtune.methods import get_method, list_methods
+    from kdtune.methods.registry import KD_FIELDS
 
     if method not in list_methods():
         return ()
-    spec = get_method(method)
-    unused = () if spec.uses_temperature else ("temperature",)
-    unused += () if spec.uses_two_temperatures else ("t_right", "t_wrong")
-    return unused + (() if spec.needs_teacher else ("alpha",))
+    return tuple(f for f in KD_FIELDS if not get_method(method).uses(f))
 
 
 def write_config(row: Any, path: str | Path) -> Path:

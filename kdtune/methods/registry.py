@@ -46,6 +46,18 @@ class MethodSpec:
     adjusts_teacher: bool
     adjust: AdjustFn | None = None
 
+    def uses(self, field: str) -> bool:
+        """Whether this method reads the config field ``field``: one of :data:`KD_FIELDS`
+        (``alpha`` only with a teacher, ``temperature``, ``t_right``/``t_wrong``); any other
+        field is not a method's concern (True)."""
+        return {"alpha": self.needs_teacher, "temperature": self.uses_temperature,
+                "t_right": self.uses_two_temperatures,
+                "t_wrong": self.uses_two_temperatures}.get(field, True)
+
+
+#: The config fields a method may or may not read (see :meth:`MethodSpec.uses`).
+KD_FIELDS = ("alpha", "temperature", "t_right", "t_wrong")
+
 
 _METHODS: dict[str, MethodSpec] = {}
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)

@@ -720,12 +720,9 @@ class _Loader:
                                       f"under parameters with when: {{method: [{method}]}} or "
                                       "under fixed")
             for p in active:
-                uses = {"alpha": "needs_teacher", "temperature": "uses_temperature",
-                        "t_right": "uses_two_temperatures",
-                        "t_wrong": "uses_two_temperatures"}.get(p.name)
-                if uses and not getattr(spec, uses):
+                if not spec.uses(p.name):
                     users = [c for c in (method_p.choices if method_p and method_p.choices
-                                         else specs) if getattr(specs[c], uses)]
+                                         else specs) if specs[c].uses(p.name)]
                     raise self.err(f"parameters.{p.name}", f"active with method {method}, "
                                    f"which does not use {p.name}; add when: {{method: "
                                    f"[{', '.join(users)}]}}")
