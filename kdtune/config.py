@@ -124,21 +124,26 @@ class TrainConfig:
         return {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
 
 
-def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; errors are one line."""
+def parse_yaml(raw: str | bytes, shown: str) -> Any:
+    """``yaml.safe_load`` whose syntax errors are one line naming the file and line."""
     import yaml
 
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KdtuneError(f"{shown}: invalid YAML{at}") from None
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors are one line."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise KdtuneError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise KdtuneError(f"{path}: invalid YAML{at}") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdtune.config import TrainConfig, _coerce
+from kdtune.config import TrainConfig, _coerce, parse_yaml
 from kdtune.errors import KdtuneError, choose_one
 
 if TYPE_CHECKING:
@@ -262,20 +262,13 @@ class _Loader:
         return KdtuneError(f"{self.shown}: {key}: {msg}")
 
     def load(self) -> SearchSpace:
-        import yaml
-
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             raise KdtuneError(f"{self.shown}: no such search-space file") from None
         except OSError as exc:
             raise KdtuneError(f"{self.shown}: cannot read: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise KdtuneError(f"{self.shown}: invalid YAML{at}") from None
+        data = parse_yaml(raw, self.shown)
         if not isinstance(data, dict):
             raise KdtuneError(f"{self.shown}: expected a mapping with keys "
                               f"{', '.join(TOP_KEYS)}; got {type(data).__name__}")
