@@ -479,18 +479,14 @@ def _fit_and_finish(tuner: Any, space: SearchSpace, store: Store, tracker: Track
 
 def _all_ended(results: Any, num_samples: int) -> bool:
     """Every trial of the sweep exists and ended (finished, stopped early or failed)."""
+    from kdtune.tune.searcher import stopped_early
+
     if len(results) < num_samples:
         return False
     for r in results:
-        if r.error is None and not r.metrics.get("done", False) and not _stopped(r.metrics):
+        if r.error is None and not r.metrics.get("done", False) and not stopped_early(r.metrics):
             return False
     return True
-
-
-def _stopped(metrics: dict[str, Any]) -> bool:
-    from kdtune.tune.searcher import stopped_early
-
-    return stopped_early(metrics)
 
 
 def _drop_orphans(tracker: Tracker, name: str, results: Any) -> int:
