@@ -1,15 +1,30 @@
-"""Ray's ``OptunaSearch``, but trials stopped early by the scheduler reach Optuna as PRUNED.
+"""Ray's ``OptunaSearch``, but trials stopped early by the scheduler reach Optuna as PRUNED,
+and no configuration is trained twice.
 
 Ray tells Optuna that an ASHA-stopped trial COMPLETED with its last, partial value, so TPE
 would learn from a 3-epoch score as if it were final. Here such a trial is told as
 ``TrialState.PRUNED``; its per-epoch values were already reported as intermediate values.
+
+On small categorical spaces TPE proposes the same configuration again and again (optuna
+issue 2021): the same config and seed give the same numbers, so such a trial would only burn
+compute. A repeated proposal is told FAIL (Optuna's samplers ignore failed trials) and
+replaced by a neighbour: the proposal with one parameter moved to another value.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import random
 from typing import Any
 
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
@@ -19,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: Result keys the trainable reports: the epoch reached and the epochs it was going to train.
 EPOCH_KEY = "epoch"
 PLANNED_KEY = "epochs_planned"
+#: Neighbours tried before a repeated configuration is trained again (a space with fewer
+#: configurations than trials).
+MAX_NEIGHBOURS = 64
 
 
 def stopped_early(result: dict[str, Any] | None) -> bool:
@@ -35,8 +53,36 @@ class PruningOptunaSearch(OptunaSearch):
     (Ray skips ``on_trial_result`` for it), so it is added to the trial's intermediate values
     here: a trial pruned at a rung carries the value the scheduler judged it by. A trial that
     errored is told FAIL even when it had reported results (Ray's ``OptunaSearch`` would tell
-    it COMPLETE with its last value).
+    it COMPLETE with its last value). Configurations are never repeated while unseen ones are
+    near (module docstring); ``seed`` seeds the choice of neighbours.
     """
+
+    def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rng = random.Random(seed)
+        self._proposed: dict[str, str] = {}  # configuration key -> the Ray trial that has it
+        self.repeats_avoided = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id in self._ot_trials or not callable(self._space):
+            return super().suggest(trial_id)  # a restored trial keeps its configuration
+        config = super().suggest(trial_id)
+        for attempt in range(MAX_NEIGHBOURS):
+            key = config_key(config)
+            if key not in self._proposed:
+                self._proposed[key] = trial_id
+                return config
+            repeat = self._ot_trials.pop(trial_id)
+            repeat.set_user_attr("kdtune_repeat_of", self._proposed[key])
+            self._ot_study.tell(repeat, state=TrialState.FAIL)
+            self.repeats_avoided += 1
+            moved = 1 + attempt * 3 // MAX_NEIGHBOURS  # widen the step when stuck
+            self._ot_study.enqueue_trial(neighbour(repeat.params, repeat.distributions,
+                                                   self._rng, moved))
+            config = super().suggest(trial_id)
+        logger.warning("no unseen configuration near %s after %d tries: trial %s trains it "
+                       "again", config, MAX_NEIGHBOURS, trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values are indexed by epoch, not by Ray's ``training_iteration`` (the
@@ -73,3 +119,41 @@ class PruningOptunaSearch(OptunaSearch):
                       if t.number == ot_trial.number)
         if int(step) not in stored.intermediate_values:
             ot_trial.report(float(result[self.metric]), int(step))
+
+
+def config_key(config: dict[str, Any] | None) -> str:
+    """One string per configuration (parameter values are plain JSON values)."""
+    return json.dumps(config, sort_keys=True)
+
+
+def neighbour(params: dict[str, Any], distributions: dict[str, BaseDistribution],
+              rng: random.Random, moved: int = 1) -> dict[str, Any]:
+    """``params`` with ``moved`` parameters set to another value of their distribution.
+
+    Parameters that the new values make active (a conditional branch) are left out, so the
+    sampler chooses them; those made inactive are ignored by the define-by-run space.
+    """
+    movable = [n for n, d in distributions.items() if not d.single()]
+    out = dict(params)
+    for name in rng.sample(movable, min(moved, len(movable))):
+        out[name] = _other_value(distributions[name], params[name], rng)
+    return out
+
+
+def _other_value(dist: BaseDistribution, current: Any, rng: random.Random) -> Any:
+    """A value of ``dist`` other than ``current`` (which must not be its only value)."""
+    if isinstance(dist, CategoricalDistribution):
+        return rng.choice([c for c in dist.choices if c != current])
+    assert isinstance(dist, IntDistribution | FloatDistribution)
+    while True:
+        if isinstance(dist, IntDistribution):
+            value: float = rng.randrange(dist.low, dist.high + 1, dist.step)
+        elif dist.step is not None:
+            value = dist.low + dist.step * rng.randint(0, round((dist.high - dist.low)
+                                                                / dist.step))
+        elif dist.log:
+            value = math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+        else:
+            value = rng.uniform(dist.low, dist.high)
+        if not math.isclose(value, current):
+            return value

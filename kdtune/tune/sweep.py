@@ -182,7 +182,7 @@ def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
     metric: Any = space.metrics if space.multi_objective else space.metrics[0]
     mode: Any = space.modes if space.multi_objective else space.modes[0]
     return PruningOptunaSearch(space=functools.partial(suggest, space=space), metric=metric,
-                               mode=mode, sampler=sampler)
+                               mode=mode, sampler=sampler, seed=seed)
 
 
 def make_scheduler(space: SearchSpace, experiment_dir: Path | str) -> Any:

@@ -7,6 +7,7 @@ Optuna study; only the results are made up.
 from __future__ import annotations
 
 import functools
+import random
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kdtune.tune.searcher import PruningOptunaSearch, stopped_early
+from kdtune.tune.searcher import PruningOptunaSearch, neighbour, stopped_early
 from kdtune.tune.space import load_space, suggest
 
 from .conftest import write_space
@@ -138,3 +139,83 @@ def test_define_by_run_space_from_a_file(tmp_path: Path) -> None:
         assert ("temperature" in config) == (method == "vanilla")
         assert ("t_right" in config) == ("t_wrong" in config) == (method == "two_temperature")
         assert isinstance(config["hidden"], list)
+
+
+# -- no configuration twice -------------------------------------------------------------------
+def grid_fn(trial: optuna.Trial) -> dict[str, Any]:
+    """2 x 3 = 6 configurations; ``temperature`` only for vanilla (a conditional branch)."""
+    method = trial.suggest_categorical("method", ["none", "vanilla"])
+    config: dict[str, Any] = {"method": method}
+    if method == "vanilla":
+        config["temperature"] = trial.suggest_categorical("temperature", [2, 5, 10])
+    config["width"] = trial.suggest_categorical("width", [16, 32])
+    return config
+
+
+def test_no_configuration_twice_until_the_space_is_exhausted(caplog) -> None:
+    """TPE on a tiny categorical space repeats its best config; kdtune trains each once."""
+    searcher = PruningOptunaSearch(space=grid_fn, metric="val_accuracy", mode="max",
+                                   sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+                                   seed=0)
+    seen = []
+    for i in range(8):  # the space has 8 configs: none x 2 widths + vanilla x 3 T x 2 widths
+        config = searcher.suggest(f"t{i}")
+        seen.append(tuple(sorted(config.items())))
+        value = 0.9 if config == {"method": "vanilla", "temperature": 5, "width": 32} else 0.5
+        searcher.on_trial_complete(f"t{i}", result=result(PLANNED, value))
+    assert len(set(seen)) == 8
+    assert searcher.repeats_avoided > 0
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    repeats = [t for t in trials if "kdtune_repeat_of" in t.user_attrs]
+    assert len(repeats) == searcher.repeats_avoided
+    assert all(t.state == TrialState.FAIL for t in repeats)  # ignored by Optuna's samplers
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
+
+    with caplog.at_level("WARNING", logger="kdtune.tune.searcher"):
+        ninth = searcher.suggest("t8")  # nothing unseen is left: it trains a repeat
+    assert tuple(sorted(ninth.items())) in seen
+    assert "trains it again" in caplog.text
+
+
+def test_running_configurations_are_not_proposed_again() -> None:
+    searcher = PruningOptunaSearch(space=grid_fn, metric="val_accuracy", mode="max",
+                                   sampler=optuna.samplers.RandomSampler(seed=3), seed=3)
+    running = [searcher.suggest(f"t{i}") for i in range(8)]  # none has reported yet
+    assert len({tuple(sorted(c.items())) for c in running}) == 8
+
+
+def test_the_dedupe_memory_survives_save_and_restore(tmp_path: Path) -> None:
+    searcher = PruningOptunaSearch(space=grid_fn, metric="val_accuracy", mode="max",
+                                   sampler=optuna.samplers.RandomSampler(seed=1), seed=1)
+    first = [searcher.suggest(f"t{i}") for i in range(5)]
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = PruningOptunaSearch(space=grid_fn, metric="val_accuracy", mode="max")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t0") == first[0]  # a restored trial keeps its configuration
+    rest = [restored.suggest(f"t{i}") for i in range(5, 8)]
+    assert len({tuple(sorted(c.items())) for c in first + rest}) == 8
+
+
+@pytest.mark.parametrize("dist", [
+    optuna.distributions.CategoricalDistribution(["a", "b", "c"]),
+    optuna.distributions.IntDistribution(1, 4),
+    optuna.distributions.IntDistribution(2, 10, step=4),
+    optuna.distributions.FloatDistribution(0.1, 0.9),
+    optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
+    optuna.distributions.FloatDistribution(0.1, 0.5, step=0.2),
+])
+def test_a_neighbour_moves_the_asked_number_of_parameters(dist) -> None:
+    rng = random.Random(0)
+    first = dist.to_external_repr(dist.to_internal_repr(
+        dist.choices[0] if isinstance(dist, optuna.distributions.CategoricalDistribution)
+        else dist.low))
+    params = {"x": first, "y": "keep", "z": 1}
+    dists = {"x": dist, "y": optuna.distributions.CategoricalDistribution(["keep"]),
+             "z": optuna.distributions.IntDistribution(1, 3)}
+    for _ in range(50):
+        one = neighbour(params, dists, rng, moved=1)
+        assert sum(one[k] != params[k] for k in params) == 1
+        assert one["y"] == "keep"  # a one-value parameter never moves
+        assert dist._contains(dist.to_internal_repr(one["x"]))
+        two = neighbour(params, dists, rng, moved=2)
+        assert two["x"] != params["x"] and two["z"] != params["z"]
