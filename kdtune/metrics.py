@@ -65,29 +65,36 @@ def architecture_key(model: nn.Module) -> tuple:
 
 
 def cpu_latency_ms(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, *,
-                   repeats: int = 10, warmup: int = 2) -> float:
+                   repeats: int = 10, warmup: int = 2, budget_s: float = 0.5) -> float:
     """Median wall time in milliseconds of one forward pass of a batch on the CPU.
 
-    The model is copied to the CPU and timed in eval mode; the original is not moved. The
-    result is remembered per (architecture, input shape, batch size) in this process.
+    The model is copied to the CPU and timed in eval mode; the original is not moved. After
+    ``warmup`` passes, ``repeats`` passes are timed, but no more than fit in ``budget_s``
+    (at least 3): a ResNet-8 batch of 256 takes ~150 ms on one core, and a trial should not
+    spend seconds timing it. The result is remembered per (architecture, input shape, batch
+    size) in this process.
     """
     key = (architecture_key(model), tuple(in_shape), batch_size)
     if key not in _LATENCY_MS:
-        _LATENCY_MS[key] = _time_forward(model, in_shape, batch_size, repeats, warmup)
+        _LATENCY_MS[key] = _time_forward(model, in_shape, batch_size, repeats, warmup,
+                                         budget_s)
     return _LATENCY_MS[key]
 
 
 @torch.no_grad()
 def _time_forward(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, repeats: int,
-                  warmup: int) -> float:
+                  warmup: int, budget_s: float) -> float:
     import copy
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     x = torch.randn(batch_size, *in_shape)
-    for _ in range(warmup):
+    for i in range(warmup):
+        start = time.perf_counter()
         cpu_model(x)
-    times = []
-    for _ in range(repeats):
+        if i == 0 and time.perf_counter() - start > budget_s / 4:
+            break  # a slow pass: once is warm enough
+    times: list[float] = []
+    while len(times) < repeats and (len(times) < 3 or sum(times) < budget_s):
         start = time.perf_counter()
         cpu_model(x)
         times.append(time.perf_counter() - start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -30,3 +32,19 @@ def test_latency_is_measured_once_per_architecture() -> None:
     b.register_forward_hook(lambda *args: calls.append(1))  # copied along with the model
     assert cpu_latency_ms(b, (1, 8, 8), 4) == first and calls == []
     assert cpu_latency_ms(b, (1, 8, 8), 5) > 0 and calls  # another batch size is measured
+
+
+def test_latency_timing_stops_at_its_budget() -> None:
+    """A slow forward is timed 3 times (1 warm-up), not warmup + repeats times."""
+    from kdtune import metrics
+
+    calls: list[int] = []
+
+    class Slow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            time.sleep(0.05)
+            return x
+
+    assert metrics._time_forward(Slow(), (2,), 1, repeats=10, warmup=2, budget_s=0.1) >= 50
+    assert len(calls) == 1 + 3
