@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdtune.cache import cache_root
 from kdtune.data import Augmentation, DataSplits
 from kdtune.errors import KdtuneError
 from kdtune.metrics import cpu_latency_ms, predict
@@ -160,9 +161,8 @@ def check_compatible(teacher: Teacher, expected: dict[str, Any], source: str = "
 
 
 def cache_dir() -> Path:
-    """Where cached teacher outputs live (``$KDTUNE_CACHE`` or ``~/.cache/kdtune``)."""
-    root = os.environ.get("KDTUNE_CACHE") or Path.home() / ".cache" / "kdtune"
-    return Path(root) / "teacher-outputs"
+    """Where cached teacher outputs live (under :func:`kdtune.cache.cache_root`)."""
+    return cache_root() / "teacher-outputs"
 
 
 def train_logits(teacher: Teacher, data: DataSplits, *, root: Path | None = None) -> torch.Tensor:

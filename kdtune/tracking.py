@@ -194,10 +194,13 @@ class Tracker:
         db = sqlite_path(self.tracking_uri)
         artifact_location = None
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            if not db.exists():
+                from kdtune.sqlite_store import create_sqlite_store
+
+                create_sqlite_store(db)  # a copy of a migrated empty store: no migrations
             artifact_location = (db.parent / ARTIFACTS_DIRNAME).as_uri()
-        # MlflowClient's constructor creates (and migrates) a SQLite database; keep its two
-        # INFO lines out of the CLI's output.
+        # MlflowClient's constructor creates (and migrates) a SQLite database it does not
+        # find; keep its two INFO lines out of the CLI's output.
         quiet = logging.getLogger("mlflow.store.db.utils")
         level = quiet.level
         quiet.setLevel(logging.WARNING)

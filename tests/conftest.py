@@ -1,7 +1,9 @@
 """Shared fixtures for the whole test run.
 
 * ``kdtune_cache`` (autouse): every test gets its own ``KDTUNE_CACHE`` folder, so the
-  teacher-output cache never touches ``~/.cache/kdtune``.
+  teacher-output cache never touches ``~/.cache/kdtune``; its ``mlflow/`` folder (the empty
+  MLflow store template, a function of the MLflow version only) is the session's, so the
+  migrations run once per test run, not once per test that makes a store.
 * ``teacher_path`` (session): one small MLP teacher on digits, trained once per run with
   :func:`kdtune.teacher_store.obtain_teacher`; ``teacher`` loads a fresh copy of it per test.
 * ``teacher_config``: the config behind it; ``tiny_student(**changes)``: a few-second MLP
@@ -44,6 +46,9 @@ def kdtune_cache(_session_cache: Path, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh teacher-output cache folder for each test (returned for inspection)."""
     path = tmp_path / "kdtune-cache"
+    path.mkdir()
+    (_session_cache / "mlflow").mkdir(exist_ok=True)
+    (path / "mlflow").symlink_to(_session_cache / "mlflow", target_is_directory=True)
     monkeypatch.setenv("KDTUNE_CACHE", str(path))
     return path
 
