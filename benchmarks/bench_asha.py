@@ -132,8 +132,8 @@ def one_seed(seed: int, tmp: Path, *, quick: bool) -> dict[str, Any]:
     tpe_file, _ = with_teacher(SPACES / "digits_thesis_grid.yaml", tmp,
                                fixed=fixed, name=f"tpe_s{seed}",
                                search={"sampler": "tpe", "seed": seed, "num_samples": n},
-                               scheduler={"type": "asha", "grace_period": grace,
-                                          "reduction_factor": 3},
+                               scheduler={"type": "asha", "metric": "val_loss",
+                                          "grace_period": grace, "reduction_factor": 3},
                                teacher_changes={"train_per_class": None})
     store = tmp / f"tpe_s{seed}"
     res = launch(kdtune_cmd(tpe_file, store, "tpe"), store, timeout=3600)

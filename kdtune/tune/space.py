@@ -42,12 +42,13 @@ OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "params", "flops", "latency_ms_
                      "latency_ms_b256", "speedup", "train_time_s")
 #: Metrics reported every epoch: the only ones ASHA (which acts on the first objective) can use.
 EPOCH_METRICS = ("val_accuracy", "val_loss")
+EPOCH_METRIC_MODES = {"val_accuracy": "max", "val_loss": "min"}
 DEFAULT_MODES = {"val_accuracy": "max", "speedup": "max"}  # every other metric: min
 
 TOP_KEYS = ("name", "fixed", "teacher", "parameters", "objective", "search", "scheduler",
             "resources")
 SEARCH_KEYS = ("num_samples", "max_concurrent", "sampler", "seed")
-SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")
+SCHEDULER_KEYS = ("type", "metric", "grace_period", "reduction_factor", "max_t")
 RESOURCE_KEYS = ("cpus", "gpus")
 OBJECTIVE_KEYS = ("metric", "mode")
 PARAM_KEYS = {
@@ -118,12 +119,18 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    """ASHA settings (all ``None`` but ``type`` when ``type`` is ``none``)."""
+    """ASHA settings (all ``None`` but ``type`` when ``type`` is ``none``).
+
+    ``metric``/``mode``: what ASHA ranks trials by at its rungs -- the first objective unless
+    ``scheduler.metric`` names another per-epoch metric (mode: that metric's direction).
+    """
 
     type: str
     grace_period: int | None
     reduction_factor: float | None
     max_t: int | None
+    metric: str | None = None
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -603,13 +610,20 @@ class _Loader:
                 if key in data:
                     raise self.err(f"scheduler.{key}", "only for type asha")
             return SchedulerSettings("none", None, None, None)
-        first = objectives[0].metric
-        if first not in EPOCH_METRICS:
+        first = objectives[0]
+        metric, mode = first.metric, first.mode
+        if "metric" in data:
+            metric = data["metric"]
+            if metric not in EPOCH_METRICS:
+                raise self.err("scheduler.metric", str(choose_one("scheduler metric", metric,
+                                                                  EPOCH_METRICS)))
+            mode = first.mode if metric == first.metric else EPOCH_METRIC_MODES[metric]
+        elif metric not in EPOCH_METRICS:
             where = "objective" if len(objectives) == 1 else "objective[0]"
             raise self.err(f"{where}.metric", f"ASHA acts on the first objective, which must be "
                                               f"reported every epoch ({', '.join(EPOCH_METRICS)}"
-                                              f"), not {first}; reorder the objectives or set "
-                                              "scheduler: {type: none}")
+                                              f"), not {metric}; reorder the objectives, set "
+                                              "scheduler.metric or scheduler: {type: none}")
         epochs = _max_epochs(parameters, fixed)
         grace = self.number(data.get("grace_period", 1), "scheduler.grace_period",
                             integer=True, minimum=1)
@@ -625,7 +639,7 @@ class _Loader:
                                                   "trial trains at most")
         if grace > max_t:
             raise self.err("scheduler.grace_period", f"{grace} is more than max_t {max_t}")
-        return SchedulerSettings("asha", grace, factor, max_t)
+        return SchedulerSettings("asha", grace, factor, max_t, metric, mode)
 
     def parse_resources(self, data: dict[str, Any], fixed: Mapping[str, Any]) -> Resources:
         self.check_keys(data, RESOURCE_KEYS, "resources")

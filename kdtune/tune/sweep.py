@@ -186,7 +186,8 @@ def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
 
 
 def make_scheduler(space: SearchSpace, experiment_dir: Path | str) -> Any:
-    """ASHA on the first objective (rungs persisted for resume), or FIFO."""
+    """ASHA on ``scheduler.metric`` (default: the first objective; rungs persisted for
+    resume), or FIFO."""
     from ray.tune.schedulers import FIFOScheduler
 
     from kdtune.tune.scheduler import PersistentASHA
@@ -194,7 +195,7 @@ def make_scheduler(space: SearchSpace, experiment_dir: Path | str) -> Any:
     s = space.scheduler
     if s.type == "none":
         return FIFOScheduler()
-    return PersistentASHA(time_attr="epoch", metric=space.metrics[0], mode=space.modes[0],
+    return PersistentASHA(time_attr="epoch", metric=s.metric, mode=s.mode,
                           max_t=s.max_t, grace_period=s.grace_period,
                           reduction_factor=s.reduction_factor,
                           state_path=f"{experiment_dir}/{ASHA_STATE}")

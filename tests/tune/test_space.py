@@ -411,6 +411,13 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
      "scheduler.grace_period: 6 is more than max_t 4"),
     ("max-t-gt-epochs", edit(scheduler__max_t=10),
      "scheduler.max_t: 10 is more than the 4 epochs a trial trains at most"),
+    ("scheduler-metric", edit(scheduler__metric="val_acc"),
+     "scheduler.metric: unknown scheduler metric 'val_acc'; choose one of: val_accuracy, "
+     "val_loss"),
+    ("scheduler-metric-final-only", edit(scheduler__metric="params"),
+     "scheduler.metric: unknown scheduler metric 'params'"),
+    ("scheduler-none-metric", edit(scheduler={"type": "none", "metric": "val_loss"}),
+     "scheduler.metric: only for type asha"),
     ("reduction", edit(scheduler__reduction_factor=1),
      "scheduler.reduction_factor: expected a number > 1, got 1"),
     ("asha-final-metric", edit(objective=[{"metric": "params"}, {"metric": "val_accuracy"}],
@@ -458,3 +465,22 @@ def test_trial_config_rejects_bad_params() -> None:
     space = load_space(ROOT / "search_spaces" / "digits_quick.yaml")
     with pytest.raises(KdtuneError, match="unknown key 'lrr'"):
         trial_config(space, {"lrr": 0.1})
+
+
+@pytest.mark.parametrize(("scheduler", "objective", "expected"), [
+    ({}, {"metric": "val_accuracy", "mode": "max"}, ("val_accuracy", "max")),
+    ({"metric": "val_loss"}, {"metric": "val_accuracy", "mode": "max"}, ("val_loss", "min")),
+    ({"metric": "val_accuracy"}, {"metric": "val_loss", "mode": "min"}, ("val_accuracy", "max")),
+    ({"metric": "val_loss"}, [{"metric": "params"}, {"metric": "val_accuracy"}],
+     ("val_loss", "min")),  # a final-only first objective is fine once ASHA has its own metric
+])
+def test_asha_ranks_by_the_scheduler_metric(tmp_path: Path, scheduler: dict[str, Any],
+                                            objective: Any, expected: tuple[str, str]) -> None:
+    from kdtune.tune.sweep import make_scheduler
+
+    sampler = "nsga2" if isinstance(objective, list) else "tpe"
+    space = load_space(write(tmp_path, edit(scheduler={"type": "asha", **scheduler},
+                                            objective=objective, search__sampler=sampler)))
+    assert (space.scheduler.metric, space.scheduler.mode) == expected
+    asha = make_scheduler(space, tmp_path / "experiment")
+    assert (asha.metric, asha._mode) == expected
