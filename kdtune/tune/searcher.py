@@ -8,7 +8,8 @@ would learn from a 3-epoch score as if it were final. Here such a trial is told 
 On small categorical spaces TPE proposes the same configuration again and again (optuna
 issue 2021): the same config and seed give the same numbers, so such a trial would only burn
 compute. A repeated proposal is told FAIL (Optuna's samplers ignore failed trials) and
-replaced by a neighbour: the proposal with one parameter moved to another value.
+replaced by a neighbour: the proposal with one parameter moved to another value (more when
+those are used up, then a random draw).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from optuna.samplers import RandomSampler
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
@@ -34,9 +36,9 @@ logger = logging.getLogger(__name__)
 #: Result keys the trainable reports: the epoch reached and the epochs it was going to train.
 EPOCH_KEY = "epoch"
 PLANNED_KEY = "epochs_planned"
-#: Neighbours tried before a repeated configuration is trained again (a space with fewer
-#: configurations than trials).
-MAX_NEIGHBOURS = 64
+#: Neighbours, then random draws, tried before a repeated configuration is trained again
+#: (a space with fewer configurations than trials).
+MAX_NEIGHBOURS, MAX_RANDOM = 64, 256
 
 
 def stopped_early(result: dict[str, Any] | None) -> bool:
@@ -67,7 +69,7 @@ class PruningOptunaSearch(OptunaSearch):
         if trial_id in self._ot_trials or not callable(self._space):
             return super().suggest(trial_id)  # a restored trial keeps its configuration
         config = super().suggest(trial_id)
-        for attempt in range(MAX_NEIGHBOURS):
+        for attempt in range(MAX_NEIGHBOURS + MAX_RANDOM):
             key = config_key(config)
             if key not in self._proposed:
                 self._proposed[key] = trial_id
@@ -76,13 +78,25 @@ class PruningOptunaSearch(OptunaSearch):
             repeat.set_user_attr("kdtune_repeat_of", self._proposed[key])
             self._ot_study.tell(repeat, state=TrialState.FAIL)
             self.repeats_avoided += 1
-            moved = 1 + attempt * 3 // MAX_NEIGHBOURS  # widen the step when stuck
-            self._ot_study.enqueue_trial(neighbour(repeat.params, repeat.distributions,
-                                                   self._rng, moved))
-            config = super().suggest(trial_id)
-        logger.warning("no unseen configuration near %s after %d tries: trial %s trains it "
-                       "again", config, MAX_NEIGHBOURS, trial_id)
+            if attempt < MAX_NEIGHBOURS:
+                moved = 1 + attempt * 3 // MAX_NEIGHBOURS  # widen the step when stuck
+                self._ot_study.enqueue_trial(neighbour(repeat.params, repeat.distributions,
+                                                       self._rng, moved))
+                config = super().suggest(trial_id)
+            else:  # the neighbourhood is used up: anywhere in the space
+                config = self._suggest_randomly(trial_id)
+        logger.warning("every configuration tried was trained already (last: %s): trial %s "
+                       "trains it again", config, trial_id)
         return config
+
+    def _suggest_randomly(self, trial_id: str) -> dict[str, Any] | None:
+        study = self._ot_study
+        sampler = study.sampler
+        study.sampler = RandomSampler(seed=self._rng.randrange(2**32))
+        try:
+            return super().suggest(trial_id)
+        finally:
+            study.sampler = sampler
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values are indexed by epoch, not by Ray's ``training_iteration`` (the
