@@ -42,11 +42,11 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def kdtune_cache(_session_cache: Path, tmp_path: Path,
+def kdtune_cache(_session_cache: Path, tmp_path_factory: pytest.TempPathFactory,
                  monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh teacher-output cache folder for each test (returned for inspection)."""
-    path = tmp_path / "kdtune-cache"
-    path.mkdir()
+    """A fresh teacher-output cache folder for each test (returned for inspection; outside
+    the test's ``tmp_path``, which tests check for stray files)."""
+    path = tmp_path_factory.mktemp("kdtune-cache")
     (_session_cache / "mlflow").mkdir(exist_ok=True)
     (path / "mlflow").symlink_to(_session_cache / "mlflow", target_is_directory=True)
     monkeypatch.setenv("KDTUNE_CACHE", str(path))
