@@ -39,8 +39,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 def count_flops(model: nn.Module, in_shape: tuple[int, ...]) -> int:
     """Forward FLOPs for one sample, counted by ``torch.utils.flop_counter``.
 
-    A multiply-add counts as two FLOPs (PyTorch's convention).
+    A multiply-add counts as two FLOPs (PyTorch's convention). Counted once per
+    (architecture, input shape) in this process.
     """
+    key = (architecture_key(model), tuple(in_shape))
+    if key not in _FLOPS:
+        _FLOPS[key] = _count_flops(model, in_shape)
+    return _FLOPS[key]
+
+
+def _count_flops(model: nn.Module, in_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
@@ -56,6 +64,7 @@ def count_flops(model: nn.Module, in_shape: tuple[int, ...]) -> int:
 #: Latency measured per architecture in this process: a sweep's worker (actors are reused)
 #: measures each student architecture and batch size once, not once per trial or seed.
 _LATENCY_MS: dict[tuple, float] = {}
+_FLOPS: dict[tuple, int] = {}
 
 
 def architecture_key(model: nn.Module) -> tuple:

@@ -29,10 +29,14 @@ from torch import nn
 from kdtune.cache import cache_root
 from kdtune.data import Augmentation, DataSplits
 from kdtune.errors import KdtuneError
-from kdtune.metrics import cpu_latency_ms, predict
+from kdtune.metrics import cpu_latency_ms, evaluate, predict
 from kdtune.models import create_model
 
 FORMAT = "kdtune-teacher/1"
+
+
+#: Test accuracy by (teacher fingerprint, data key), per process (see Teacher.test_accuracy).
+_TEST_ACCURACY: dict[tuple[str, str], float] = {}
 
 
 @dataclass
@@ -56,6 +60,16 @@ class Teacher:
         if batch_size not in self._latency:
             self._latency[batch_size] = cpu_latency_ms(self.model, self.in_shape, batch_size)
         return self._latency[batch_size]
+
+    def test_accuracy(self, data: DataSplits) -> float:
+        """Accuracy on ``data``'s test set (for reports), evaluated once per teacher and data
+        in this process: every trial of a sweep reports it, a worker computes it once."""
+        key = (self.fingerprint, data.key)
+        if key not in _TEST_ACCURACY:
+            device = next(self.model.parameters()).device
+            _TEST_ACCURACY[key] = evaluate(self.model, data.x_test.to(device),
+                                           data.y_test.to(device))[0]
+        return _TEST_ACCURACY[key]
 
     def to(self, device: torch.device | str) -> Teacher:
         self.model.to(device)

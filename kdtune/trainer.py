@@ -251,7 +251,11 @@ class TrainingRun:
         The test set is evaluated here only, for the report: nothing selects on it.
         """
         data, model = self.data, self.model
-        val_acc, val_loss = evaluate(model, data.x_val.to(self.device), data.y_val.to(self.device))
+        if self.history and self.history[-1]["epoch"] == self.epoch:  # evaluated already
+            val_acc, val_loss = self.history[-1]["val_accuracy"], self.history[-1]["val_loss"]
+        else:
+            val_acc, val_loss = evaluate(model, data.x_val.to(self.device),
+                                         data.y_val.to(self.device))
         test_acc, _ = evaluate(model, data.x_test.to(self.device), data.y_test.to(self.device))
         metrics: dict[str, float] = {
             "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc,
@@ -264,8 +268,7 @@ class TrainingRun:
             t = self.teacher
             # the teacher is frozen (requires_grad False): count all its parameters
             metrics["teacher_params"] = sum(p.numel() for p in t.model.parameters())
-            t_acc, _ = evaluate(t.model, data.x_test.to(self.device), data.y_test.to(self.device))
-            metrics["teacher_test_accuracy"] = t_acc
+            metrics["teacher_test_accuracy"] = t.test_accuracy(data)
             if measure_latency:
                 metrics["teacher_latency_ms_b256"] = t.latency_ms(256)
                 metrics["speedup"] = t.latency_ms(256) / metrics["latency_ms_b256"]

@@ -21,6 +21,16 @@ def test_flops_of_a_linear_model() -> None:
     assert count_flops(model, (1, 8, 8)) == 2 * 64 * 10  # a multiply-add counts as 2
 
 
+def test_flops_are_counted_once_per_architecture() -> None:
+    a = create_model("mlp", 10, (1, 8, 8), hidden=(19,))
+    first = count_flops(a, (1, 8, 8))
+    assert first == 2 * (64 * 19 + 19 * 10)
+    b = create_model("mlp", 10, (1, 8, 8), hidden=(19,))
+    calls: list[int] = []
+    b.register_forward_hook(lambda *args: calls.append(1))
+    assert count_flops(b, (1, 8, 8)) == first and calls == []
+
+
 def test_latency_is_measured_once_per_architecture() -> None:
     torch.manual_seed(0)
     a = create_model("mlp", 10, (1, 8, 8), hidden=(17,))

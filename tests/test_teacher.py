@@ -232,6 +232,24 @@ def test_latency_is_measured_once(teacher: Teacher) -> None:
     assert first > 0 and teacher.latency_ms(4) == first
 
 
+def test_test_accuracy_is_evaluated_once_per_teacher_and_data(teacher_path: Path,
+                                                              teacher_config) -> None:
+    """Every trial reports the teacher's test accuracy; a worker evaluates it once."""
+    from kdtune.metrics import evaluate
+
+    data = load_data(teacher_config)
+    teacher = load_teacher(teacher_path)
+    expected = evaluate(teacher.model, data.x_test, data.y_test)[0]
+    assert teacher.test_accuracy(data) == expected > 0.8
+    calls: list[int] = []
+    again = load_teacher(teacher_path)  # another copy, as a trial gets: same fingerprint
+    again.model.register_forward_hook(lambda *args: calls.append(1))
+    assert again.test_accuracy(data) == expected and calls == []
+    other = load_data(teacher_config.replace(split_seed=1))  # other data: evaluated
+    again.test_accuracy(other)
+    assert calls
+
+
 # -- obtain_teacher -------------------------------------------------------------------------
 def test_obtain_teacher_reuses_and_retrains(tmp_path: Path) -> None:
     cfg = TrainConfig(hidden=(8,), method="none", epochs=2, device="cpu")
