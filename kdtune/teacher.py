@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,28 +198,45 @@ def view_key(data: DataSplits, augment: Augmentation) -> str:
 
 
 def view_logits(teacher: Teacher, data: DataSplits, augment: Augmentation, *,
-                root: Path | None = None, batch_size: int = 1024) -> torch.Tensor:
+                root: Path | None = None, batch_size: int = 1024,
+                compute: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     """Teacher logits for every (training sample, augmentation view): ``(N, V, C)`` float16.
 
     Augmentation is a finite set of views (pad-p crop x flip), so the teacher's output for
     any augmented image a student will ever see can be computed once per teacher and shared
     by every trial; a trial then looks logits up instead of running the teacher. Cached in
-    memory on the teacher and on disk like :func:`train_logits`.
+    memory on the teacher and on disk like :func:`train_logits`. ``compute`` replaces the
+    local computation when the table is not cached (a sweep spreads it over its Ray cluster,
+    ``kdtune.tune.view_table``); it must return what :func:`view_block` gives for all views.
     """
     expected = (len(data.x_train), augment.num_views, data.num_classes)
 
-    def compute() -> torch.Tensor:
-        device = next(teacher.model.parameters()).device
-        out = torch.empty(expected, dtype=torch.float16)
-        for start in range(0, len(data.x_train), batch_size):
-            x = data.x_train[start:start + batch_size].to(device)
-            for v in range(augment.num_views):
-                views = torch.full((len(x),), v, dtype=torch.int64, device=device)
-                out[start:start + len(x), v] = predict(teacher.model, augment.apply(x, views),
-                                                       batch_size=batch_size).half().cpu()
-        return out
+    def local() -> torch.Tensor:
+        return view_block(teacher.model, data.x_train, augment, range(augment.num_views),
+                          batch_size=batch_size)
 
-    return _outputs(teacher, view_key(data, augment), expected, compute, root)
+    return _outputs(teacher, view_key(data, augment), expected, compute or local, root)
+
+
+def view_block(model: nn.Module, x: torch.Tensor, augment: Augmentation, views: Sequence[int],
+               *, batch_size: int = 1024) -> torch.Tensor:
+    """Logits ``(len(x), len(views), C)`` float16 (CPU) of ``model`` on ``x`` under ``views``.
+
+    Samples go in chunks of ``batch_size``, one view at a time, so that any split of the
+    views over several workers gives exactly the numbers of one pass over all of them.
+    """
+    device = next(model.parameters()).device
+    out: torch.Tensor | None = None
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size].to(device)
+        for j, v in enumerate(views):
+            ids = torch.full((len(chunk),), v, dtype=torch.int64, device=device)
+            logits = predict(model, augment.apply(chunk, ids), batch_size=batch_size)
+            if out is None:
+                out = torch.empty((len(x), len(views), logits.shape[1]), dtype=torch.float16)
+            out[start:start + len(chunk), j] = logits.half().cpu()
+    assert out is not None, "no samples or no views"
+    return out
 
 
 def _outputs(teacher: Teacher, key: str, expected: tuple[int, ...],

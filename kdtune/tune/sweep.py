@@ -136,11 +136,12 @@ MAX_VIEW_TABLE_BYTES = 2 * 1024**3
 
 def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: Teacher,
                                 num_samples: int, console: Console) -> None:
-    """Compute the teacher's logits once on the driver so that trials run no teacher at all.
+    """Compute the teacher's logits once, before the trials, so that they run no teacher.
 
     Un-augmented training: the logits of the training set. Augmented training: the logits of
     every (sample, view) when the sweep's trials would otherwise run more teacher passes per
-    sample than there are views (and the table is not huge); else trials run it live.
+    sample than there are views (and the table is not huge); else trials run it live. The
+    view table is spread over the cluster's GPUs or nodes when there are (``view_table``).
     """
     wanted = space.fixed.get("teacher_outputs", "auto")
     augment = data.augment if space.fixed.get("augment") is not False else None
@@ -153,9 +154,18 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
     passes = num_samples * int(epochs) * len(space.seeds)  # teacher passes per sample, at most
     table = len(data.x_train) * augment.num_views * data.num_classes * 2
     if wanted == "cached" or (passes >= augment.num_views and table <= MAX_VIEW_TABLE_BYTES):
-        console.print(f"computing the teacher's logits for all {augment.num_views} "
-                      f"augmentation views once ({table / 1e6:.0f} MB, fp16) ...")
-        view_logits(teacher, data, augment)
+        from kdtune.tune.view_table import distributed_view_logits, plan_shards
+
+        res = space.resources
+        shards = plan_shards(augment.num_views, res.cpus, res.gpus)
+        console.print(f"the teacher's logits for all {augment.num_views} augmentation views, "
+                      f"once ({table / 1e6:.0f} MB, fp16)"
+                      + (f", over {shards} Ray tasks" if shards > 1 else "") + " ...")
+        if shards > 1:
+            distributed_view_logits(teacher, data, augment, shards=shards,
+                                    cpus_per_task=res.cpus, gpus=res.gpus)
+        else:
+            view_logits(teacher, data, augment)
     else:
         console.print(f"augmented training: trials run the teacher live ({passes} passes per "
                       f"sample at most, {augment.num_views} views, table {table / 1e6:.0f} MB)")
@@ -335,9 +345,9 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
                           f"{tags[TAG_SPACE_SHA][:12]} -> {space.sha256[:12]}); restore it")
     num_samples = int(params[PARAM_NUM_SAMPLES])
     console.print(f"resuming sweep {name!r}; {store.describe()}")
+    init_ray(address, console)  # before the context: its view table may use the cluster
     context = prepare_context(space, store, console, num_samples)
     context.ended = _ended_trials(tracker, name)
-    init_ray(address, console)
     _allow_final_only_metrics(space)
     repaired = _repair_checkpoints(experiment_dir)
     if repaired:
