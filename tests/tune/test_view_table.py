@@ -13,7 +13,7 @@ from kdtune.teacher import load_teacher, save_teacher, view_key, view_logits
 from kdtune.trainer import train
 from kdtune.tune.view_table import distributed_view_logits, plan_shards
 
-SYNTH = SyntheticSpec(num_classes=3, in_shape=(3, 8, 8), n_train=40, n_test=8, seed=2)
+SYNTH = SyntheticSpec(num_classes=3, in_shape=(3, 16, 16), n_train=40, n_test=8, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_tasks_compute_exactly_the_single_pass_table(ray_session: None, data: Da
                         batch_size=16)
     teacher = load_teacher(teacher_file)
     spread = distributed_view_logits(teacher, data, data.augment, shards=5, batch_size=16)
-    assert spread.shape == (40, 162, 3) and spread.dtype == torch.float16
+    assert spread.shape == (len(data.x_train), 162, 3) and spread.dtype == torch.float16
     assert torch.equal(spread, alone)  # same chunks, one view at a time: the same numbers
     assert teacher.outputs[view_key(data, data.augment)] is spread  # ships with the teacher
     # cached (memory, then disk): asking again starts no task
