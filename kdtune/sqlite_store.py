@@ -2,15 +2,15 @@
 
 ``MlflowClient("sqlite:///new.db")`` creates the database and runs every schema migration,
 4-12 s of CPU on the development machine, paid by the first sweep in every new folder (and
-by every test that makes a store). kdtune runs the migrations once per MLflow version into an
-empty template in its cache and copies that. The template holds no experiment: MLflow adds
-its Default experiment when it opens the copy, with the copy's own artifact location.
+by every test that makes a store). The first store kdtune sees MLflow create is snapshotted,
+still empty, as a template in kdtune's cache (one per MLflow version); later stores are copies
+of it. The template holds no experiment: MLflow adds its Default experiment when it opens a
+copy, with the copy's own artifact location.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import sqlite3
@@ -27,52 +27,21 @@ def template_path() -> Path:
     return cache_root() / "mlflow" / f"empty-store-{mlflow.__version__}.db"
 
 
-def create_sqlite_store(db: Path) -> None:
-    """Create the MLflow store ``db`` (which must not exist yet) from the template.
+def copy_template(db: Path) -> bool:
+    """Create the store ``db`` (absent) as a copy of the template; False if there is none.
 
-    Files are written under temporary names and moved into place, so a process that races
-    to create the same store or template never sees half a database; the loser's copy is
-    dropped.
+    The copy is written under a temporary name and linked into place, so a process racing to
+    create the same store never sees half a database, and an existing store is never replaced.
     """
     template = template_path()
     if not template.is_file():
-        _build_template(template)
+        return False
     db.parent.mkdir(parents=True, exist_ok=True)
-    _place(template, db)
-
-
-def _build_template(template: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    template.parent.mkdir(parents=True, exist_ok=True)
-    scratch = template.with_name(f".{template.stem}-{uuid.uuid4().hex}.db")
-    quiet = logging.getLogger("mlflow.store.db.utils")  # two INFO lines about migrations
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        client = MlflowClient(f"sqlite:///{scratch}")
-        client._tracking_client.store.engine.dispose()  # every connection closed
-    finally:
-        quiet.setLevel(level)
-    compact = scratch.with_suffix(".compact")
-    try:
-        with contextlib.closing(sqlite3.connect(scratch)) as con:
-            with con:
-                con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
-                con.execute("DELETE FROM experiments WHERE experiment_id = 0")
-            con.execute("VACUUM INTO ?", (str(compact),))  # one consistent file
-        os.replace(compact, template)
-    finally:
-        scratch.unlink(missing_ok=True)
-        compact.unlink(missing_ok=True)
-
-
-def _place(template: Path, db: Path) -> None:
     copy = db.with_name(f".{db.name}-{uuid.uuid4().hex}")
     try:
         shutil.copyfile(template, copy)
         try:
-            os.link(copy, db)  # never replaces a store someone else just created
+            os.link(copy, db)
         except FileExistsError:
             pass
         except OSError:  # a filesystem without hard links
@@ -80,3 +49,35 @@ def _place(template: Path, db: Path) -> None:
                 os.replace(copy, db)
     finally:
         copy.unlink(missing_ok=True)
+    return True
+
+
+def save_template(db: Path) -> None:
+    """Keep a copy of ``db`` -- a store MLflow has just created, before anything is logged
+    to it -- as the template, without its Default experiment. No-op if one exists."""
+    template = template_path()
+    if template.is_file():
+        return
+    template.parent.mkdir(parents=True, exist_ok=True)
+    scratch = template.with_name(f".{template.stem}-{uuid.uuid4().hex}.db")
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as source:
+            source.execute("VACUUM INTO ?", (str(scratch),))  # one consistent file
+        with contextlib.closing(sqlite3.connect(scratch)) as con, con:
+            con.execute("DELETE FROM experiment_tags")
+            con.execute("DELETE FROM experiments")
+        os.replace(scratch, template)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Create the MLflow store ``db`` (absent): a template copy, else MLflow's own creation
+    (then kept as the template)."""
+    if copy_template(db):
+        return
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    save_template(db)

@@ -191,13 +191,14 @@ class Tracker:
             return self._experiment_id
         from mlflow.exceptions import MlflowException
 
-        db = sqlite_path(self.tracking_uri)
-        artifact_location = None
-        if db is not None:
-            if not db.exists():
-                from kdtune.sqlite_store import create_sqlite_store
+        from kdtune.sqlite_store import copy_template, save_template
 
-                create_sqlite_store(db)  # a copy of a migrated empty store: no migrations
+        db = sqlite_path(self.tracking_uri)
+        artifact_location, created = None, False
+        if db is not None:
+            # a new store: a copy of the migrated empty template, else MLflow creates it
+            created = not db.exists() and not copy_template(db)
+            db.parent.mkdir(parents=True, exist_ok=True)
             artifact_location = (db.parent / ARTIFACTS_DIRNAME).as_uri()
         # MlflowClient's constructor creates (and migrates) a SQLite database it does not
         # find; keep its two INFO lines out of the CLI's output.
@@ -208,6 +209,9 @@ class Tracker:
             exp = self.client.get_experiment_by_name(self.experiment)
         finally:
             quiet.setLevel(level)
+        if created and exp is None:
+            assert db is not None
+            save_template(db)  # still empty: the template for the next new store
         if exp is None:
             try:
                 self._experiment_id = self.client.create_experiment(

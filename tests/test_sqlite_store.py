@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from kdtune.sqlite_store import _place, create_sqlite_store, template_path
+from kdtune.sqlite_store import copy_template, create_sqlite_store, template_path
 from kdtune.tracking import Tracker
 
 
@@ -46,6 +46,6 @@ def test_an_existing_store_is_never_replaced(tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
     create_sqlite_store(db)
     MlflowClient(uri(db)).create_experiment("kept")
-    _place(template_path(), db)
+    assert copy_template(db)
     assert "kept" in [e.name for e in MlflowClient(uri(db)).search_experiments()]
     assert [p.name for p in db.parent.iterdir()] == ["mlflow.db"]  # no leftover copy
