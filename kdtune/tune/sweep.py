@@ -278,12 +278,24 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
         raise KdtuneError(f"Ray storage {experiment_dir} already exists; resume with `kdtune "
                           f"resume {name}` or choose another --name")
     console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
-    _open_store_while_ray_starts(store.tracking_uri, address, console)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kdtune.tracking import sqlite_path
+
+    db = sqlite_path(store.tracking_uri)
+    new_store = db is not None and not db.exists()
+    # Opening the store (importing MLflow; for a new SQLite store, creating it) runs in a
+    # thread beside Ray's start-up and, for a new store -- which holds no sweep this one
+    # could clash with --, beside loading the data and training the teacher too.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(lambda: Tracker(store.tracking_uri).ensure_experiment())
+        init_ray(address, console)
+        if not new_store:
+            opening.result()
+            _check_name_free(tracker, name, store)
+        context = prepare_context(space, store, console, num_samples)
+        opening.result()
     tracker.ensure_experiment()
-    if tracker.find_sweep(name) is not None:
-        raise KdtuneError(f"sweep {name!r} already exists in {store.tracking_uri}; resume it "
-                          f"with `kdtune resume {name}` or choose another --name")
-    context = prepare_context(space, store, console, num_samples)
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
         "kdtune.version": kdtune.__version__, "kdtune.git_sha": git_sha(),
@@ -428,20 +440,10 @@ def _ended_trials(tracker: Tracker, name: str) -> frozenset[str]:
     return frozenset(str(t) for t in runs.loc[runs["status"].isin(ENDED), "trial_id"])
 
 
-def _open_store_while_ray_starts(tracking_uri: str, address: str | None,
-                                 console: Console) -> None:
-    """Start Ray (main thread) while another thread imports MLflow and opens (or creates:
-    ~8 s of migrations for a new SQLite store) the tracking store with its own client.
-
-    Both are start-up costs paid before the first trial; overlapped, a small sweep starts
-    several seconds sooner. The caller's tracker then opens the ready store.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        opened = pool.submit(lambda: Tracker(tracking_uri).ensure_experiment())
-        init_ray(address, console)
-        opened.result()
+def _check_name_free(tracker: Tracker, name: str, store: Store) -> None:
+    if tracker.find_sweep(name) is not None:
+        raise KdtuneError(f"sweep {name!r} already exists in {store.tracking_uri}; resume it "
+                          f"with `kdtune resume {name}` or choose another --name")
 
 
 def _free_name(base: str, store: Store, tracker: Tracker) -> str:
