@@ -9,8 +9,8 @@
 * ``asha_sweep`` (session): one real 8-trial TPE + ASHA sweep run in-process with
   :func:`kdtune.tune.sweep.run_sweep` into its own SQLite MLflow store and Ray storage; the
   sweep, resume and best tests all read it (a sweep costs ~40 s here).
-* ``mlflow_template`` (session) / ``new_store``: stores start as a copy of one empty, already
-  migrated MLflow database (creating a SQLite store costs ~10 s of MLflow migrations).
+* ``mlflow_template`` (session) / ``new_store``: a store that exists before the code under test
+  runs, as a copy of kdtune's empty-store template (MLflow's migrations cost ~10 s).
 """
 
 from __future__ import annotations
@@ -116,15 +116,14 @@ def ray_session(_session_cache: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite database, created (migrated) once: creating one costs ~10 s
-    here, copying it nothing. kdtune's own experiment is still created by the code under
-    test (its artifact location lies next to the database it is in)."""
-    from mlflow.tracking import MlflowClient
+def mlflow_template(_session_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kdtune's own empty, migrated store template (:mod:`kdtune.sqlite_store`), built once
+    per test run in the session cache. kdtune's experiment is still created by the code
+    under test (its artifact location lies next to the database it is in)."""
+    from kdtune.sqlite_store import create_sqlite_store, template_path
 
-    folder = tmp_path_factory.mktemp("mlflow-template")
-    MlflowClient(tracking_uri=sqlite_uri(folder)).search_experiments()
-    return folder / "mlflow.db"
+    create_sqlite_store(tmp_path_factory.mktemp("mlflow-first") / "mlflow.db")
+    return template_path()
 
 
 def new_store(folder: Path, template: Path) -> Path:
