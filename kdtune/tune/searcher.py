@@ -65,6 +65,12 @@ class PruningOptunaSearch(OptunaSearch):
         self._proposed: dict[str, str] = {}  # configuration key -> the Ray trial that has it
         self.repeats_avoided = 0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling a searcher saved by a kdtune without the repeat check (a sweep started
+        before an upgrade and resumed after it): start its memory empty."""
+        self.__dict__.update({"_rng": random.Random(), "_proposed": {}, "repeats_avoided": 0,
+                              **state})
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id in self._ot_trials or not callable(self._space):
             return super().suggest(trial_id)  # a restored trial keeps its configuration

@@ -219,3 +219,16 @@ def test_a_neighbour_moves_the_asked_number_of_parameters(dist) -> None:
         assert dist._contains(dist.to_internal_repr(one["x"]))
         two = neighbour(params, dists, rng, moved=2)
         assert two["x"] != params["x"] and two["z"] != params["z"]
+
+
+def test_a_searcher_pickled_before_the_repeat_check_resumes() -> None:
+    """Ray keeps the searcher in ``tuner.pkl``: one from an older kdtune lacks the memory."""
+    import pickle
+
+    searcher = PruningOptunaSearch(space=grid_fn, metric="val_accuracy", mode="max",
+                                   sampler=optuna.samplers.RandomSampler(seed=2), seed=2)
+    searcher.suggest("t0")
+    for attribute in ("_rng", "_proposed", "repeats_avoided"):
+        del searcher.__dict__[attribute]
+    restored = pickle.loads(pickle.dumps(searcher))
+    assert restored.suggest("t1") and restored.repeats_avoided >= 0
