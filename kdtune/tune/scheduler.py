@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
+
+from kdtune.tune.storage import read_text, write_text
 
 
 class PersistentASHA(ASHAScheduler):
@@ -31,38 +31,14 @@ class PersistentASHA(ASHAScheduler):
                 for b in self._brackets]
 
     def _save(self) -> None:
-        text = json.dumps({"brackets": self.rungs(), "num_stopped": self._num_stopped})
-        if "://" in self.state_path:  # storage URI (s3://...): one object, written whole
-            import pyarrow.fs
-
-            fs, key = pyarrow.fs.FileSystem.from_uri(self.state_path)
-            with fs.open_output_stream(key) as f:
-                f.write(text.encode())
-            return
-        path = Path(self.state_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-
-    def _read(self) -> str | None:
-        if "://" in self.state_path:
-            import pyarrow.fs
-
-            fs, key = pyarrow.fs.FileSystem.from_uri(self.state_path)
-            if fs.get_file_info(key).type == pyarrow.fs.FileType.NotFound:
-                return None
-            with fs.open_input_stream(key) as f:
-                return f.read().decode()
-        path = Path(self.state_path)
-        return path.read_text() if path.is_file() else None
+        write_text(self.state_path,
+                   json.dumps({"brackets": self.rungs(), "num_stopped": self._num_stopped}))
 
     def _load_once(self) -> None:
         if self._loaded:
             return
         self._loaded = True
-        text = self._read()
+        text = read_text(self.state_path)
         if text is None:
             return
         state = json.loads(text)

@@ -40,9 +40,9 @@ MODES = ("max", "min")
 #: Metrics a sweep may optimise (``test_accuracy`` is reported, never optimised).
 OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "params", "flops", "latency_ms_b1",
                      "latency_ms_b256", "speedup", "train_time_s")
-#: Metrics reported every epoch: the only ones ASHA (which acts on the first objective) can use.
+#: Metrics reported every epoch: the only ones ASHA can rank by (``scheduler.metric``, by
+#: default the first objective).
 EPOCH_METRICS = ("val_accuracy", "val_loss")
-EPOCH_METRIC_MODES = {"val_accuracy": "max", "val_loss": "min"}
 DEFAULT_MODES = {"val_accuracy": "max", "speedup": "max"}  # every other metric: min
 
 TOP_KEYS = ("name", "fixed", "teacher", "parameters", "objective", "search", "scheduler",
@@ -617,7 +617,7 @@ class _Loader:
             if metric not in EPOCH_METRICS:
                 raise self.err("scheduler.metric", str(choose_one("scheduler metric", metric,
                                                                   EPOCH_METRICS)))
-            mode = first.mode if metric == first.metric else EPOCH_METRIC_MODES[metric]
+            mode = first.mode if metric == first.metric else DEFAULT_MODES.get(metric, "min")
         elif metric not in EPOCH_METRICS:
             where = "objective" if len(objectives) == 1 else "objective[0]"
             raise self.err(f"{where}.metric", f"ASHA acts on the first objective, which must be "

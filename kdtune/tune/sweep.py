@@ -18,20 +18,20 @@ from typing import Any
 from rich.console import Console
 
 import kdtune
+from kdtune.cache import cache_root
 from kdtune.config import TrainConfig
 from kdtune.data import DataSplits
 from kdtune.errors import KdtuneError
 from kdtune.report import epoch_printer
 from kdtune.teacher import (
     Teacher,
-    cache_dir,
     check_compatible,
     data_spec,
     load_teacher,
     train_logits,
     view_logits,
 )
-from kdtune.tracking import Tracker, default_store, default_tracking_uri
+from kdtune.tracking import Tracker, default_store, default_tracking_uri, sqlite_path
 from kdtune.trainer import load_data
 from kdtune.tune.space import (
     DATA_KEYS,
@@ -41,6 +41,7 @@ from kdtune.tune.space import (
     load_space,
     teacher_config,
 )
+from kdtune.tune.storage import is_uri, location_exists
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
 
 ASHA_STATE = "kdtune-asha.json"
@@ -79,25 +80,10 @@ class Store:
         so a driver-local folder does; with a URI storage, the driver's kdtune cache)."""
         if isinstance(self.storage, Path):
             return self.storage / "_teachers"
-        return cache_dir().parent / "teachers"
+        return cache_root() / "teachers"
 
     def describe(self) -> str:
         return f"MLflow {self.tracking_uri}, Ray storage {self.storage}"
-
-
-def is_uri(location: str | Path) -> bool:
-    """``s3://...``, ``gs://...``, ``file://...``: storage reached through pyarrow, not a path."""
-    return "://" in str(location)
-
-
-def location_exists(location: Path | str) -> bool:
-    """Whether a local path or a storage URI (through pyarrow's filesystems) exists."""
-    if not is_uri(location):
-        return Path(location).exists()
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
 # -- the pieces -------------------------------------------------------------------------------
@@ -271,8 +257,10 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     num_samples = _num_samples(space, num_samples)
     store = Store.resolve(mlflow_uri, storage)
     tracker = Tracker(store.tracking_uri)
+    db = sqlite_path(store.tracking_uri)
+    new_store = db is not None and not db.exists()  # holds no sweep this one could clash with
     if name is None:  # the file's name, or the next free name-2, name-3, ... after it
-        name = _free_name(space.name, store, tracker)
+        name = _free_name(space.name, store, set() if new_store else set(tracker.sweep_names()))
     experiment_dir = store.experiment_dir(name)
     if location_exists(experiment_dir):
         raise KdtuneError(f"Ray storage {experiment_dir} already exists; resume with `kdtune "
@@ -280,22 +268,17 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
     from concurrent.futures import ThreadPoolExecutor
 
-    from kdtune.tracking import sqlite_path
-
-    db = sqlite_path(store.tracking_uri)
-    new_store = db is not None and not db.exists()
     # Opening the store (importing MLflow; for a new SQLite store, creating it) runs in a
-    # thread beside Ray's start-up and, for a new store -- which holds no sweep this one
-    # could clash with --, beside loading the data and training the teacher too.
+    # thread beside Ray's start-up and, for a new store, beside loading the data and training
+    # the teacher too; the main thread uses the tracker only once it is open.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(lambda: Tracker(store.tracking_uri).ensure_experiment())
+        opening = pool.submit(tracker.ensure_experiment)
         init_ray(address, console)
         if not new_store:
             opening.result()
             _check_name_free(tracker, name, store)
         context = prepare_context(space, store, console, num_samples)
         opening.result()
-    tracker.ensure_experiment()
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
         "kdtune.version": kdtune.__version__, "kdtune.git_sha": git_sha(),
@@ -424,7 +407,7 @@ def _allow_final_only_metrics(space: SearchSpace) -> None:
 
     Ray checks that every result carries every metric the searcher optimises and fails the
     sweep at the first epoch otherwise; the searcher reads them only when a trial ends, and
-    ASHA's metric (the first objective) is one reported every epoch, so the check is off then.
+    ASHA's metric is always one reported every epoch (space validation), so the check is off.
     """
     if any(m not in EPOCH_METRICS for m in space.metrics):
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -446,12 +429,9 @@ def _check_name_free(tracker: Tracker, name: str, store: Store) -> None:
                           f"with `kdtune resume {name}` or choose another --name")
 
 
-def _free_name(base: str, store: Store, tracker: Tracker) -> str:
-    """``base`` if no sweep has it yet, else the first free ``base-2``, ``base-3``, ..."""
-    from kdtune.tracking import sqlite_path
-
-    db = sqlite_path(store.tracking_uri)
-    known = set() if db is not None and not db.exists() else set(tracker.sweep_names())
+def _free_name(base: str, store: Store, known: set[str]) -> str:
+    """``base`` if no sweep (``known``, or a Ray experiment folder) has it yet, else the first
+    free ``base-2``, ``base-3``, ..."""
     name, k = base, 1
     while name in known or location_exists(store.experiment_dir(name)):
         k += 1
