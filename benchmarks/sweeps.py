@@ -129,11 +129,13 @@ def ray_results(experiment_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def collect(name: str, store: Path) -> dict[str, Any]:
-    """Per trial: MLflow status, train_time_s (MLflow; else the last ``elapsed_s`` Ray
-    recorded, for trials ASHA stopped), epochs, start/end (driver clock, MLflow), params, the
-    per-epoch results Ray recorded and the val_accuracy history MLflow logged (with the
-    driver's millisecond timestamps: the order in which the sweep saw the results)."""
+    """Per trial: MLflow status, train_time_s (MLflow; else the last ``elapsed_s`` Ray recorded,
+    for trials ASHA stopped), trainer_s (time in the trainer, from Ray), epochs, start/end
+    (driver clock, MLflow), params, the per-epoch results Ray recorded and the val_accuracy
+    history MLflow logged (with the driver's millisecond timestamps: the order in which the
+    sweep saw the results)."""
     from kdtune.tracking import Tracker
+    from kdtune.tune.trainable import TRAINER_KEY
 
     tracker = Tracker(sqlite_uri(store))
     frame = tracker.trial_runs(name)
@@ -145,10 +147,12 @@ def collect(name: str, store: Path) -> dict[str, Any]:
         mlflow_t = row.get("metrics.train_time_s")
         has_mlflow = mlflow_t is not None and mlflow_t == mlflow_t  # not NaN
         ray_t = float(rows[-1]["elapsed_s"]) if rows and "elapsed_s" in rows[-1] else None
+        trainer_t = rows[-1].get(TRAINER_KEY) if rows else None
         trials.append({
             "trial_id": tid, "status": row["status"],
             "train_time_s": float(mlflow_t) if has_mlflow else ray_t,
             "train_time_source": "mlflow" if has_mlflow else "ray elapsed_s",
+            "trainer_s": float(trainer_t) if trainer_t is not None else None,
             "epochs": int(rows[-1]["epoch"]) if rows else 0,
             "start": row["start_time"].timestamp(), "end": row["end_time"].timestamp(),
             "params": {k[len("params."):]: v for k, v in row.items()

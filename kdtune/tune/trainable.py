@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ from kdtune.trainer import TrainingRun
 from kdtune.tune.searcher import EPOCH_KEY, PLANNED_KEY
 
 CHECKPOINT_FILE = "seed-{seed}.pt"
+#: Seconds this trial's process has spent in the trainer (building the runs, the epochs with
+#: their validation, the final metrics): reported to Ray, not logged to MLflow. Everything
+#: else a trial's wall time holds (checkpoints, reports, waiting for the driver) is the sweep's.
+TRAINER_KEY = "trainer_s"
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,10 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
 
     settings = context.settings
+    start = time.perf_counter()
     runs = [TrainingRun(settings.config(params, s), teacher=context.teacher, data=context.data)
             for s in settings.seeds]
+    in_trainer = time.perf_counter() - start
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -86,11 +93,13 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         _report(runs, {**mean_metrics([r.history[-1] for r in runs]), **where}, planned)
         return
     while runs[0].epoch < planned:
+        start = time.perf_counter()
         metrics = mean_metrics([run.train_epoch() for run in runs])
         metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials ASHA stops
         if runs[0].epoch == planned:
             metrics.update(mean_metrics([run.final_metrics() for run in runs]))
-        _report(runs, {**metrics, **where}, planned)
+        in_trainer += time.perf_counter() - start
+        _report(runs, {**metrics, **where, TRAINER_KEY: in_trainer}, planned)
 
 
 def _report(runs: list[TrainingRun], metrics: dict[str, Any], planned: int) -> None:

@@ -131,6 +131,25 @@ def test_per_epoch_history_and_final_metrics(asha_sweep: SweepRecord) -> None:
             assert row["metrics.train_time_s"] > 0  # the compute it used, for cost accounting
 
 
+def test_trials_report_their_time_in_the_trainer(asha_sweep: SweepRecord) -> None:
+    """``trainer_s`` (Ray's record only) grows each epoch and holds the training loop plus
+    what the trainer does beside it (building the run, validation), never less."""
+    import json
+
+    from kdtune.tune.trainable import TRAINER_KEY
+
+    folders = list(asha_sweep.experiment_dir.glob("run_trial_*"))
+    assert len(folders) == 8
+    for folder in folders:
+        rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+        in_trainer = [r[TRAINER_KEY] for r in rows]
+        assert in_trainer == sorted(in_trainer) and len(set(in_trainer)) == len(rows)
+        for r in rows:
+            assert r[TRAINER_KEY] > r["elapsed_s"] > 0
+    runs = asha_sweep.tracker().trial_runs("asha")
+    assert not any(TRAINER_KEY in c for c in runs.columns)  # not an MLflow metric
+
+
 def test_best_student_weights_are_logged(asha_sweep: SweepRecord, tmp_path: Path) -> None:
     tracker = asha_sweep.tracker()
     runs = tracker.trial_runs("asha")
