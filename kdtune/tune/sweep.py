@@ -8,6 +8,7 @@ Optuna proposes configs (define-by-run), ASHA stops weak trials, MLflow records 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import subprocess
 import tempfile
@@ -226,7 +227,17 @@ def init_ray(address: str | None, console: Console) -> None:
         # "local": never join a cluster that `ray start` left on this machine (ray.init()
         # with no address would, via /tmp/ray/ray_current_cluster or RAY_ADDRESS)
         console.print("starting a local Ray")
+        logging.getLogger(_RAY_AUTH_LOGGER).addFilter(_hide_token_auth_notice)
         ray.init(address="local", **kwargs)
+
+
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _hide_token_auth_notice(record: logging.LogRecord) -> bool:
+    """Ray 2.60 warns on every local start that token authentication is on, its default:
+    nothing for a kdtune user to act on. Its other messages (auth off, missing token) pass."""
+    return "Token authentication is enabled" not in record.getMessage()
 
 
 def git_sha() -> str:

@@ -184,6 +184,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_t
         (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert "resuming sweep 'killed'" in resumed.stdout
+        assert "Token authentication is enabled" not in resumed.stderr  # Ray's default, hidden
         assert f"finished: {SAMPLES} trials" in resumed.stdout
 
         runs = tracker.trial_runs("killed")
