@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from kdtune.models import count_params
 
-__all__ = ["accuracy", "count_flops", "count_params", "cpu_latency_ms", "evaluate", "predict"]
+__all__ = ["LatencyFn", "accuracy", "count_flops", "count_params", "cpu_latency_ms", "evaluate",
+           "predict"]
+
+LatencyFn = Callable[[nn.Module, tuple[int, ...], int], float]
+"""``latency(model, in_shape, batch_size) -> ms``: how a run's final metrics time a model."""
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from kdtune.config import TrainConfig
 from kdtune.data import DataSplits, load_dataset
 from kdtune.errors import KdtuneError
 from kdtune.methods import distillation_loss, get_method
-from kdtune.metrics import count_flops, count_params, cpu_latency_ms, evaluate
+from kdtune.metrics import LatencyFn, count_flops, count_params, cpu_latency_ms, evaluate
 from kdtune.models import create_model
 from kdtune.teacher import (
     Teacher,
@@ -245,10 +245,12 @@ class TrainingRun:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
     # -- final report ----------------------------------------------------------------------
-    def final_metrics(self, *, measure_latency: bool = True) -> dict[str, float]:
+    def final_metrics(self, *, measure_latency: bool = True,
+                      latency: LatencyFn = cpu_latency_ms) -> dict[str, float]:
         """Validation and test accuracy, size, FLOPs, CPU latency and teacher speedup.
 
-        The test set is evaluated here only, for the report: nothing selects on it.
+        The test set is evaluated here only, for the report: nothing selects on it. ``latency``
+        times the student (a sweep passes one that shares figures between its trials).
         """
         data, model = self.data, self.model
         if self.history and self.history[-1]["epoch"] == self.epoch:  # evaluated already
@@ -262,8 +264,8 @@ class TrainingRun:
             "params": count_params(model), "flops": count_flops(model, data.in_shape),
             "train_time_s": self.elapsed, "epochs": self.epoch}
         if measure_latency:
-            metrics["latency_ms_b1"] = cpu_latency_ms(model, data.in_shape, 1)
-            metrics["latency_ms_b256"] = cpu_latency_ms(model, data.in_shape, 256)
+            metrics["latency_ms_b1"] = latency(model, data.in_shape, 1)
+            metrics["latency_ms_b256"] = latency(model, data.in_shape, 256)
         if self.teacher is not None:
             t = self.teacher
             # the teacher is frozen (requires_grad False): count all its parameters

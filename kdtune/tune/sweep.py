@@ -34,6 +34,7 @@ from kdtune.teacher import (
 )
 from kdtune.tracking import Tracker, default_store, default_tracking_uri, sqlite_path
 from kdtune.trainer import load_data
+from kdtune.tune.latency_board import start_board
 from kdtune.tune.space import (
     DATA_KEYS,
     EPOCH_METRICS,
@@ -289,6 +290,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
             opening.result()
             _check_name_free(tracker, name, store)
         context = prepare_context(space, store, console, num_samples)
+        context.latency_board = start_board()
         opening.result()
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
@@ -353,6 +355,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     console.print(f"resuming sweep {name!r}; {store.describe()}")
     init_ray(address, console)  # before the context: its view table may use the cluster
     context = prepare_context(space, store, console, num_samples)
+    context.latency_board = start_board()
     context.ended = _ended_trials(tracker, name)
     _allow_final_only_metrics(space)
     repaired = _repair_checkpoints(experiment_dir)

@@ -18,8 +18,10 @@ from typing import Any
 
 from kdtune.config import TrainConfig
 from kdtune.data import DataSplits
+from kdtune.metrics import cpu_latency_ms
 from kdtune.teacher import Teacher
 from kdtune.trainer import TrainingRun
+from kdtune.tune.latency_board import shared_latency
 from kdtune.tune.searcher import EPOCH_KEY, PLANNED_KEY
 
 CHECKPOINT_FILE = "seed-{seed}.pt"
@@ -54,6 +56,9 @@ class SweepContext:
     #: On resume: trials whose MLflow run had ended (FINISHED or KILLED) before the driver
     #: died, though Ray's last snapshot still had them running. They must not train again.
     ended: frozenset[str] = frozenset()
+    #: The sweep's :class:`~kdtune.tune.latency_board.LatencyBoard` actor (None: each worker
+    #: times students itself).
+    latency_board: Any = None
 
 
 def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
@@ -73,6 +78,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
 
     settings = context.settings
+    latency = cpu_latency_ms if context.latency_board is None else \
+        shared_latency(context.latency_board)
     start = time.perf_counter()
     runs = [TrainingRun(settings.config(params, s), teacher=context.teacher, data=context.data)
             for s in settings.seeds]
@@ -85,7 +92,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     planned = runs[0].config.epochs
     where = {"node_id": node_id()}
     if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
-        _report(runs, {**mean_metrics([r.final_metrics() for r in runs]), **where}, planned)
+        _report(runs, {**mean_metrics([r.final_metrics(latency=latency) for r in runs]),
+                       **where}, planned)
         return
     if checkpoint is not None and runs[0].history and \
             tune.get_context().get_trial_id() in context.ended:
@@ -97,7 +105,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         metrics = mean_metrics([run.train_epoch() for run in runs])
         metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials ASHA stops
         if runs[0].epoch == planned:
-            metrics.update(mean_metrics([run.final_metrics() for run in runs]))
+            metrics.update(mean_metrics([run.final_metrics(latency=latency) for run in runs]))
         in_trainer += time.perf_counter() - start
         _report(runs, {**metrics, **where, TRAINER_KEY: in_trainer}, planned)
 
