@@ -1,21 +1,37 @@
 """One CPU-latency figure per student architecture for a whole sweep.
 
-Each worker times the architectures it trains (``kdtune.metrics.cpu_latency_ms``, once per
-process). Two workers timing the same student get different numbers (load, the CPU model of
-their node), so without a shared figure a latency objective or a ``kdtune best`` table could
-rank two identical students apart. The driver starts one small actor per sweep (no CPU
-reserved); the first trial to finish with an architecture times it and publishes the figure,
-every later trial of the sweep, on any worker or node, reports that figure. A resumed sweep
-starts a new board: architectures are timed again once.
+Each worker times the architectures it trains (``kdtune.metrics.cpu_latency_ms``). Two
+workers timing the same student get different numbers (load, the CPU model of their node),
+so without a shared figure a latency objective or a ``kdtune best`` table could rank two
+identical students apart. A sweep names one board, a small actor (no CPU reserved) that the
+first trial needing it starts (so nothing is added to the sweep's start-up); the first trial
+to finish with an architecture times it and publishes the figure, and every later trial, on
+any worker or node, reports that figure. A worker asks the board once per architecture. A
+resumed sweep gets a new board, seeded by the driver with what its trials already reported
+(:func:`seed_board`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from kdtune.errors import KdtuneError
 from kdtune.metrics import LatencyFn, architecture_key, cpu_latency_ms
+
+if TYPE_CHECKING:  # pandas is the driver's; trials import this module too
+    import pandas as pd
+
+    from kdtune.data import DataSplits
+
+#: The final metrics the board holds, by batch size.
+METRICS = {1: "latency_ms_b1", 256: "latency_ms_b256"}
+#: Figures this process has had from a board: (board name, key) -> ms. A published figure
+#: never changes, so a worker asks the board once per architecture and batch size.
+_SEEN: dict[tuple[str, str], float] = {}
+_BOARDS: dict[str, Any] = {}
 
 
 class LatencyBoard:
@@ -32,28 +48,75 @@ class LatencyBoard:
         return self._ms.setdefault(key, ms)
 
 
-def start_board() -> Any:
-    """A :class:`LatencyBoard` actor owned by the driver (it ends with the driver)."""
-    import ray
+def board(name: str) -> Any:
+    """The board actor called ``name``, started if there is none yet. It lives as long as
+    the process that started it (a trial's worker, which Ray keeps for the whole sweep): the
+    handle is kept here, or Ray would end the actor when the last handle is dropped."""
+    if name not in _BOARDS:
+        import ray
 
-    return ray.remote(num_cpus=0)(LatencyBoard).remote()
+        _BOARDS[name] = ray.remote(num_cpus=0)(LatencyBoard).options(
+            name=name, get_if_exists=True).remote()
+    return _BOARDS[name]
 
 
 def board_key(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> str:
     return repr((architecture_key(model), tuple(in_shape), batch_size))
 
 
-def shared_latency(board: Any) -> LatencyFn:
-    """A latency function for ``TrainingRun.final_metrics`` that reads and fills ``board``."""
+def shared_latency(name: str) -> LatencyFn:
+    """A latency function for ``TrainingRun.final_metrics`` reading and filling board
+    ``name``."""
 
     def latency(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> float:
         import ray
 
         key = board_key(model, in_shape, batch_size)
-        known = ray.get(board.get.remote(key))
-        if known is not None:
-            return float(known)
-        measured = cpu_latency_ms(model, in_shape, batch_size)
-        return float(ray.get(board.publish.remote(key, measured)))
+        if (name, key) in _SEEN:
+            return _SEEN[name, key]
+        measured = None
+        for _ in range(2):  # the process that held the board may have ended: start another
+            try:
+                actor = board(name)
+                known = ray.get(actor.get.remote(key))
+                if known is None:
+                    measured = measured or cpu_latency_ms(model, in_shape, batch_size)
+                    known = ray.get(actor.publish.remote(key, measured))
+                _SEEN[name, key] = float(known)
+                return _SEEN[name, key]
+            except ray.exceptions.RayActorError:
+                _BOARDS.pop(name, None)
+        return measured or cpu_latency_ms(model, in_shape, batch_size)  # this trial's own
 
     return latency
+
+
+def seed_board(name: str, runs: pd.DataFrame, data: DataSplits) -> int:
+    """Start board ``name`` holding the latencies the sweep's trials already logged (rows of
+    ``Tracker.trial_runs``), so that trials after a resume report the same figures for the
+    same architectures (the first figure of an architecture, as a board keeps; a run whose
+    config no longer builds is skipped). Returns how many figures were published."""
+    import ray
+
+    from kdtune.config import TrainConfig
+    from kdtune.tracking import config_from_run
+    from kdtune.trainer import build_student
+
+    figures: dict[str, float] = {}
+    for _, row in runs.iterrows():
+        known = {b: row.get(f"metrics.{m}") for b, m in METRICS.items()}
+        known = {b: float(v) for b, v in known.items() if v is not None and math.isfinite(v)}
+        if not known:
+            continue
+        try:
+            config = TrainConfig.from_dict(
+                config_from_run(row, fields=TrainConfig.field_names()), where="a trial")
+            model = build_student(config, data)
+        except KdtuneError:  # logged by another kdtune version: that trial's figure is lost
+            continue
+        for batch_size, ms in known.items():
+            figures.setdefault(board_key(model, data.in_shape, batch_size), ms)
+    if figures:  # else the first trial that needs the board starts it
+        actor = board(name)
+        ray.get([actor.publish.remote(key, ms) for key, ms in figures.items()])
+    return len(figures)

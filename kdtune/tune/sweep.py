@@ -34,7 +34,7 @@ from kdtune.teacher import (
 )
 from kdtune.tracking import Tracker, default_store, default_tracking_uri, sqlite_path
 from kdtune.trainer import load_data
-from kdtune.tune.latency_board import start_board
+from kdtune.tune.latency_board import seed_board
 from kdtune.tune.space import (
     DATA_KEYS,
     EPOCH_METRICS,
@@ -241,6 +241,13 @@ def _hide_token_auth_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled" not in record.getMessage()
 
 
+def board_name() -> str:
+    """A new name for a sweep's latency board (one per driver run)."""
+    import uuid
+
+    return f"kdtune-latency-{uuid.uuid4().hex}"
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -290,7 +297,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
             opening.result()
             _check_name_free(tracker, name, store)
         context = prepare_context(space, store, console, num_samples)
-        context.latency_board = start_board()
+        context.latency_board = board_name()
         opening.result()
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
@@ -355,7 +362,8 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     console.print(f"resuming sweep {name!r}; {store.describe()}")
     init_ray(address, console)  # before the context: its view table may use the cluster
     context = prepare_context(space, store, console, num_samples)
-    context.latency_board = start_board()
+    context.latency_board = board_name()
+    seed_board(context.latency_board, tracker.trial_runs(name), context.data)
     context.ended = _ended_trials(tracker, name)
     _allow_final_only_metrics(space)
     repaired = _repair_checkpoints(experiment_dir)

@@ -56,9 +56,9 @@ class SweepContext:
     #: On resume: trials whose MLflow run had ended (FINISHED or KILLED) before the driver
     #: died, though Ray's last snapshot still had them running. They must not train again.
     ended: frozenset[str] = frozenset()
-    #: The sweep's :class:`~kdtune.tune.latency_board.LatencyBoard` actor (None: each worker
-    #: times students itself).
-    latency_board: Any = None
+    #: The name of the sweep's :mod:`latency board <kdtune.tune.latency_board>` (None: each
+    #: worker times students itself).
+    latency_board: str | None = None
 
 
 def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:

@@ -4,13 +4,24 @@ worker trained the student."""
 from __future__ import annotations
 
 import os
+import sys
+import uuid
 
 import pytest
 import torch
 from torch import nn
 
 from kdtune.models import create_model
-from kdtune.tune.latency_board import LatencyBoard, board_key, shared_latency, start_board
+from kdtune.tune.latency_board import (
+    METRICS,
+    LatencyBoard,
+    board,
+    board_key,
+    seed_board,
+    shared_latency,
+)
+
+from .conftest import SweepRecord
 
 SHAPE = (1, 8, 8)
 
@@ -20,12 +31,16 @@ def mlp(width: int, seed: int = 0) -> nn.Module:
     return create_model("mlp", num_classes=10, in_shape=SHAPE, hidden=(width,))
 
 
+def new_name() -> str:
+    return f"test-board-{uuid.uuid4().hex}"
+
+
 def test_first_published_figure_stays() -> None:
-    board = LatencyBoard()
-    assert board.get("k") is None
-    assert board.publish("k", 1.5) == 1.5
-    assert board.publish("k", 9.0) == 1.5
-    assert board.get("k") == 1.5
+    b = LatencyBoard()
+    assert b.get("k") is None
+    assert b.publish("k", 1.5) == 1.5
+    assert b.publish("k", 9.0) == 1.5
+    assert b.get("k") == 1.5
 
 
 def test_key_is_the_architecture_not_the_weights() -> None:
@@ -35,37 +50,73 @@ def test_key_is_the_architecture_not_the_weights() -> None:
 
 
 def test_workers_report_the_published_figure(ray_session: None) -> None:
-    import sys
-
     import ray
     from ray import cloudpickle
 
     # the task below refers to this module, which Ray's workers cannot import by its name
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    board = start_board()
-    # a figure already on the board is what every worker reports: no worker times it again
-    ray.get(board.publish.remote(board_key(mlp(8), SHAPE, 1), 123.0))
+    name = new_name()
 
     @ray.remote(num_cpus=1)
     def time_on_a_worker(width: int, seed: int) -> tuple[float, int]:
-        return shared_latency(board)(mlp(width, seed), SHAPE, 1), os.getpid()
+        return shared_latency(name)(mlp(width, seed), SHAPE, 1), os.getpid()
 
-    assert ray.get(time_on_a_worker.remote(8, 3))[0] == 123.0
-    # a new architecture is timed once, by the first worker, and published
+    # the first worker to need the board starts it, times the architecture and publishes
     first, pid = ray.get(time_on_a_worker.remote(16, 0))
-    assert first != 123.0 and first > 0
-    assert ray.get(board.get.remote(board_key(mlp(16), SHAPE, 1))) == first
-    # another process (the driver here) reads the same figure instead of timing its own
-    assert shared_latency(board)(mlp(16, seed=7), SHAPE, 1) == first
-    assert pid != os.getpid()
+    assert first > 0 and pid != os.getpid()
+    assert ray.get(board(name).get.remote(board_key(mlp(16), SHAPE, 1))) == first
+    # another process (the driver here) reads that figure instead of timing its own
+    assert shared_latency(name)(mlp(16, seed=7), SHAPE, 1) == first
+    # a figure already on the board is what every worker reports: no worker times it again
+    ray.get(board(name).publish.remote(board_key(mlp(8), SHAPE, 1), 123.0))
+    assert ray.get(time_on_a_worker.remote(8, 3))[0] == 123.0
 
 
 @pytest.mark.parametrize("batch_size", [1, 256])
 def test_batch_sizes_are_timed_apart(ray_session: None, batch_size: int) -> None:
     import ray
 
-    board = start_board()
-    measured = shared_latency(board)(mlp(8), SHAPE, batch_size)
-    assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, batch_size))) == measured
+    name = new_name()
+    measured = shared_latency(name)(mlp(8), SHAPE, batch_size)
+    actor = board(name)
+    assert ray.get(actor.get.remote(board_key(mlp(8), SHAPE, batch_size))) == measured
     other = 256 if batch_size == 1 else 1
-    assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, other))) is None
+    assert ray.get(actor.get.remote(board_key(mlp(8), SHAPE, other))) is None
+
+
+def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
+                                                           asha_sweep: SweepRecord) -> None:
+    import ray
+
+    from kdtune.config import TrainConfig
+    from kdtune.tracking import config_from_run
+    from kdtune.trainer import build_student, load_data
+
+    runs = asha_sweep.tracker().trial_runs("asha")
+    finished = runs[runs["status"] == "FINISHED"]
+    assert len(finished) >= 1
+    data = load_data(TrainConfig(dataset="digits"))
+    name = new_name()
+    published = seed_board(name, runs, data)
+    widths = {row["params.hidden"] for _, row in finished.iterrows()}
+    assert published == 2 * len(widths)  # b1 and b256 of each architecture
+    for _, row in finished.iterrows():
+        config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
+        model = build_student(config, data)
+        for batch, metric in METRICS.items():
+            key = board_key(model, data.in_shape, batch)
+            assert ray.get(board(name).get.remote(key)) == row[f"metrics.{metric}"]
+
+
+def test_nothing_to_seed_starts_no_board(ray_session: None, asha_sweep: SweepRecord) -> None:
+    import ray
+
+    from kdtune.config import TrainConfig
+    from kdtune.trainer import load_data
+
+    runs = asha_sweep.tracker().trial_runs("asha")
+    killed = runs[runs["status"] == "KILLED"]  # stopped by ASHA: no final metrics
+    name = new_name()
+    assert seed_board(name, killed, load_data(TrainConfig(dataset="digits"))) == 0
+    with pytest.raises(ValueError):
+        ray.get_actor(name)

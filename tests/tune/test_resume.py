@@ -205,6 +205,9 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_t
                 assert last in RUNGS
             else:
                 assert row["metrics.test_accuracy"] > 0
+        # one latency per architecture, whether trained before the kill or after the resume
+        done = runs[runs["status"] == "FINISHED"]
+        assert (done.groupby("params.hidden")["metrics.latency_ms_b1"].nunique() == 1).all()
         # Optuna's restored study agrees with MLflow: one trial each, pruned = killed
         # (named by session start; Ray rewrites both files, so go by name, not mtime)
         files = sorted((storage / "killed").glob("searcher-state-*.pkl"))
