@@ -29,6 +29,7 @@ from optuna.distributions import (
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 logger = logging.getLogger(__name__)
@@ -104,15 +105,40 @@ class PruningOptunaSearch(OptunaSearch):
         finally:
             study.sampler = sampler
 
+    def _adopt(self, trial_id: str, result: dict[str, Any] | None) -> bool:
+        """Make sure Optuna knows ``trial_id``; False if it cannot (the result has no config).
+
+        After a driver crash, Ray's experiment snapshot can hold a trial that the searcher's
+        own (separately written) snapshot never saw; the restored trial then reports to a
+        study without it. Such a trial is added as the trial that proposed its config.
+        """
+        if trial_id in self._ot_trials or trial_id in self._completed_trials:
+            return True
+        config = (result or {}).get("config")
+        if not isinstance(config, dict) or not callable(self._space):
+            logger.warning("trial %s is unknown to the restored Optuna study and has no "
+                           "config: Optuna will not learn from it", trial_id)
+            return False
+        from kdtune.tune.space import optuna_params
+
+        self._ot_study.enqueue_trial(optuna_params(config))
+        super().suggest(trial_id)  # asks the enqueued trial: the space suggests its values
+        self._proposed.setdefault(config_key(config), trial_id)
+        return True
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values are indexed by epoch, not by Ray's ``training_iteration`` (the
         two part after a trial resumed from a later checkpoint than Ray's snapshot named)."""
+        if not self._adopt(trial_id, result):
+            return
         if EPOCH_KEY in result:
             result = {**result, TRAINING_ITERATION: int(result[EPOCH_KEY])}
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
+        if not self._adopt(trial_id, result):
+            return
         if trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)  # warns, no-op
             return
@@ -139,6 +165,23 @@ class PruningOptunaSearch(OptunaSearch):
                       if t.number == ot_trial.number)
         if int(step) not in stored.intermediate_values:
             ot_trial.report(float(result[self.metric]), int(step))
+
+
+class LiveTrialsLimiter(ConcurrencyLimiter):
+    """Ray's ``ConcurrencyLimiter``, but a trial that reports is live even when the limiter's
+    restored state missed it (see ``PruningOptunaSearch._adopt``): Ray's would not pass such
+    a trial's completion on, and Optuna would keep it RUNNING."""
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self._limit_concurrency:
+            self.live_trials.add(trial_id)
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if self._limit_concurrency:
+            self.live_trials.add(trial_id)  # (the searcher ignores a second completion)
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def config_key(config: dict[str, Any] | None) -> str:

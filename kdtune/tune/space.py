@@ -800,6 +800,11 @@ def _base_type(hint: Any) -> type:
     return tuple if typing.get_origin(hint) is tuple else hint
 
 
+def optuna_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters as :func:`suggest` gave them to Optuna (list choices as strings)."""
+    return {k: _encode(_hashable(v)) for k, v in config.items()}
+
+
 def _encode(choice: Any) -> Any:
     """An Optuna-safe categorical value: tuples become ``"300-300"`` strings."""
     return "-".join(str(v) for v in choice) if isinstance(choice, tuple) else choice

@@ -169,7 +169,7 @@ def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
                                      max_concurrent=space.search.max_concurrent)
     import optuna
 
-    from kdtune.tune.searcher import PruningOptunaSearch
+    from kdtune.tune.searcher import LiveTrialsLimiter, PruningOptunaSearch
     from kdtune.tune.space import suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -179,8 +179,9 @@ def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
                "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}[space.search.sampler]()
     metric: Any = space.metrics if space.multi_objective else space.metrics[0]
     mode: Any = space.modes if space.multi_objective else space.modes[0]
-    return PruningOptunaSearch(space=functools.partial(suggest, space=space), metric=metric,
-                               mode=mode, sampler=sampler, seed=seed)
+    searcher = PruningOptunaSearch(space=functools.partial(suggest, space=space),
+                                   metric=metric, mode=mode, sampler=sampler, seed=seed)
+    return LiveTrialsLimiter(searcher, max_concurrent=space.search.max_concurrent)
 
 
 def make_scheduler(space: SearchSpace, experiment_dir: Path | str) -> Any:
@@ -319,7 +320,8 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
         tune_config=tune.TuneConfig(search_alg=make_search_alg(space, num_samples),
                                     scheduler=make_scheduler(space, experiment_dir),
                                     num_samples=num_samples,
-                                    max_concurrent_trials=space.search.max_concurrent,
+                                    # both search algorithms carry the limit themselves
+                                    max_concurrent_trials=None,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=str(store.storage), verbose=0,

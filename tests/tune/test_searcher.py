@@ -15,7 +15,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kdtune.tune.searcher import PruningOptunaSearch, neighbour, stopped_early
+from kdtune.tune.searcher import (
+    LiveTrialsLimiter,
+    PruningOptunaSearch,
+    config_key,
+    neighbour,
+    stopped_early,
+)
 from kdtune.tune.space import load_space, suggest
 
 from .conftest import write_space
@@ -139,6 +145,43 @@ def test_define_by_run_space_from_a_file(tmp_path: Path) -> None:
         assert ("temperature" in config) == (method == "vanilla")
         assert ("t_right" in config) == ("t_wrong" in config) == (method == "two_temperature")
         assert isinstance(config["hidden"], list)
+
+
+
+def test_a_restored_trial_the_study_never_saw_is_adopted(tmp_path: Path) -> None:
+    """Ray's experiment snapshot may hold a trial the searcher's snapshot missed (both are
+    written apart): its results then reach a study (and a concurrency limiter) without it. It
+    joins as the trial that proposed its config, and Optuna learns from it."""
+    space = load_space(write_space(tmp_path))
+
+    def new_limiter() -> LiveTrialsLimiter:  # as make_search_alg builds it
+        return LiveTrialsLimiter(
+            PruningOptunaSearch(space=functools.partial(suggest, space=space),
+                                metric="val_accuracy", mode="max",
+                                sampler=optuna.samplers.RandomSampler(seed=1)),
+            max_concurrent=2)
+
+    before = new_limiter()
+    known = before.suggest("known")
+    before.save(str(tmp_path / "searcher.pkl"))
+    missed = before.suggest("missed")  # proposed after the searcher's snapshot
+
+    restored = new_limiter()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("missed", {**result(1, 0.4), "config": missed})
+    restored.on_trial_complete("missed", result={**result(PLANNED, 0.9), "config": missed})
+    restored.on_trial_complete("known", result={**result(PLANNED, 0.7), "config": known})
+    searcher = restored.searcher
+    t = frozen(searcher, "missed")
+    assert t.state == TrialState.COMPLETE and t.value == 0.9
+    assert t.intermediate_values == {1: 0.4, PLANNED: 0.9}
+    assert suggest(optuna.trial.FixedTrial(t.params), space) == missed  # its very config
+    assert isinstance(missed["hidden"], list)  # a list choice, encoded for Optuna
+    assert [s.state for s in searcher._ot_study.get_trials()] == [TrialState.COMPLETE] * 2
+    assert frozen(searcher, "known").value == 0.7
+    assert restored.live_trials == set()  # both ended: two slots free again
+    # its config counts as proposed: not trained a second time
+    assert searcher._proposed[config_key(missed)] == "missed"
 
 
 # -- no configuration twice -------------------------------------------------------------------
