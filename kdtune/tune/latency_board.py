@@ -3,16 +3,18 @@
 Each worker times the architectures it trains (``kdtune.metrics.cpu_latency_ms``). Two
 workers timing the same student get different numbers (load, the CPU model of their node),
 so without a shared figure a latency objective or a ``kdtune best`` table could rank two
-identical students apart. A sweep names one board, a small actor (no CPU reserved) that the
-first trial needing it starts (so nothing is added to the sweep's start-up); the first trial
-to finish with an architecture times it and publishes the figure, and every later trial, on
-any worker or node, reports that figure. A worker asks the board once per architecture. A
-resumed sweep gets a new board, seeded by the driver with what its trials already reported
+identical students apart. A sweep names one board, a small detached actor (no CPU reserved)
+that the first trial needing it starts (so nothing is added to the sweep's start-up); the
+first trial to finish with an architecture times it and publishes the figure, and every later
+trial, on any worker or node, reports that figure. A worker asks the board once per
+architecture. The driver ends the board with the sweep; a resumed sweep finds it again or,
+after the cluster went down, seeds a new one with what its trials had reported
 (:func:`seed_board`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ METRICS = {1: "latency_ms_b1", 256: "latency_ms_b256"}
 #: never changes, so a worker asks the board once per architecture and batch size.
 _SEEN: dict[tuple[str, str], float] = {}
 _BOARDS: dict[str, Any] = {}
+NAMESPACE = "kdtune"
 
 
 class LatencyBoard:
@@ -49,15 +52,30 @@ class LatencyBoard:
 
 
 def board(name: str) -> Any:
-    """The board actor called ``name``, started if there is none yet. It lives as long as
-    the process that started it (a trial's worker, which Ray keeps for the whole sweep): the
-    handle is kept here, or Ray would end the actor when the last handle is dropped."""
+    """The board actor called ``name``, started if there is none yet. Detached: it outlives
+    the trial that started it (Ray ends a trial's actor when it no longer needs it), and a
+    sweep resumed after a crash finds it again; the driver ends it with the sweep
+    (:func:`end_board`)."""
     if name not in _BOARDS:
         import ray
 
         _BOARDS[name] = ray.remote(num_cpus=0)(LatencyBoard).options(
-            name=name, get_if_exists=True).remote()
+            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
     return _BOARDS[name]
+
+
+def end_board(name: str) -> None:
+    """Stop board ``name`` if it runs (the sweep is over)."""
+    import ray
+
+    _BOARDS.pop(name, None)
+    with contextlib.suppress(ValueError):  # never started: no trial needed it
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+
+
+def board_name(sweep_run_id: str) -> str:
+    """The board of the sweep whose MLflow parent run is ``sweep_run_id``."""
+    return f"kdtune-latency-{sweep_run_id}"
 
 
 def board_key(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> str:

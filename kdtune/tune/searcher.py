@@ -29,7 +29,7 @@ from optuna.distributions import (
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 logger = logging.getLogger(__name__)
@@ -60,21 +60,27 @@ class PruningOptunaSearch(OptunaSearch):
     near (module docstring); ``seed`` seeds the choice of neighbours.
     """
 
-    def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, seed: int | None = None, num_samples: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rng = random.Random(seed)
         self._proposed: dict[str, str] = {}  # configuration key -> the Ray trial that has it
         self.repeats_avoided = 0
+        self.num_samples = num_samples
+        self._restored_ids: set[str] = set()  # the trials of Ray's snapshot at the last restore
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickling a searcher saved by a kdtune without the repeat check (a sweep started
-        before an upgrade and resumed after it): start its memory empty."""
+        """Unpickling a searcher saved by an older kdtune (a sweep started before an upgrade
+        and resumed after it): start the memory it did not have empty."""
         self.__dict__.update({"_rng": random.Random(), "_proposed": {}, "repeats_avoided": 0,
-                              **state})
+                              "num_samples": None, "_restored_ids": set(), **state})
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if trial_id in self._ot_trials or not callable(self._space):
             return super().suggest(trial_id)  # a restored trial keeps its configuration
+        known = set(self._ot_trials) | self._restored_ids
+        if self.num_samples is not None and len(known) >= self.num_samples:
+            return Searcher.FINISHED  # Ray's restored trial counter was behind (see restore)
         config = super().suggest(trial_id)
         for attempt in range(MAX_NEIGHBOURS + MAX_RANDOM):
             key = config_key(config)
@@ -105,16 +111,28 @@ class PruningOptunaSearch(OptunaSearch):
         finally:
             study.sampler = sampler
 
-    def _adopt(self, trial_id: str, result: dict[str, Any] | None) -> bool:
-        """Make sure Optuna knows ``trial_id``; False if it cannot (the result has no config).
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """Restore, then reconcile with the trials of Ray's experiment snapshot.
 
-        After a driver crash, Ray's experiment snapshot can hold a trial that the searcher's
-        own (separately written) snapshot never saw; the restored trial then reports to a
-        study without it. Such a trial is added as the trial that proposed its config.
+        Ray writes its experiment snapshot (the trials) and then the searcher's; a driver
+        killed in between leaves trials the restored study never saw, and Ray's trial counter
+        behind. Those trials are adopted (:meth:`_adopt`), and no trial beyond
+        ``num_samples`` is proposed.
+        """
+        super().restore_from_dir(checkpoint_dir)
+        trials = experiment_trials(checkpoint_dir)
+        self._restored_ids = set(trials)
+        for trial_id, config in trials.items():
+            self._adopt(trial_id, config)
+
+    def _adopt(self, trial_id: str, config: Any) -> bool:
+        """Make sure Optuna knows ``trial_id``; False if it cannot (no config).
+
+        A trial the study never saw joins it as the trial that proposed its config (the
+        config enqueued and asked), so Optuna learns from it and it is not proposed again.
         """
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
             return True
-        config = (result or {}).get("config")
         if not isinstance(config, dict) or not callable(self._space):
             logger.warning("trial %s is unknown to the restored Optuna study and has no "
                            "config: Optuna will not learn from it", trial_id)
@@ -129,7 +147,7 @@ class PruningOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values are indexed by epoch, not by Ray's ``training_iteration`` (the
         two part after a trial resumed from a later checkpoint than Ray's snapshot named)."""
-        if not self._adopt(trial_id, result):
+        if not self._adopt(trial_id, result_config(result)):
             return
         if EPOCH_KEY in result:
             result = {**result, TRAINING_ITERATION: int(result[EPOCH_KEY])}
@@ -137,7 +155,7 @@ class PruningOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        if not self._adopt(trial_id, result):
+        if not self._adopt(trial_id, result_config(result)):
             return
         if trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)  # warns, no-op
@@ -182,6 +200,37 @@ class LiveTrialsLimiter(ConcurrencyLimiter):
         if self._limit_concurrency:
             self.live_trials.add(trial_id)  # (the searcher ignores a second completion)
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def result_config(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The trial config in a result: ``config``, or Ray's flattened ``config/...`` keys."""
+    if not result:
+        return None
+    if isinstance(result.get("config"), dict):
+        return result["config"]
+    flat = {k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")}
+    return flat or None
+
+
+def experiment_trials(experiment_dir: str) -> dict[str, dict[str, Any]]:
+    """Trial id -> config of every trial in Ray's newest experiment snapshot in the folder
+    (empty when there is none or it cannot be read)."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    try:
+        path = _find_newest_experiment_checkpoint(experiment_dir)
+        if path is None:
+            return {}
+        with open(path) as f:
+            state = json.load(f)
+        trials = {}
+        for trial_json, _ in state.get("trial_data", []):
+            trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+            trials[str(trial["trial_id"])] = dict(trial.get("config") or {})
+        return trials
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("could not read Ray's experiment snapshot in %s: %s", experiment_dir, e)
+        return {}
 
 
 def config_key(config: dict[str, Any] | None) -> str:

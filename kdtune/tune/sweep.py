@@ -34,7 +34,7 @@ from kdtune.teacher import (
 )
 from kdtune.tracking import Tracker, default_store, default_tracking_uri, sqlite_path
 from kdtune.trainer import load_data
-from kdtune.tune.latency_board import seed_board
+from kdtune.tune.latency_board import board_name, end_board, seed_board
 from kdtune.tune.space import (
     DATA_KEYS,
     EPOCH_METRICS,
@@ -180,7 +180,8 @@ def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
     metric: Any = space.metrics if space.multi_objective else space.metrics[0]
     mode: Any = space.modes if space.multi_objective else space.modes[0]
     searcher = PruningOptunaSearch(space=functools.partial(suggest, space=space),
-                                   metric=metric, mode=mode, sampler=sampler, seed=seed)
+                                   metric=metric, mode=mode, sampler=sampler, seed=seed,
+                                   num_samples=num_samples)
     return LiveTrialsLimiter(searcher, max_concurrent=space.search.max_concurrent)
 
 
@@ -242,13 +243,6 @@ def _hide_token_auth_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled" not in record.getMessage()
 
 
-def board_name() -> str:
-    """A new name for a sweep's latency board (one per driver run)."""
-    import uuid
-
-    return f"kdtune-latency-{uuid.uuid4().hex}"
-
-
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -298,7 +292,6 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
             opening.result()
             _check_name_free(tracker, name, store)
         context = prepare_context(space, store, console, num_samples)
-        context.latency_board = board_name()
         opening.result()
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
@@ -310,6 +303,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
                 PARAM_SEARCHED: ",".join(p.name for p in space.parameters),
                 "teacher": context.settings.teacher_path})
     tracker.log_artifact(parent, space.source)
+    context.latency_board = board_name(parent)
     _allow_final_only_metrics(space)
     from ray import tune
 
@@ -364,7 +358,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     console.print(f"resuming sweep {name!r}; {store.describe()}")
     init_ray(address, console)  # before the context: its view table may use the cluster
     context = prepare_context(space, store, console, num_samples)
-    context.latency_board = board_name()
+    context.latency_board = board_name(run.info.run_id)
     seed_board(context.latency_board, tracker.trial_runs(name), context.data)
     context.ended = _ended_trials(tracker, name)
     _allow_final_only_metrics(space)
@@ -478,7 +472,10 @@ def _num_samples(space: SearchSpace, override: int | None) -> int:
 
 def _fit_and_finish(tuner: Any, space: SearchSpace, store: Store, tracker: Tracker, parent: str,
                     name: str, num_samples: int, console: Console) -> SweepOutcome:
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        end_board(board_name(parent))
     finished = _all_ended(results, num_samples)
     removed = _drop_orphans(tracker, name, results)
     if removed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 
 import pytest
@@ -17,6 +18,7 @@ from kdtune.tune.latency_board import (
     LatencyBoard,
     board,
     board_key,
+    end_board,
     seed_board,
     shared_latency,
 )
@@ -119,4 +121,23 @@ def test_nothing_to_seed_starts_no_board(ray_session: None, asha_sweep: SweepRec
     name = new_name()
     assert seed_board(name, killed, load_data(TrainConfig(dataset="digits"))) == 0
     with pytest.raises(ValueError):
-        ray.get_actor(name)
+        ray.get_actor(name, namespace="kdtune")
+
+
+def test_the_driver_ends_the_board(ray_session: None) -> None:
+    import ray
+
+    name = new_name()
+    shared_latency(name)(mlp(8), SHAPE, 1)
+    ray.get_actor(name, namespace="kdtune")  # running
+    end_board(name)
+    deadline = time.monotonic() + 20  # ray.kill returns at once; the name goes with the actor
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace="kdtune")
+        except ValueError:
+            break
+        time.sleep(0.1)
+    with pytest.raises(ValueError):
+        ray.get_actor(name, namespace="kdtune")
+    end_board(name)  # no board: nothing to do

@@ -7,6 +7,7 @@ Optuna study; only the results are made up.
 from __future__ import annotations
 
 import functools
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from kdtune.tune.searcher import (
     LiveTrialsLimiter,
@@ -149,39 +151,47 @@ def test_define_by_run_space_from_a_file(tmp_path: Path) -> None:
 
 
 def test_a_restored_trial_the_study_never_saw_is_adopted(tmp_path: Path) -> None:
-    """Ray's experiment snapshot may hold a trial the searcher's snapshot missed (both are
-    written apart): its results then reach a study (and a concurrency limiter) without it. It
-    joins as the trial that proposed its config, and Optuna learns from it."""
+    """Ray writes its experiment snapshot (the trials), then the searcher's: a driver killed
+    in between leaves a trial the restored study never saw, and Ray's trial counter behind.
+    The trial joins the study as the trial that proposed its config (Optuna learns from it;
+    its completion passes the concurrency limiter), and no trial beyond num_samples is
+    proposed."""
     space = load_space(write_space(tmp_path))
 
     def new_limiter() -> LiveTrialsLimiter:  # as make_search_alg builds it
         return LiveTrialsLimiter(
             PruningOptunaSearch(space=functools.partial(suggest, space=space),
-                                metric="val_accuracy", mode="max",
+                                metric="val_accuracy", mode="max", num_samples=3,
                                 sampler=optuna.samplers.RandomSampler(seed=1)),
             max_concurrent=2)
 
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
     before = new_limiter()
     known = before.suggest("known")
-    before.save(str(tmp_path / "searcher.pkl"))
-    missed = before.suggest("missed")  # proposed after the searcher's snapshot
+    before.searcher.save_to_dir(str(experiment), "s1")  # the searcher's snapshot ...
+    missed = before.suggest("missed")  # ... then a trial, in Ray's experiment snapshot only
+    trial_data = [[json.dumps({"trial_id": t, "config": c}), "{}"]
+                  for t, c in (("known", known), ("missed", missed))]
+    (experiment / "experiment_state-s1.json").write_text(json.dumps({"trial_data": trial_data}))
 
     restored = new_limiter()
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    restored.on_trial_result("missed", {**result(1, 0.4), "config": missed})
-    restored.on_trial_complete("missed", result={**result(PLANNED, 0.9), "config": missed})
-    restored.on_trial_complete("known", result={**result(PLANNED, 0.7), "config": known})
+    restored.searcher.restore_from_dir(str(experiment))  # what Ray's restore calls
     searcher = restored.searcher
+    assert set(searcher._ot_trials) == {"known", "missed"}
+    assert suggest(optuna.trial.FixedTrial(frozen(searcher, "missed").params), space) == missed
+    assert isinstance(missed["hidden"], list)  # a list choice, encoded for Optuna
+    assert searcher._proposed[config_key(missed)] == "missed"  # not proposed again
+    restored.on_trial_result("missed", {**result(1, 0.4), "config/lr": missed["lr"]})
+    restored.on_trial_complete("missed", result=result(PLANNED, 0.9))
+    restored.on_trial_complete("known", result=result(PLANNED, 0.7))
     t = frozen(searcher, "missed")
     assert t.state == TrialState.COMPLETE and t.value == 0.9
     assert t.intermediate_values == {1: 0.4, PLANNED: 0.9}
-    assert suggest(optuna.trial.FixedTrial(t.params), space) == missed  # its very config
-    assert isinstance(missed["hidden"], list)  # a list choice, encoded for Optuna
-    assert [s.state for s in searcher._ot_study.get_trials()] == [TrialState.COMPLETE] * 2
     assert frozen(searcher, "known").value == 0.7
-    assert restored.live_trials == set()  # both ended: two slots free again
-    # its config counts as proposed: not trained a second time
-    assert searcher._proposed[config_key(missed)] == "missed"
+    assert restored.live_trials == set()  # both ended: the slots are free again
+    assert restored.suggest("third") is not None
+    assert restored.suggest("fourth") == Searcher.FINISHED  # num_samples=3 reached
 
 
 # -- no configuration twice -------------------------------------------------------------------
