@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -35,6 +36,7 @@ METRICS = {1: "latency_ms_b1", 256: "latency_ms_b256"}
 _SEEN: dict[tuple[str, str], float] = {}
 _BOARDS: dict[str, Any] = {}
 NAMESPACE = "kdtune"
+_WAITED = [0.0]
 
 
 class LatencyBoard:
@@ -95,11 +97,10 @@ def shared_latency(name: str) -> LatencyFn:
         measured = None
         for _ in range(2):  # the process that held the board may have ended: start another
             try:
-                actor = board(name)
-                known = ray.get(actor.get.remote(key))
+                known = _ask(board(name).get, key)
                 if known is None:
                     measured = measured or cpu_latency_ms(model, in_shape, batch_size)
-                    known = ray.get(actor.publish.remote(key, measured))
+                    known = _ask(board(name).publish, key, measured)
                 _SEEN[name, key] = float(known)
                 return _SEEN[name, key]
             except ray.exceptions.RayActorError:
@@ -107,6 +108,23 @@ def shared_latency(name: str) -> LatencyFn:
         return measured or cpu_latency_ms(model, in_shape, batch_size)  # this trial's own
 
     return latency
+
+
+def _ask(method: Any, *args: Any) -> Any:
+    """``ray.get(method.remote(*args))`` on a board, its wall time added to :func:`waited_s`."""
+    import ray
+
+    start = time.perf_counter()
+    try:
+        return ray.get(method.remote(*args))
+    finally:
+        _WAITED[0] += time.perf_counter() - start
+
+
+def waited_s() -> float:
+    """Seconds this process has spent waiting for boards (starting one, asking it): sweep
+    overhead, not the trainer's work."""
+    return _WAITED[0]
 
 
 def seed_board(name: str, runs: pd.DataFrame, data: DataSplits) -> int:

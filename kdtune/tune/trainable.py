@@ -21,7 +21,7 @@ from kdtune.data import DataSplits
 from kdtune.metrics import cpu_latency_ms
 from kdtune.teacher import Teacher
 from kdtune.trainer import TrainingRun
-from kdtune.tune.latency_board import shared_latency
+from kdtune.tune.latency_board import shared_latency, waited_s
 from kdtune.tune.searcher import EPOCH_KEY, PLANNED_KEY
 
 CHECKPOINT_FILE = "seed-{seed}.pt"
@@ -101,12 +101,12 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         _report(runs, {**mean_metrics([r.history[-1] for r in runs]), **where}, planned)
         return
     while runs[0].epoch < planned:
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), waited_s()
         metrics = mean_metrics([run.train_epoch() for run in runs])
         metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials ASHA stops
         if runs[0].epoch == planned:
             metrics.update(mean_metrics([run.final_metrics(latency=latency) for run in runs]))
-        in_trainer += time.perf_counter() - start
+        in_trainer += time.perf_counter() - start - (waited_s() - waited)  # board: the sweep's
         _report(runs, {**metrics, **where, TRAINER_KEY: in_trainer}, planned)
 
 

@@ -21,6 +21,7 @@ from kdtune.tune.latency_board import (
     end_board,
     seed_board,
     shared_latency,
+    waited_s,
 )
 
 from .conftest import SweepRecord
@@ -67,8 +68,11 @@ def test_workers_report_the_published_figure(ray_session: None) -> None:
     first, pid = ray.get(time_on_a_worker.remote(16, 0))
     assert first > 0 and pid != os.getpid()
     assert ray.get(board(name).get.remote(board_key(mlp(16), SHAPE, 1))) == first
-    # another process (the driver here) reads that figure instead of timing its own
+    # another process (the driver here) reads that figure instead of timing its own; the
+    # wait for the board is counted apart (a trial's trainer_s leaves it out)
+    waited = waited_s()
     assert shared_latency(name)(mlp(16, seed=7), SHAPE, 1) == first
+    assert waited_s() > waited
     # a figure already on the board is what every worker reports: no worker times it again
     ray.get(board(name).publish.remote(board_key(mlp(8), SHAPE, 1), 123.0))
     assert ray.get(time_on_a_worker.remote(8, 3))[0] == 123.0
