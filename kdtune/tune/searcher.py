@@ -125,13 +125,16 @@ class PruningOptunaSearch(OptunaSearch):
         for trial_id, config in trials.items():
             self._adopt(trial_id, config)
 
+    def _knows(self, trial_id: str) -> bool:
+        return trial_id in self._ot_trials or trial_id in self._completed_trials
+
     def _adopt(self, trial_id: str, config: Any) -> bool:
         """Make sure Optuna knows ``trial_id``; False if it cannot (no config).
 
         A trial the study never saw joins it as the trial that proposed its config (the
         config enqueued and asked), so Optuna learns from it and it is not proposed again.
         """
-        if trial_id in self._ot_trials or trial_id in self._completed_trials:
+        if self._knows(trial_id):
             return True
         if not isinstance(config, dict) or not callable(self._space):
             logger.warning("trial %s is unknown to the restored Optuna study and has no "
@@ -147,7 +150,7 @@ class PruningOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate values are indexed by epoch, not by Ray's ``training_iteration`` (the
         two part after a trial resumed from a later checkpoint than Ray's snapshot named)."""
-        if not self._adopt(trial_id, result_config(result)):
+        if not (self._knows(trial_id) or self._adopt(trial_id, result_config(result))):
             return
         if EPOCH_KEY in result:
             result = {**result, TRAINING_ITERATION: int(result[EPOCH_KEY])}
@@ -155,7 +158,7 @@ class PruningOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        if not self._adopt(trial_id, result_config(result)):
+        if not (self._knows(trial_id) or self._adopt(trial_id, result_config(result))):
             return
         if trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)  # warns, no-op
@@ -215,16 +218,11 @@ def result_config(result: dict[str, Any] | None) -> dict[str, Any] | None:
 def experiment_trials(experiment_dir: str) -> dict[str, dict[str, Any]]:
     """Trial id -> config of every trial in Ray's newest experiment snapshot in the folder
     (empty when there is none or it cannot be read)."""
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from kdtune.tune.storage import experiment_snapshot
 
     try:
-        path = _find_newest_experiment_checkpoint(experiment_dir)
-        if path is None:
-            return {}
-        with open(path) as f:
-            state = json.load(f)
         trials = {}
-        for trial_json, _ in state.get("trial_data", []):
+        for trial_json, _ in experiment_snapshot(experiment_dir):
             trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
             trials[str(trial["trial_id"])] = dict(trial.get("config") or {})
         return trials

@@ -43,7 +43,7 @@ from kdtune.tune.space import (
     load_space,
     teacher_config,
 )
-from kdtune.tune.storage import is_uri, location_exists
+from kdtune.tune.storage import experiment_snapshot, is_uri, location_exists
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
 
 ASHA_STATE = "kdtune-asha.json"
@@ -358,9 +358,10 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     console.print(f"resuming sweep {name!r}; {store.describe()}")
     init_ray(address, console)  # before the context: its view table may use the cluster
     context = prepare_context(space, store, console, num_samples)
+    runs = tracker.trial_runs(name)
     context.latency_board = board_name(run.info.run_id)
-    seed_board(context.latency_board, tracker.trial_runs(name), context.data)
-    context.ended = _ended_trials(tracker, name)
+    seed_board(context.latency_board, runs, context.data)
+    context.ended = _ended_trials(runs)
     _allow_final_only_metrics(space)
     repaired = _repair_checkpoints(experiment_dir)
     if repaired:
@@ -389,19 +390,13 @@ def _repair_checkpoints(experiment_dir: Path | str) -> int:
     if is_uri(experiment_dir):
         return 0
     experiment_dir = Path(experiment_dir)
-    import json
     import re
     import shutil
 
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-    state_file = _find_newest_experiment_checkpoint(str(experiment_dir))
-    if state_file is None:
-        return 0
-    state = json.loads(Path(state_file).read_text())
     repaired = 0
-    for _, metadata in state.get("trial_data", []):
+    for _, metadata in experiment_snapshot(experiment_dir):
         manager = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager
         latest = manager.latest_checkpoint_result if manager is not None else None
         if latest is None or latest.checkpoint is None:
@@ -431,11 +426,11 @@ def _allow_final_only_metrics(space: SearchSpace) -> None:
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
 
-def _ended_trials(tracker: Tracker, name: str) -> frozenset[str]:
-    """Trials whose MLflow record is complete: a restored one only replays its last epoch."""
+def _ended_trials(runs: Any) -> frozenset[str]:
+    """Trials whose MLflow record (``Tracker.trial_runs``) is complete: a restored one only
+    replays its last epoch."""
     from kdtune.tune.callbacks import ENDED
 
-    runs = tracker.trial_runs(name)
     if runs.empty:
         return frozenset()
     return frozenset(str(t) for t in runs.loc[runs["status"].isin(ENDED), "trial_id"])
