@@ -379,9 +379,10 @@ class Tracker:
             self.client.log_text(run_id, config_yaml, "config.yaml")
         return run_id
 
-    def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        """Log one epoch's metrics at ``step`` in a single ``log_batch`` call."""
-        self._log(run_id, metrics=metrics, step=step)
+    def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int,
+                  tags: Mapping[str, str] = {}) -> None:
+        """Log one epoch's metrics at ``step`` (and ``tags``) in a single ``log_batch`` call."""
+        self._log(run_id, metrics=metrics, tags=tags, step=step)
 
     def end_trial(self, run_id: str, status: str, *, metrics: Mapping[str, float] = {},
                   tags: Mapping[str, str] = {}) -> None:

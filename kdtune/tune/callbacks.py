@@ -4,12 +4,21 @@ Trials never talk to MLflow: importing MLflow and opening its store costs second
 more than a small trial trains. The driver keeps one client and writes every trial's child
 run from here. A child run is found again by its Ray trial id, so a trial resumed after a
 crash continues the same MLflow run and nothing is duplicated.
+
+A trial waits for the driver after every epoch (Ray hands it the next step only once the
+result is processed), so the writes go through one writer thread: a trial's run is created
+and its epochs are logged while Ray goes on. Each epoch is written before Ray registers that
+epoch's checkpoint (``on_checkpoint`` waits for the writer): a snapshot Ray saves never names a
+checkpoint whose epoch MLflow lacks, and a run is closed before Ray counts its trial ended.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -46,20 +55,74 @@ class MlflowTrials(Callback):
     Idempotent across a driver crash: a restored trial reopens its own run; epochs already
     logged are not logged again; a run that had ended (FINISHED or KILLED) before the crash is
     left exactly as it was, whatever the restored trial reports again.
+
+    Writes run in order on one writer thread (see the module docstring); :meth:`flush` waits
+    for them. A failed write is raised by the next callback (or by :meth:`flush`).
     """
 
     def __init__(self, tracker: Tracker, parent_id: str, sweep: str,
                  settings: TrialSettings) -> None:
         self.tracker, self.parent_id, self.sweep = tracker, parent_id, sweep
         self.settings = settings
+        # read and written on the writer thread only
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged
         self.closed: set[str] = set()  # trial ids whose run ended before a restore
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[object]] = deque()
 
     def __getstate__(self) -> dict[str, Any]:  # run ids are looked up again after a restore
-        return {**self.__dict__, "run_ids": {}, "last_step": {}, "closed": set()}
+        return {**self.__dict__, "run_ids": {}, "last_step": {}, "closed": set(),
+                "_writer": None, "_pending": deque()}
 
-    def run_id(self, trial: Any) -> str:
+    # -- the writer thread ------------------------------------------------------------------
+    def _submit(self, write: Callable[..., object], *args: Any) -> None:
+        while self._pending and self._pending[0].done():  # raise an earlier failure now
+            self._pending.popleft().result()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdtune-mlflow")
+        self._pending.append(self._writer.submit(write, *args))
+
+    def flush(self) -> None:
+        """Wait until every queued write is in MLflow; raise the first that failed."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        # Ray registers the checkpoint (and deletes the previous one) right after this
+        try:
+            self.flush()
+        except Exception as exc:  # Ray only logs what this raises: keep it for the next call
+            failed: Future[object] = Future()
+            failed.set_exception(exc)
+            self._pending.appendleft(failed)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
+
+    # -- callbacks (main thread): queue the writes ------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._submit(self.run_id, _TrialView.of(trial))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._submit(self._log_result, _TrialView.of(trial), dict(result))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._submit(self._end, _TrialView.of(trial), dict(trial.last_result or {}))
+        self.flush()  # closed before Ray's next snapshot counts the trial ended
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._submit(self._fail, _TrialView.of(trial), _last_error(trial))
+        self.flush()
+
+    # -- the writes (writer thread) -----------------------------------------------------------
+    def run_id(self, trial: _TrialView) -> str:
+        """The trial's child run: created, reopened after a restore, or already known."""
         if trial.trial_id not in self.run_ids:
             existing = self.tracker.find_trial(self.parent_id, trial.trial_id)
             if existing is not None:  # a restored trial
@@ -77,15 +140,10 @@ class MlflowTrials(Callback):
                 tags={"kdtune.sweep": self.sweep})
         return self.run_ids[trial.trial_id]
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_id(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def _log_result(self, trial: _TrialView, result: Mapping[str, Any]) -> None:
         run_id = self.run_id(trial)
-        if trial.trial_id in self.closed:
-            return
-        self._log_epoch(run_id, result)
+        if trial.trial_id not in self.closed:
+            self._log_epoch(run_id, result)
 
     def _log_epoch(self, run_id: str, result: Mapping[str, Any]) -> None:
         if EPOCH_KEY not in result:
@@ -94,16 +152,14 @@ class MlflowTrials(Callback):
         if step <= self.last_step.get(run_id, 0):  # replayed after a restore
             return
         metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
-        self.tracker.log_epoch(run_id, metrics, step=step)
+        tags = {TAG_NODE: result["node_id"]} if result.get("node_id") and step == 1 else {}
+        self.tracker.log_epoch(run_id, metrics, step=step, tags=tags)
         self.last_step[run_id] = step
-        if result.get("node_id") and step == 1:
-            self.tracker.client.set_tag(run_id, TAG_NODE, result["node_id"])
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def _end(self, trial: _TrialView, result: Mapping[str, Any]) -> None:
         run_id = self.run_id(trial)
         if trial.trial_id in self.closed:
             return
-        result = trial.last_result or {}
         self._log_epoch(run_id, result)  # normally logged already by on_trial_result
         # per-epoch metrics are already in the history at the last step: not again
         final = {k: result[k] for k in FINAL_METRICS if k in result and k not in EPOCH_METRICS}
@@ -114,11 +170,23 @@ class MlflowTrials(Callback):
         else:
             self.tracker.end_trial(run_id, "FINISHED", metrics=final, tags=tags)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def _fail(self, trial: _TrialView, error: str) -> None:
         run_id = self.run_id(trial)
-        if trial.trial_id in self.closed:
-            return
-        self.tracker.end_trial(run_id, "FAILED", tags={"kdtune.error": _last_error(trial)})
+        if trial.trial_id not in self.closed:
+            self.tracker.end_trial(run_id, "FAILED", tags={"kdtune.error": error})
+
+
+@dataclass(frozen=True)
+class _TrialView:
+    """What the writer thread needs of a Ray trial, copied when the callback is called (Ray
+    goes on changing the trial meanwhile)."""
+
+    trial_id: str
+    config: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, trial: Any) -> _TrialView:
+        return cls(trial.trial_id, dict(trial.config))
 
 
 def _last_error(trial: Any) -> str:

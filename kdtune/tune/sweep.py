@@ -216,6 +216,9 @@ def init_ray(address: str | None, console: Console) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # kdtune keeps one checkpoint per trial, which forces a (tiny) snapshot each epoch: wanted.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's default loggers add TensorBoard files written on every result (~8 ms each, while
+    # the trial waits); kdtune names the two it keeps (result.json, progress.csv) itself.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
 
     if ray.is_initialized():
@@ -306,6 +309,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     context.latency_board = board_name(parent)
     _allow_final_only_metrics(space)
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from kdtune.tune.callbacks import MlflowTrials, Progress
 
@@ -320,7 +324,8 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
         run_config=tune.RunConfig(
             name=name, storage_path=str(store.storage), verbose=0,
             callbacks=[MlflowTrials(tracker, parent, name, context.settings),
-                       Progress(space.metrics[0], space.modes[0])],
+                       Progress(space.metrics[0], space.modes[0]),
+                       JsonLoggerCallback(), CSVLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0)))
     return _fit_and_finish(tuner, space, store, tracker, parent, name, num_samples, console)

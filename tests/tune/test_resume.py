@@ -270,6 +270,7 @@ def test_mlflow_record_survives_a_restore_without_duplicates(tmp_path: Path,
     feed(first, done, range(1, 5), True, test_accuracy=0.9, params=610.0)
     feed(first, killed, range(1, 3), True)
     feed(first, running, range(1, 3), False)
+    first.flush()  # the writes of a running trial are queued on the writer thread
     runs = tracker.trial_runs("s").set_index("trial_id")
     assert runs.loc["done", "status"] == "FINISHED" and runs.loc["killed", "status"] == "KILLED"
     assert runs.loc["killed", "tags.kdtune.rung"] == "2"
