@@ -32,6 +32,20 @@ def test_core_does_not_import_ray_or_mlflow(tmp_path: Path) -> None:
     assert report == {"code": 0, "after_import": [], "after_train": []}
 
 
+def test_latency_board_process_does_not_import_torch(tmp_path: Path) -> None:
+    """The sweep's latency board runs in its own Ray worker, which imports the board's module
+    to build the actor: that must not cost the seconds of CPU torch takes to import."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    script = ("import sys, kdtune.tune.latency_board as b; board = b.LatencyBoard(); "
+              "board.publish('k', 1.5); assert board.get('k') == 1.5; "
+              "print(sorted(m for m in ('torch', 'pandas', 'mlflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_digits_read_without_sklearn_import_match_sklearn() -> None:
     """kdtune reads digits' CSV itself (to keep pandas out); it must be sklearn's exact data."""
     import numpy as np

@@ -19,15 +19,14 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from kdtune.errors import KdtuneError
-from kdtune.metrics import LatencyFn, architecture_key, cpu_latency_ms
 
-if TYPE_CHECKING:  # pandas is the driver's; trials import this module too
+if TYPE_CHECKING:  # the board's own process imports this module: no torch, no pandas there
     import pandas as pd
+    from torch import nn
 
     from kdtune.data import DataSplits
+    from kdtune.metrics import LatencyFn
 
 #: The final metrics the board holds, by batch size.
 METRICS = {1: "latency_ms_b1", 256: "latency_ms_b256"}
@@ -81,6 +80,8 @@ def board_name(sweep_run_id: str) -> str:
 
 
 def board_key(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> str:
+    from kdtune.metrics import architecture_key
+
     return repr((architecture_key(model), tuple(in_shape), batch_size))
 
 
@@ -90,6 +91,8 @@ def shared_latency(name: str) -> LatencyFn:
 
     def latency(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> float:
         import ray
+
+        from kdtune.metrics import cpu_latency_ms
 
         key = board_key(model, in_shape, batch_size)
         if (name, key) in _SEEN:
