@@ -12,8 +12,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kdtune.teacher import atomic_save
-
 # How each metric is shown: (label, format).
 _FORMATS: dict[str, tuple[str, str]] = {
     "val_accuracy": ("val accuracy", "{:.4f}"),
@@ -75,6 +73,8 @@ def json_ready(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def write_student(result: Any, out: str | Path) -> Path:
     """Write ``student.pt`` (weights + config + metrics), ``metrics.json`` and ``config.yaml``."""
     import yaml
+
+    from kdtune.teacher import atomic_save
 
     folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

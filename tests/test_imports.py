@@ -32,6 +32,19 @@ def test_core_does_not_import_ray_or_mlflow(tmp_path: Path) -> None:
     assert report == {"code": 0, "after_import": [], "after_train": []}
 
 
+def test_sweep_module_leaves_torch_to_the_start_up_thread(tmp_path: Path) -> None:
+    """``kdtune search`` imports torch and the trainer in a thread beside Ray's start-up
+    (``import_training_stack``); importing the sweep module must not do it first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    script = ("import sys, kdtune.cli, kdtune.tune.sweep as s; before = 'torch' in sys.modules; "
+              "s.import_training_stack(); print(before, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False True"
+
+
 def test_latency_board_process_does_not_import_torch(tmp_path: Path) -> None:
     """The sweep's latency board runs in its own Ray worker, which imports the board's module
     to build the actor: that must not cost the seconds of CPU torch takes to import."""

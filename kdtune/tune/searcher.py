@@ -32,11 +32,10 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from kdtune.tune.trainable import EPOCH_KEY, PLANNED_KEY
+
 logger = logging.getLogger(__name__)
 
-#: Result keys the trainable reports: the epoch reached and the epochs it was going to train.
-EPOCH_KEY = "epoch"
-PLANNED_KEY = "epochs_planned"
 #: Neighbours, then random draws, tried before a repeated configuration is trained again
 #: (a space with fewer configurations than trials).
 MAX_NEIGHBOURS, MAX_RANDOM = 64, 256

@@ -14,26 +14,16 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 import kdtune
 from kdtune.cache import cache_root
 from kdtune.config import TrainConfig
-from kdtune.data import DataSplits
 from kdtune.errors import KdtuneError
 from kdtune.report import epoch_printer
-from kdtune.teacher import (
-    Teacher,
-    check_compatible,
-    data_spec,
-    load_teacher,
-    train_logits,
-    view_logits,
-)
 from kdtune.tracking import Tracker, default_store, default_tracking_uri, sqlite_path
-from kdtune.trainer import load_data
 from kdtune.tune.latency_board import board_name, end_board, seed_board
 from kdtune.tune.space import (
     DATA_KEYS,
@@ -45,6 +35,10 @@ from kdtune.tune.space import (
 )
 from kdtune.tune.storage import experiment_snapshot, is_uri, location_exists
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
+
+if TYPE_CHECKING:  # torch is imported beside Ray's start (start_imports)
+    from kdtune.data import DataSplits
+    from kdtune.teacher import Teacher
 
 ASHA_STATE = "kdtune-asha.json"
 TAG_STORAGE, TAG_SPACE, TAG_SPACE_SHA = "kdtune.storage", "kdtune.space_file", "kdtune.space_sha256"
@@ -92,6 +86,9 @@ class Store:
 def prepare_context(space: SearchSpace, store: Store, console: Console,
                     num_samples: int) -> SweepContext:
     """Load the data and the teacher once on the driver, with the teacher's outputs."""
+    from kdtune.teacher import check_compatible, data_spec, load_teacher
+    from kdtune.trainer import load_data
+
     data_config = TrainConfig.from_dict({k: space.fixed[k] for k in DATA_KEYS if k in space.fixed})
     data = load_data(data_config)
     teacher, teacher_path = None, None
@@ -131,6 +128,8 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
     sample than there are views (and the table is not huge); else trials run it live. The
     view table is spread over the cluster's GPUs or nodes when there are (``view_table``).
     """
+    from kdtune.teacher import train_logits, view_logits
+
     wanted = space.fixed.get("teacher_outputs", "auto")
     augment = data.augment if space.fixed.get("augment") is not False else None
     if wanted == "live":
@@ -208,6 +207,15 @@ def make_trainable(space: SearchSpace, context: SweepContext) -> Any:
 
     resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
     return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+
+
+def import_training_stack() -> None:
+    """Import torch and kdtune's trainer: seconds of CPU, spent beside Ray's start-up (this
+    module leaves them out of its own imports for that; the test suite checks it)."""
+    import importlib
+
+    for module in ("kdtune.teacher", "kdtune.trainer"):
+        importlib.import_module(module)
 
 
 def init_ray(address: str | None, console: Console) -> None:
@@ -291,13 +299,16 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
 
     # Opening the store (importing MLflow; for a new SQLite store, creating it) runs in a
     # thread beside Ray's start-up and, for a new store, beside loading the data and training
-    # the teacher too; the main thread uses the tracker only once it is open.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # the teacher too; the main thread uses the tracker only once it is open. Importing torch
+    # and the trainer runs in another thread beside Ray's start-up (ray.init mostly waits).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        importing = pool.submit(import_training_stack)
         opening = pool.submit(tracker.ensure_experiment)
         init_ray(address, console)
         if not new_store:
             opening.result()
             _check_name_free(tracker, name, store)
+        importing.result()
         context = prepare_context(space, store, console, num_samples)
         opening.result()
     parent = tracker.start_sweep(name, tags={
@@ -365,7 +376,12 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
                           f"{tags[TAG_SPACE_SHA][:12]} -> {space.sha256[:12]}); restore it")
     num_samples = int(params[PARAM_NUM_SAMPLES])
     console.print(f"resuming sweep {name!r}; {store.describe()}")
-    init_ray(address, console)  # before the context: its view table may use the cluster
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        importing = pool.submit(import_training_stack)
+        init_ray(address, console)  # before the context: its view table may use the cluster
+        importing.result()
     context = prepare_context(space, store, console, num_samples)
     runs = tracker.trial_runs(name)
     context.latency_board = board_name(run.info.run_id)

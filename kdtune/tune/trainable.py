@@ -14,17 +14,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdtune.config import TrainConfig
-from kdtune.data import DataSplits
-from kdtune.metrics import cpu_latency_ms
-from kdtune.teacher import Teacher
-from kdtune.trainer import TrainingRun
 from kdtune.tune.latency_board import shared_latency, waited_s
-from kdtune.tune.searcher import EPOCH_KEY, PLANNED_KEY
+
+if TYPE_CHECKING:  # torch: imported by a trial when it starts, by the driver beside Ray's start
+    from kdtune.data import DataSplits
+    from kdtune.teacher import Teacher
+    from kdtune.trainer import TrainingRun
 
 CHECKPOINT_FILE = "seed-{seed}.pt"
+#: Result keys a trial reports: the epoch reached and the epochs it was going to train.
+EPOCH_KEY = "epoch"
+PLANNED_KEY = "epochs_planned"
 #: Seconds this trial's process has spent in the trainer (building the runs, the epochs with
 #: their validation, the final metrics): reported to Ray, not logged to MLflow. Everything
 #: else a trial's wall time holds (checkpoints, reports, waiting for the driver) is the sweep's.
@@ -76,6 +79,9 @@ def node_id() -> str:
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     """Function trainable: train, report each epoch with a checkpoint, end with final metrics."""
     from ray import tune
+
+    from kdtune.metrics import cpu_latency_ms
+    from kdtune.trainer import TrainingRun
 
     settings = context.settings
     latency = cpu_latency_ms if context.latency_board is None else \
