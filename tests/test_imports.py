@@ -22,41 +22,36 @@ print(json.dumps({{"code": code, "after_import": after_import, "after_train": af
 """
 
 
-def test_core_does_not_import_ray_or_mlflow(tmp_path: Path) -> None:
+def run_fresh(script: str, cwd: Path) -> str:
+    """Run ``script`` in a new interpreter (nothing imported yet); its last line of output."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_core_does_not_import_ray_or_mlflow(tmp_path: Path) -> None:
+    report = json.loads(run_fresh(SCRIPT, tmp_path))
     assert report == {"code": 0, "after_import": [], "after_train": []}
 
 
 def test_sweep_module_leaves_torch_to_the_start_up_thread(tmp_path: Path) -> None:
     """``kdtune search`` imports torch and the trainer in a thread beside Ray's start-up
     (``import_training_stack``); importing the sweep module must not do it first."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     script = ("import sys, kdtune.cli, kdtune.tune.sweep as s; before = 'torch' in sys.modules; "
               "s.import_training_stack(); print(before, 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False True"
+    assert run_fresh(script, tmp_path) == "False True"
 
 
 def test_latency_board_process_does_not_import_torch(tmp_path: Path) -> None:
     """The sweep's latency board runs in its own Ray worker, which imports the board's module
     to build the actor: that must not cost the seconds of CPU torch takes to import."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     script = ("import sys, kdtune.tune.latency_board as b; board = b.LatencyBoard(); "
               "board.publish('k', 1.5); assert board.get('k') == 1.5; "
               "print(sorted(m for m in ('torch', 'pandas', 'mlflow') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert run_fresh(script, tmp_path) == "[]"
 
 
 def test_digits_read_without_sklearn_import_match_sklearn() -> None:
