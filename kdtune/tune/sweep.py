@@ -36,7 +36,7 @@ from kdtune.tune.space import (
 from kdtune.tune.storage import experiment_snapshot, is_uri, location_exists
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
 
-if TYPE_CHECKING:  # torch is imported beside Ray's start (start_imports)
+if TYPE_CHECKING:  # torch is imported beside Ray's start (start_ray)
     from kdtune.data import DataSplits
     from kdtune.teacher import Teacher
 
@@ -218,6 +218,17 @@ def import_training_stack() -> None:
         importlib.import_module(module)
 
 
+def start_ray(address: str | None, console: Console) -> None:
+    """:func:`init_ray`, with torch and the trainer imported in a thread meanwhile
+    (``ray.init`` mostly waits for Ray's processes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        importing = pool.submit(import_training_stack)
+        init_ray(address, console)
+        importing.result()
+
+
 def init_ray(address: str | None, console: Console) -> None:
     """Join the cluster at ``address``, or start a local Ray (unless one is running here)."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small experiment state: save often
@@ -299,16 +310,13 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
 
     # Opening the store (importing MLflow; for a new SQLite store, creating it) runs in a
     # thread beside Ray's start-up and, for a new store, beside loading the data and training
-    # the teacher too; the main thread uses the tracker only once it is open. Importing torch
-    # and the trainer runs in another thread beside Ray's start-up (ray.init mostly waits).
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        importing = pool.submit(import_training_stack)
+    # the teacher too; the main thread uses the tracker only once it is open.
+    with ThreadPoolExecutor(max_workers=1) as pool:
         opening = pool.submit(tracker.ensure_experiment)
-        init_ray(address, console)
+        start_ray(address, console)
         if not new_store:
             opening.result()
             _check_name_free(tracker, name, store)
-        importing.result()
         context = prepare_context(space, store, console, num_samples)
         opening.result()
     parent = tracker.start_sweep(name, tags={
@@ -376,12 +384,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
                           f"{tags[TAG_SPACE_SHA][:12]} -> {space.sha256[:12]}); restore it")
     num_samples = int(params[PARAM_NUM_SAMPLES])
     console.print(f"resuming sweep {name!r}; {store.describe()}")
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        importing = pool.submit(import_training_stack)
-        init_ray(address, console)  # before the context: its view table may use the cluster
-        importing.result()
+    start_ray(address, console)  # before the context: its view table may use the cluster
     context = prepare_context(space, store, console, num_samples)
     runs = tracker.trial_runs(name)
     context.latency_board = board_name(run.info.run_id)
