@@ -1,4 +1,5 @@
-"""``kdtune best``: the best configs of a sweep, answered from MLflow alone."""
+"""``kdtune best``: the best configs of a sweep, answered from MLflow alone; the sweeps in a
+store (``--list``); the parameter importances of a sweep's study (``--importance``)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,99 @@ def show_best(name: str, *, tracking_uri: str, top: int | None = 10, metric: str
         path = write_config(frame.iloc[0], config_out)
         print(f"config of trial {frame.iloc[0]['trial_id']} written to {path}; retrain with "
               f"`kdtune train --config {path}`")
+
+
+def show_sweeps(*, tracking_uri: str, fmt: str = "table") -> None:
+    """One row per sweep, newest first: name, state, trials ended / planned, the best value of
+    its first objective, when it started."""
+    from kdtune.tracking import Tracker, require_store
+    from kdtune.vocabulary import PARAM_OBJECTIVE_METRICS, PARAM_OBJECTIVE_MODES, TAG_NUM_SAMPLES
+
+    require_store(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    sweeps = tracker.list_sweeps()
+    if sweeps.empty:
+        raise KdtuneError(f"no sweep in {tracking_uri} yet; run `kdtune search` first")
+    trials = tracker.all_trial_runs()
+    rows = []
+    for _, sweep in sweeps.iterrows():
+        mine = trials[trials["parent_id"] == sweep["run_id"]] if not trials.empty else trials
+        metric = str(sweep.get(f"params.{PARAM_OBJECTIVE_METRICS}") or "").split(",")[0]
+        mode = str(sweep.get(f"params.{PARAM_OBJECTIVE_MODES}") or "max").split(",")[0]
+        column = f"metrics.{metric}"
+        done = mine[mine["status"] == "FINISHED"] if not mine.empty else mine
+        best = None
+        if column in done.columns and done[column].notna().any():
+            best = float(done[column].max() if mode == "max" else done[column].min())
+        total = sweep.get(f"tags.{TAG_NUM_SAMPLES}")
+        rows.append({
+            "name": sweep["name"], "state": sweep["status"],
+            "trials": f"{int(mine['status'].isin(['FINISHED', 'KILLED', 'FAILED']).sum())}/"
+                      f"{total if isinstance(total, str) else '?'}",
+            "objective": metric, "best": best,
+            "started": sweep["start_time"].strftime("%Y-%m-%d %H:%M")})
+    _print(rows, ["name", "state", "trials", "objective", "best", "started"], fmt,
+           title=f"sweeps in {tracking_uri}")
+
+
+def sweep_study(name: str, *, tracking_uri: str, study_storage: str | None = None) -> Any:
+    """The :class:`~kdtune.tune.study.SweepStudy` of sweep ``name``: at ``study_storage``, else
+    where its parent run says it is."""
+    from kdtune.tracking import Tracker, require_store
+    from kdtune.tune.study import SweepStudy, public_url
+    from kdtune.vocabulary import TAG_STUDY
+
+    require_store(tracking_uri)
+    tags = Tracker(tracking_uri).sweep_run(name).data.tags
+    url = study_storage or tags.get(TAG_STUDY)
+    if url is None:
+        raise KdtuneError(f"sweep {name!r} was run by an older kdtune and has no Optuna study")
+    if "***" in url:
+        raise KdtuneError(f"sweep {name!r} keeps its study at {url}; pass --study-storage with "
+                          "the credentials")
+    study = SweepStudy(url, name)
+    if not study.exists():
+        raise KdtuneError(f"no study {name!r} in {public_url(url)}; pass --study-storage")
+    return study
+
+
+def show_importance(name: str, *, tracking_uri: str, study_storage: str | None = None,
+                    fmt: str = "table") -> None:
+    """Optuna's parameter importances (its default evaluator, fANOVA) for each objective of
+    the sweep, over its completed trials. Parameters set in only some trials (conditional
+    ones) are left out: the evaluator needs a parameter in every trial it compares."""
+    from optuna.importance import get_param_importances
+    from optuna.trial import TrialState
+
+    from kdtune.tracking import Tracker
+
+    study = sweep_study(name, tracking_uri=tracking_uri, study_storage=study_storage)
+    metrics, _ = Tracker(tracking_uri).objective(name)
+    completed = study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(completed) < 2:
+        raise KdtuneError(f"sweep {name!r} has {len(completed)} completed trial(s); "
+                          "importances need at least 2")
+    per_metric = {}
+    for i, metric in enumerate(metrics):
+        target = (lambda t, i=i: t.values[i]) if len(metrics) > 1 else None
+        per_metric[metric] = get_param_importances(study.study, target=target)
+    params = list(dict.fromkeys(p for imp in per_metric.values() for p in imp))
+    if not params:
+        raise KdtuneError(f"sweep {name!r}: no parameter is set in every completed trial, so "
+                          "there is nothing to compare")
+    rows = [{"parameter": p, **{m: per_metric[m].get(p) for m in metrics}} for p in params]
+    _print(rows, ["parameter", *metrics], fmt, title=f"parameter importances of sweep {name!r}")
+
+
+def _print(rows: list[dict[str, Any]], columns: list[str], fmt: str, *, title: str) -> None:
+    if fmt == "json":
+        print(json.dumps(rows))
+    elif fmt == "csv":
+        import pandas as pd
+
+        print(pd.DataFrame(rows, columns=columns).to_csv(index=False), end="")
+    else:
+        print_table(table_from_rows(rows, columns, title=title))
 
 
 def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any]:

@@ -135,6 +135,9 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                    "else the sqlite store ./kdtune-runs/mlflow.db)")
     p.add_argument("--storage", help="Ray Tune storage folder or URI (default ./kdtune-runs/ray)")
+    p.add_argument("--study-storage", help="Optuna study storage: an SQLAlchemy URL "
+                   "(postgresql://...) or a journal file path (default: the sqlite file "
+                   "./kdtune-runs/optuna.db; resume and best: the one the sweep recorded)")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -144,15 +147,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise KdtuneError(f"--num-samples {args.num_samples} must be >= 1")
     outcome = run_sweep(args.space, name=args.name, address=args.address,
                         mlflow_uri=args.mlflow_uri, storage=args.storage,
-                        num_samples=args.num_samples)
+                        study_storage=args.study_storage, num_samples=args.num_samples)
     return _after_sweep(outcome, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from kdtune.tune.sweep import resume_sweep
 
+    if args.num_samples is not None and args.num_samples < 1:
+        raise KdtuneError(f"--num-samples {args.num_samples} must be >= 1")
     outcome = resume_sweep(args.name, address=args.address, mlflow_uri=args.mlflow_uri,
-                           storage=args.storage)
+                           storage=args.storage, study_storage=args.study_storage,
+                           num_samples=args.num_samples)
     return _after_sweep(outcome, args)
 
 
@@ -169,22 +175,51 @@ def _after_sweep(outcome: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_name(args: argparse.Namespace, tracking_uri: str) -> str:
+    """The sweep a command names, else the newest sweep in the store."""
+    if args.name is not None:
+        return str(args.name)
+    from kdtune.tracking import Tracker, require_store
+
+    require_store(tracking_uri)
+    names = Tracker(tracking_uri).sweep_names()
+    if not names:
+        raise KdtuneError(f"no sweep in {tracking_uri} yet; run `kdtune search` first")
+    return names[0]
+
+
 def cmd_best(args: argparse.Namespace) -> int:
-    from kdtune.best import show_best
+    from kdtune.best import show_best, show_importance, show_sweeps
     from kdtune.tune.sweep import Store
 
-    store = Store.resolve(args.mlflow_uri, args.storage)
-    name = args.name
-    if name is None:
-        from kdtune.tracking import Tracker, require_store
-
-        require_store(store.tracking_uri)
-        names = Tracker(store.tracking_uri).sweep_names()
-        if not names:
-            raise KdtuneError(f"no sweep in {store.tracking_uri} yet; run `kdtune search` first")
-        name = names[0]
+    store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)
+    if args.list:
+        show_sweeps(tracking_uri=store.tracking_uri, fmt=args.format)
+        return 0
+    name = _sweep_name(args, store.tracking_uri)
+    if args.importance:
+        show_importance(name, tracking_uri=store.tracking_uri, study_storage=args.study_storage,
+                        fmt=args.format)
+        return 0
     show_best(name, tracking_uri=store.tracking_uri, top=args.top, metric=args.metric,
               mode=args.mode, fmt=args.format, config_out=args.config_out)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from kdtune.best import sweep_study
+    from kdtune.tune.sweep import Store
+
+    store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)
+    name = _sweep_name(args, store.tracking_uri)
+    study = sweep_study(name, tracking_uri=store.tracking_uri, study_storage=args.study_storage)
+    if not 0 < args.port < 65536:
+        raise KdtuneError(f"--port {args.port} must be in 1..65535")
+    from optuna_dashboard import run_server
+
+    print(f"optuna-dashboard for sweep {name!r} at http://127.0.0.1:{args.port}/ (Ctrl-C "
+          "stops it)", flush=True)
+    run_server(study.storage, host="127.0.0.1", port=args.port)
     return 0
 
 
@@ -214,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("resume", help="finish a sweep that was interrupted")
+    p = sub.add_parser("resume", help="finish a sweep that was interrupted, or add trials")
     p.add_argument("name")
     p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: local)")
+    p.add_argument("--num-samples", type=int, help="the sweep's new total number of trials: "
+                   "continue it (finished or not) up to that many")
     _add_store_flags(p)
     p.set_defaults(func=cmd_resume)
 
@@ -228,8 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", help="max or min (default: the metric's)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--config-out", help="write the best config as YAML for `kdtune train`")
+    p.add_argument("--list", action="store_true", help="list the sweeps in the store instead")
+    p.add_argument("--importance", action="store_true",
+                   help="Optuna's parameter importances for the sweep's objective(s)")
     _add_store_flags(p)
     p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("dashboard", help="open a sweep's Optuna study in optuna-dashboard")
+    p.add_argument("name", nargs="?", help="sweep name (default: the newest sweep in the store)")
+    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    _add_store_flags(p)
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("demo", help="teacher on digits, then none vs vanilla KD students")
     p.add_argument("--out", default="kdtune-runs/teachers", help="where the teacher goes")

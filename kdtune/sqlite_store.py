@@ -4,8 +4,9 @@
 4-12 s of CPU on the development machine, paid by the first sweep in every new folder (and
 by every test that makes a store). The first store kdtune sees MLflow create is snapshotted,
 still empty, as a template in kdtune's cache (one per MLflow version); later stores are copies
-of it. The template holds no experiment: MLflow adds its Default experiment when it opens a
-copy, with the copy's own artifact location.
+of it. The template is a whole SQLite file copied as it is (MLflow's Default experiment
+included, which kdtune never uses); kdtune creates its own experiment in each copy, with the
+copy's artifact location.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def copy_template(db: Path) -> bool:
 
 def save_template(db: Path) -> None:
     """Keep a copy of ``db`` -- a store MLflow has just created, before anything is logged
-    to it -- as the template, without its Default experiment. No-op if one exists."""
+    to it -- as the template. No-op if one exists."""
     template = template_path()
     if template.is_file():
         return
@@ -63,9 +64,6 @@ def save_template(db: Path) -> None:
     try:
         with contextlib.closing(sqlite3.connect(db)) as source:
             source.execute("VACUUM INTO ?", (str(scratch),))  # one consistent file
-        with contextlib.closing(sqlite3.connect(scratch)) as con, con:
-            con.execute("DELETE FROM experiment_tags")
-            con.execute("DELETE FROM experiments")
         os.replace(scratch, template)
     finally:
         scratch.unlink(missing_ok=True)

@@ -27,6 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.vocabulary import (
+    DIRECTIONS,
+    MODES,
+    PARAM_OBJECTIVE_METRICS,
+    PARAM_OBJECTIVE_MODES,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,23 +48,7 @@ STORE_DIRNAME = "kdtune-runs"
 DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "artifacts"
 
-TAG_SWEEP = "kdtune.sweep"
-TAG_KIND = "kdtune.kind"
-TAG_TRIAL_ID = "kdtune.trial_id"
-TAG_RUNG = "kdtune.rung"
-TAG_ERROR = "kdtune.error"
-TAG_PARENT = "mlflow.parentRunId"
-PARAM_OBJECTIVE_METRICS = "objective.metrics"
-PARAM_OBJECTIVE_MODES = "objective.modes"
-
 TRIAL_STATUSES = ("FINISHED", "KILLED", "FAILED")
-MODES = ("max", "min")
-# Natural direction of kdtune's metrics, used when a metric is asked for without a mode.
-DEFAULT_MODES = {
-    "val_accuracy": "max", "test_accuracy": "max", "train_accuracy": "max", "speedup": "max",
-    "params": "min", "flops": "min", "latency_ms_b1": "min", "latency_ms_b256": "min",
-    "train_time_s": "min", "train_loss": "min", "val_loss": "min", "test_loss": "min",
-}
 _MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _PAGE = 1000  # search_runs page size (MLflow's default maximum)
@@ -336,7 +330,7 @@ class Tracker:
         if not metrics:
             raise KdtuneError(f"sweep {name!r} records no objective; pass --metric and --mode")
         if len(modes) != len(metrics):
-            modes = [DEFAULT_MODES.get(m, "max") for m in metrics]
+            modes = [MODES.get(m, "max") for m in metrics]
         return metrics, modes
 
     # -- trials ---------------------------------------------------------------------------
@@ -397,7 +391,7 @@ class Tracker:
         if metrics or tags:
             step, ts = 0, int(time.time() * 1000)
             if metrics:
-                logged = getattr(self.client.get_run(run_id).data, "_metric_objs", [])
+                logged = self.client.get_metric_history(run_id, "val_accuracy")
                 if logged:
                     step = max(m.step for m in logged)
                     ts = max(ts, max(m.timestamp for m in logged) + 1)
@@ -424,6 +418,12 @@ class Tracker:
                             order_by=["attributes.start_time ASC"])
         return _runs_frame(runs)
 
+    def all_trial_runs(self) -> pd.DataFrame:
+        """Every child run of every sweep in the experiment, with ``parent_id`` (one query)."""
+        frame = _runs_frame(self._search(f"tags.`{TAG_KIND}` = 'trial'"))
+        frame["parent_id"] = frame.get(f"tags.{TAG_PARENT}")
+        return frame
+
     def best_configs(self, sweep: str, *, metrics: Sequence[str], modes: Sequence[str],
                      top: int | None = None,
                      status: Sequence[str] = ("FINISHED",)) -> pd.DataFrame:
@@ -439,8 +439,8 @@ class Tracker:
         if not metrics or len(metrics) != len(modes):
             raise KdtuneError(f"give one mode per metric: metrics {metrics}, modes {modes}")
         for mode in modes:
-            if mode not in MODES:
-                raise choose_one("mode", mode, MODES)
+            if mode not in DIRECTIONS:
+                raise choose_one("mode", mode, DIRECTIONS)
         frame = self.trial_runs(sweep)
         if frame.empty:
             return frame
@@ -492,7 +492,7 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
         metrics = metrics or sweep_metrics
         if not modes:
             known = dict(zip(sweep_metrics, sweep_modes, strict=True))
-            modes = [known.get(m) or DEFAULT_MODES.get(m, "") for m in metrics]
+            modes = [known.get(m) or MODES.get(m, "") for m in metrics]
             missing = [m for m, d in zip(metrics, modes, strict=True) if not d]
             if missing:
                 # a typo of a logged metric: say so rather than ask for a mode

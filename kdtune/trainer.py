@@ -245,12 +245,31 @@ class TrainingRun:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
     # -- final report ----------------------------------------------------------------------
+    def cost_metrics(self, *, measure_latency: bool = True,
+                     latency: LatencyFn = cpu_latency_ms) -> dict[str, float]:
+        """What the student costs (size, FLOPs, CPU latency, speedup over the teacher) and the
+        teacher's size and latency: known before the first epoch. ``latency`` times the
+        student (a sweep passes one that shares figures between its trials)."""
+        model, in_shape = self.model, self.data.in_shape
+        metrics: dict[str, float] = {"params": count_params(model),
+                                     "flops": count_flops(model, in_shape)}
+        if measure_latency:
+            metrics["latency_ms_b1"] = latency(model, in_shape, 1)
+            metrics["latency_ms_b256"] = latency(model, in_shape, 256)
+        if self.teacher is not None:
+            t = self.teacher
+            # the teacher is frozen (requires_grad False): count all its parameters
+            metrics["teacher_params"] = sum(p.numel() for p in t.model.parameters())
+            if measure_latency:
+                metrics["teacher_latency_ms_b256"] = t.latency_ms(256)
+                metrics["speedup"] = t.latency_ms(256) / metrics["latency_ms_b256"]
+        return metrics
+
     def final_metrics(self, *, measure_latency: bool = True,
                       latency: LatencyFn = cpu_latency_ms) -> dict[str, float]:
-        """Validation and test accuracy, size, FLOPs, CPU latency and teacher speedup.
+        """Validation and test accuracy with :meth:`cost_metrics`.
 
-        The test set is evaluated here only, for the report: nothing selects on it. ``latency``
-        times the student (a sweep passes one that shares figures between its trials).
+        The test set is evaluated here only, for the report: nothing selects on it.
         """
         data, model = self.data, self.model
         if self.history and self.history[-1]["epoch"] == self.epoch:  # evaluated already
@@ -261,19 +280,10 @@ class TrainingRun:
         test_acc, _ = evaluate(model, data.x_test.to(self.device), data.y_test.to(self.device))
         metrics: dict[str, float] = {
             "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc,
-            "params": count_params(model), "flops": count_flops(model, data.in_shape),
-            "train_time_s": self.elapsed, "epochs": self.epoch}
-        if measure_latency:
-            metrics["latency_ms_b1"] = latency(model, data.in_shape, 1)
-            metrics["latency_ms_b256"] = latency(model, data.in_shape, 256)
+            "train_time_s": self.elapsed, "epochs": self.epoch,
+            **self.cost_metrics(measure_latency=measure_latency, latency=latency)}
         if self.teacher is not None:
-            t = self.teacher
-            # the teacher is frozen (requires_grad False): count all its parameters
-            metrics["teacher_params"] = sum(p.numel() for p in t.model.parameters())
-            metrics["teacher_test_accuracy"] = t.test_accuracy(data)
-            if measure_latency:
-                metrics["teacher_latency_ms_b256"] = t.latency_ms(256)
-                metrics["speedup"] = t.latency_ms(256) / metrics["latency_ms_b256"]
+            metrics["teacher_test_accuracy"] = self.teacher.test_accuracy(data)
         return metrics
 
 

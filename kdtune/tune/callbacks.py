@@ -28,16 +28,17 @@ from rich.live import Live
 from rich.table import Table
 
 from kdtune.tracking import Tracker
-from kdtune.tune.searcher import EPOCH_KEY, PLANNED_KEY, stopped_early
-from kdtune.tune.trainable import TrialSettings
+from kdtune.tune.searcher import stopped_early
+from kdtune.tune.trainable import EPOCH_KEY, PLANNED_KEY, TrialSettings
+from kdtune.vocabulary import (
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    TAG_ERROR,
+    TAG_NODE,
+    TAG_RUNG,
+    TAG_SWEEP,
+)
 
-#: Per-epoch metrics logged with ``step=epoch``.
-EPOCH_METRICS = ("train_loss", "val_accuracy", "val_loss", "lr")
-#: Final metrics logged when a trial ends.
-FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "params", "flops",
-                 "latency_ms_b1", "latency_ms_b256", "speedup", "train_time_s",
-                 "teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256", "epoch")
-TAG_NODE = "kdtune.node_id"
 #: MLflow statuses of a trial that ended for good (a FAILED trial that Ray restores retries).
 ENDED = ("FINISHED", "KILLED")
 
@@ -137,7 +138,7 @@ class MlflowTrials(Callback):
             self.run_ids[trial.trial_id] = self.tracker.start_trial(
                 self.parent_id, trial.trial_id, params=config,
                 config_yaml=yaml.safe_dump(config, sort_keys=False),
-                tags={"kdtune.sweep": self.sweep})
+                tags={TAG_SWEEP: self.sweep})
         return self.run_ids[trial.trial_id]
 
     def _log_result(self, trial: _TrialView, result: Mapping[str, Any]) -> None:
@@ -165,7 +166,7 @@ class MlflowTrials(Callback):
         final = {k: result[k] for k in FINAL_METRICS if k in result and k not in EPOCH_METRICS}
         tags = {TAG_NODE: result["node_id"]} if result.get("node_id") else {}
         if stopped_early(result):
-            tags["kdtune.rung"] = str(int(result[EPOCH_KEY]))
+            tags[TAG_RUNG] = str(int(result[EPOCH_KEY]))
             self.tracker.end_trial(run_id, "KILLED", metrics=final, tags=tags)
         else:
             self.tracker.end_trial(run_id, "FINISHED", metrics=final, tags=tags)
@@ -173,7 +174,7 @@ class MlflowTrials(Callback):
     def _fail(self, trial: _TrialView, error: str) -> None:
         run_id = self.run_id(trial)
         if trial.trial_id not in self.closed:
-            self.tracker.end_trial(run_id, "FAILED", tags={"kdtune.error": error})
+            self.tracker.end_trial(run_id, "FAILED", tags={TAG_ERROR: error})
 
 
 @dataclass(frozen=True)

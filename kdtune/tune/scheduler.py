@@ -1,70 +1,148 @@
-"""ASHA whose rungs survive a driver crash.
+"""Early stopping at rungs (ASHA; MO-ASHA for several objectives), decided from the study.
 
-Ray does not checkpoint the scheduler (ray issue 30838): after ``Tuner.restore`` ASHA starts
-with empty rungs and lets weak trials through. :class:`PersistentASHA` writes its rungs to a
-small JSON file in the experiment folder after every change and reads them back on restore.
+Rungs lie at ``grace_period * reduction_factor**k`` epochs below ``max_t``. A trial reaching a
+rung is compared with every trial recorded at that rung before it and goes on only if it ranks
+in the top ``1 / reduction_factor`` (ASHA, Li et al. 2020, with Ray's quantile rule). With one
+objective it ranks by the scheduler's metric. With several (MO-ASHA, Schmucker et al. 2021) a
+trial's values at the rung are a vector — the scheduler's per-epoch metric and the cost
+objectives (parameters, FLOPs, latency, which a trial measures before its first epoch) — ranked
+by non-dominated sorting, ties within a front broken by crowding distance.
+
+Each decision is written to the study with the values it was made on (:mod:`.study`), so a
+resumed sweep finds every rung as it was and repeats a decision it had made instead of making
+it again. The scheduler itself keeps nothing: Ray pickles the study's URL and name.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import math
+from collections.abc import Sequence
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from kdtune.tune.storage import read_text, write_text
+from kdtune.tune.study import ATTR_RAY_ID, ATTR_RUNG, SweepStudy
+from kdtune.tune.trainable import EPOCH_KEY, PLANNED_KEY
 
 
-class PersistentASHA(ASHAScheduler):
-    """``ASHAScheduler`` + rung state in ``state_path`` (JSON, written atomically)."""
+def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[float]:
+    """The epochs at which trials are compared: ``grace * rf**k`` below ``max_t``."""
+    out, k = [], 0
+    while grace_period * reduction_factor**k < max_t:
+        out.append(grace_period * reduction_factor**k)
+        k += 1
+    return out
 
-    def __init__(self, *args: Any, state_path: str | os.PathLike[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.state_path = str(state_path)
-        self._loaded = False
 
-    # -- persistence ---------------------------------------------------------------------------
-    def rungs(self) -> list[list[dict[str, Any]]]:
-        """Per bracket, per rung: ``{"milestone": m, "recorded": {trial_id: reward}}``."""
-        return [[{"milestone": m, "recorded": dict(rec)} for m, rec in b._rungs]
-                for b in self._brackets]
+def rung_keeps(values: Sequence[Sequence[float]], modes: Sequence[str],
+               reduction_factor: float) -> bool:
+    """Whether the last of ``values`` (one vector per trial recorded at a rung, the trial to
+    judge last) goes on: it ranks among the best ``n - ceil((n - 1) * (1 - 1 / rf))`` of the
+    ``n`` trials (Ray's ASHA keeps the trials at or above that quantile)."""
+    n = len(values)
+    keep = n - math.ceil((n - 1) * (1 - 1 / reduction_factor) - 1e-9)
+    order = pareto_order([[v if m == "min" else -v for v, m in zip(vec, modes, strict=True)]
+                          for vec in values])
+    return order.index(n - 1) < keep
 
-    def _save(self) -> None:
-        write_text(self.state_path,
-                   json.dumps({"brackets": self.rungs(), "num_stopped": self._num_stopped}))
 
-    def _load_once(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        text = read_text(self.state_path)
-        if text is None:
-            return
-        state = json.loads(text)
-        for bracket, saved in zip(self._brackets, state["brackets"], strict=True):
-            for (milestone, recorded), rung in zip(bracket._rungs, saved, strict=True):
-                if rung["milestone"] == milestone:
-                    recorded.update(rung["recorded"])
-        self._num_stopped = int(state.get("num_stopped", 0))
+def pareto_order(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of ``points`` (to minimise) best first: by non-dominated front, then by
+    crowding distance within a front (wider first), then by index."""
+    fronts = non_dominated_fronts(points)
+    order: list[int] = []
+    for front in fronts:
+        distance = crowding_distance([points[i] for i in front])
+        order.extend(i for _, i in sorted(zip((-d for d in distance), front, strict=True)))
+    return order
 
-    # -- scheduler hooks -----------------------------------------------------------------------
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._load_once()
-        super().on_trial_add(tune_controller, trial)
+
+def non_dominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
+    """Indices of ``points`` (to minimise) by front: the first holds those no point dominates,
+    the next those only the first dominates, and so on."""
+    left = list(range(len(points)))
+    fronts = []
+    while left:
+        front = [i for i in left if not any(_dominates(points[j], points[i]) for j in left)]
+        fronts.append(front)
+        left = [i for i in left if i not in front]
+    return fronts
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and \
+        any(x < y for x, y in zip(a, b, strict=True))
+
+
+def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within its front (ends: infinity)."""
+    n = len(points)
+    if n <= 2:
+        return [math.inf] * n
+    distance = [0.0] * n
+    for k in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][k])
+        low, high = points[order[0]][k], points[order[-1]][k]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if high == low:
+            continue
+        for a, i, b in zip(order, order[1:], order[2:], strict=False):
+            distance[i] += (points[b][k] - points[a][k]) / (high - low)
+    return distance
+
+
+class RungScheduler(FIFOScheduler):
+    """ASHA / MO-ASHA on Ray Tune's public scheduler API, its rungs kept in the study.
+
+    ``metrics``/``modes``: the vector compared at a rung (the scheduler's per-epoch metric
+    first, then the cost objectives of a multi-objective sweep).
+    """
+
+    def __init__(self, study: SweepStudy, *, metrics: list[str], modes: list[str],
+                 grace_period: int, reduction_factor: float, max_t: int) -> None:
+        super().__init__()
+        self.sweep_study = study
+        self.metrics, self.modes = list(metrics), list(modes)
+        self.grace_period, self.reduction_factor, self.max_t = \
+            grace_period, reduction_factor, max_t
+        self.milestones = rung_milestones(grace_period, reduction_factor, max_t)
+        self._judged: dict[str, float] = {}  # Ray trial id -> the last milestone decided
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_judged"} | {"_judged": {}}
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        self._load_once()
-        if trial.trial_id not in self._trial_info:  # a restored trial Ray did not re-add
-            super().on_trial_add(tune_controller, trial)
-        action = super().on_trial_result(tune_controller, trial, result)
-        self._save()
-        return action
+        epoch = result.get(EPOCH_KEY)
+        if epoch is None:
+            return TrialScheduler.CONTINUE
+        if epoch >= self.max_t and result.get(PLANNED_KEY, epoch) > self.max_t:
+            return TrialScheduler.STOP  # max_t below the trial's epochs: it ends here
+        passed = [m for m in self.milestones
+                  if m <= epoch and m > self._judged.get(trial.trial_id, 0)]
+        if not passed:
+            return TrialScheduler.CONTINUE
+        milestone = passed[-1]
+        self._judged[trial.trial_id] = milestone
+        return TrialScheduler.CONTINUE if self.decide(trial.trial_id, milestone, result) \
+            else TrialScheduler.STOP
 
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if trial.trial_id in self._trial_info:
-            super().on_trial_complete(tune_controller, trial, result)
-            self._save()
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self._trial_info.pop(trial.trial_id, None)
+    def decide(self, trial_id: str, milestone: float, result: dict) -> bool:
+        """Whether trial ``trial_id`` goes on past ``milestone``; written to the study."""
+        key = f"{ATTR_RUNG}{milestone:g}"
+        trials = self.sweep_study.trials()
+        own = next((t for t in trials if t.user_attrs.get(ATTR_RAY_ID) == trial_id), None)
+        if own is None:
+            return True  # not a sweep trial of this study
+        if key in own.user_attrs:  # decided before the driver died: the same decision
+            return bool(own.user_attrs[key]["keep"])
+        vector = [float(result.get(m, math.nan)) for m in self.metrics]
+        if not all(math.isfinite(v) for v in vector):
+            return True  # nothing to rank by: the trial fails or ends by itself
+        recorded = sorted((t.user_attrs[key] for t in trials if key in t.user_attrs
+                           and t.number != own.number), key=lambda r: r["order"])
+        values = [r["values"] for r in recorded] + [vector]
+        keep = rung_keeps(values, self.modes, self.reduction_factor)
+        if not own.state.is_finished():
+            self.sweep_study.set_trial_attr(own.number, key, {
+                "values": vector, "keep": keep, "order": len(recorded)})
+        return keep

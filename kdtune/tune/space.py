@@ -24,31 +24,26 @@ from typing import TYPE_CHECKING, Any
 
 from kdtune.config import TrainConfig, _coerce, parse_yaml
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.vocabulary import MODES as METRIC_MODES
+from kdtune.vocabulary import OBJECTIVE_METRICS, RUNG_METRICS
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = [
     "Objective", "Parameter", "Resources", "SchedulerSettings", "SearchSettings", "SearchSpace",
-    "TeacherSettings", "expand_grid", "grid_points", "load_space", "suggest", "teacher_config",
-    "trial_config",
+    "TeacherSettings", "WarmStart", "expand_grid", "grid_points", "load_space", "params_in_space",
+    "suggest", "teacher_config", "trial_config",
 ]
 
 PARAM_TYPES = ("categorical", "int", "float", "logfloat")
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 SCHEDULERS = ("asha", "none")
 MODES = ("max", "min")
-#: Metrics a sweep may optimise (``test_accuracy`` is reported, never optimised).
-OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "params", "flops", "latency_ms_b1",
-                     "latency_ms_b256", "speedup", "train_time_s")
-#: Metrics reported every epoch: the only ones ASHA can rank by (``scheduler.metric``, by
-#: default the first objective).
-EPOCH_METRICS = ("val_accuracy", "val_loss")
-DEFAULT_MODES = {"val_accuracy": "max", "speedup": "max"}  # every other metric: min
-
 TOP_KEYS = ("name", "fixed", "teacher", "parameters", "objective", "search", "scheduler",
             "resources")
-SEARCH_KEYS = ("num_samples", "max_concurrent", "sampler", "seed")
+SEARCH_KEYS = ("num_samples", "max_concurrent", "sampler", "seed", "warm_start")
+WARM_START_KEYS = ("from", "top")
 SCHEDULER_KEYS = ("type", "metric", "grace_period", "reduction_factor", "max_t")
 RESOURCE_KEYS = ("cpus", "gpus")
 OBJECTIVE_KEYS = ("metric", "mode")
@@ -109,6 +104,14 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """Run the ``top`` best configurations of sweep ``source`` first (those valid here)."""
+
+    source: str
+    top: int
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """``num_samples`` trials (for a grid: its size unless given), sampled by ``sampler``."""
 
@@ -116,6 +119,7 @@ class SearchSettings:
     max_concurrent: int
     sampler: str
     seed: int
+    warm_start: WarmStart | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,25 @@ def grid_points(space: SearchSpace, num_samples: int | None = None) -> list[dict
         return grid
     keep = sorted(random.Random(space.search.seed).sample(range(len(grid)), num_samples))
     return [grid[i] for i in keep]
+
+
+def params_in_space(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The searched parameters of a trained ``config`` (any sweep's resolved config) as a
+    trial of ``space`` would have them, or None when a parameter active here has no value in
+    ``config`` that this space allows."""
+    params: dict[str, Any] = {}
+    for p in space.parameters:
+        if not p.is_active(params):
+            continue
+        value = _hashable(config.get(p.name))
+        if p.choices is not None:
+            if value not in p.choices:
+                return None
+        elif not isinstance(value, int | float) or isinstance(value, bool) or \
+                not p.low <= value <= p.high or (p.type == "int" and value != int(value)):  # type: ignore[operator]
+            return None
+        params[p.name] = value
+    return {k: _plain(v) for k, v in params.items()}
 
 
 def trial_config(space: SearchSpace, params: Mapping[str, Any], *,
@@ -569,7 +592,7 @@ class _Loader:
             if metric not in OBJECTIVE_METRICS:
                 raise self.err(f"{key}.metric", str(choose_one("metric", metric,
                                                                OBJECTIVE_METRICS)))
-            mode = item.get("mode", DEFAULT_MODES.get(metric, "min"))
+            mode = item.get("mode", METRIC_MODES[metric])
             if mode not in MODES:
                 raise self.err(f"{key}.mode", str(choose_one("mode", mode, MODES)))
             if metric in [o.metric for o in out]:
@@ -613,7 +636,28 @@ class _Loader:
                                  integer=True, minimum=1)
         seed = self.number(data.get("seed", 0), "search.seed", integer=True, minimum=0)
         return SearchSettings(num_samples=num, max_concurrent=concurrent, sampler=sampler,
-                              seed=seed)
+                              seed=seed, warm_start=self.parse_warm_start(data, sampler, num))
+
+    def parse_warm_start(self, data: dict[str, Any], sampler: str, num: int
+                         ) -> WarmStart | None:
+        if data.get("warm_start") is None:
+            return None
+        warm = data["warm_start"]
+        if not isinstance(warm, dict):
+            raise self.err("search.warm_start", f"expected {{from: SWEEP, top: K}}, got "
+                                                f"{_show(warm)}")
+        self.check_keys(warm, WARM_START_KEYS, "search.warm_start")
+        source = warm.get("from")
+        if not isinstance(source, str) or not _NAME.match(source):
+            raise self.err("search.warm_start.from", f"expected a sweep name, got "
+                                                     f"{_show(source)}")
+        if sampler == "grid":
+            raise self.err("search.warm_start", "a grid runs its own configurations; warm "
+                                                "start is for tpe, random and nsga2")
+        top = self.number(warm.get("top", 5), "search.warm_start.top", integer=True, minimum=1)
+        if top > num:
+            raise self.err("search.warm_start.top", f"{top} is more than num_samples {num}")
+        return WarmStart(source, top)
 
     def parse_scheduler(self, data: dict[str, Any], parameters: tuple[Parameter, ...],
                         fixed: Mapping[str, Any], objectives: tuple[Objective, ...]
@@ -631,14 +675,14 @@ class _Loader:
         metric, mode = first.metric, first.mode
         if "metric" in data:
             metric = data["metric"]
-            if metric not in EPOCH_METRICS:
+            if metric not in RUNG_METRICS:
                 raise self.err("scheduler.metric", str(choose_one("scheduler metric", metric,
-                                                                  EPOCH_METRICS)))
-            mode = first.mode if metric == first.metric else DEFAULT_MODES.get(metric, "min")
-        elif metric not in EPOCH_METRICS:
+                                                                  RUNG_METRICS)))
+            mode = first.mode if metric == first.metric else METRIC_MODES[metric]
+        elif metric not in RUNG_METRICS:
             where = "objective" if len(objectives) == 1 else "objective[0]"
             raise self.err(f"{where}.metric", f"ASHA acts on the first objective, which must be "
-                                              f"reported every epoch ({', '.join(EPOCH_METRICS)}"
+                                              f"reported every epoch ({', '.join(RUNG_METRICS)}"
                                               f"), not {metric}; reorder the objectives, set "
                                               "scheduler.metric or scheduler: {type: none}")
         epochs = _max_epochs(parameters, fixed)

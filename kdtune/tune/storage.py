@@ -1,14 +1,11 @@
 """Ray storage locations: a local folder, or a URI (``s3://``, ``gs://``, ``file://``) that
-every node of a cluster reaches, read and written through pyarrow's filesystems; and Ray's
-experiment snapshot in a local experiment folder."""
+every node of a cluster reaches, read and written through pyarrow's filesystems."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 
 def is_uri(location: str | Path) -> bool:
@@ -56,15 +53,3 @@ def write_text(location: Path | str, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def experiment_snapshot(experiment_dir: Path | str) -> list[tuple[Any, Any]]:
-    """``(trial, metadata)`` JSON states of every trial in Ray's newest experiment snapshot
-    (``experiment_state-*.json``) in a local folder; empty when there is none."""
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-
-    state_file = _find_newest_experiment_checkpoint(str(experiment_dir))
-    if state_file is None:
-        return []
-    state = json.loads(Path(state_file).read_text())
-    return [(trial, metadata) for trial, metadata in state.get("trial_data", [])]

@@ -1,13 +1,16 @@
-"""Run, resume and finish a sweep: space file -> teacher and data once -> Ray Tune -> MLflow.
+"""Run, resume and extend a sweep: space file -> teacher and data once -> Ray Tune -> MLflow.
 
 The driver validates the space, trains or loads the teacher once, computes its outputs on the
 training set once, and ships both with the data to every trial through Ray's object store.
-Optuna proposes configs (define-by-run), ASHA stops weak trials, MLflow records everything.
+The search state is an Optuna study (:mod:`.study`): the searcher asks and tells it, the
+scheduler keeps its rungs in it, and a sweep is resumed or extended by reopening it. Ray Tune
+runs the trials and keeps their checkpoints, one Ray experiment per run of the driver that
+adds trials ("segments": the first in ``<storage>/<name>``, later ones in
+``<storage>/<name>/extend-<k>``). MLflow records everything.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import subprocess
@@ -27,44 +30,68 @@ from kdtune.tracking import Tracker, default_store, default_tracking_uri, sqlite
 from kdtune.tune.latency_board import board_name, end_board, seed_board
 from kdtune.tune.space import (
     DATA_KEYS,
-    EPOCH_METRICS,
     SearchSpace,
     expand_grid,
-    grid_points,
     load_space,
+    optuna_params,
+    params_in_space,
     teacher_config,
 )
-from kdtune.tune.storage import experiment_snapshot, is_uri, location_exists
+from kdtune.tune.storage import is_uri, location_exists
+from kdtune.tune.study import (
+    ATTR_RAY_ID,
+    ATTR_REASKED,
+    SweepStudy,
+    default_study_url,
+    public_url,
+)
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
+from kdtune.vocabulary import (
+    PARAM_OBJECTIVE_METRICS,
+    PARAM_OBJECTIVE_MODES,
+    PARAM_SEARCHED,
+    PARAM_TEACHER,
+    RUNG_METRICS,
+    TAG_GIT_SHA,
+    TAG_NUM_SAMPLES,
+    TAG_RAY_ADDRESS,
+    TAG_SPACE,
+    TAG_SPACE_SHA,
+    TAG_STORAGE,
+    TAG_STUDY,
+    TAG_VERSION,
+)
 
 if TYPE_CHECKING:  # torch is imported beside Ray's start (start_ray)
     from kdtune.data import DataSplits
     from kdtune.teacher import Teacher
 
-ASHA_STATE = "kdtune-asha.json"
-TAG_STORAGE, TAG_SPACE, TAG_SPACE_SHA = "kdtune.storage", "kdtune.space_file", "kdtune.space_sha256"
-PARAM_NUM_SAMPLES, PARAM_SEARCHED = "num_samples", "searched"
+#: Study attribute: the sweep's Ray experiments (segments), relative to its first one.
+ATTR_SEGMENTS = "segments"
 
 
 @dataclass(frozen=True)
 class Store:
-    """Where a sweep's records go: the MLflow store and the Ray experiment storage."""
+    """Where a sweep's records go: the MLflow store, the Ray storage and the study storage."""
 
     tracking_uri: str
     # Ray experiments live in storage/<sweep name>: a local folder (absolute Path) or a URI
     # such as s3://bucket/path that every node of a cluster reaches.
     storage: Path | str
+    study_url: str
 
     @classmethod
-    def resolve(cls, mlflow_uri: str | None = None, storage: str | None = None) -> Store:
+    def resolve(cls, mlflow_uri: str | None = None, storage: str | None = None,
+                study_storage: str | None = None) -> Store:
         """Defaults: ``$MLFLOW_TRACKING_URI`` if set, and one local folder ``./kdtune-runs``
-        with ``mlflow.db`` and ``ray/``."""
+        with ``mlflow.db``, ``optuna.db`` and ``ray/``."""
         root = default_store()
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+        study_url = study_storage or default_study_url(root)
         if storage and is_uri(storage):
-            return cls(uri, storage.rstrip("/"))
+            return cls(uri, storage.rstrip("/"), study_url)
         path = Path(storage).expanduser().resolve() if storage else root / "ray"
-        return cls(uri, path)
+        return cls(uri, path, study_url)
 
     def experiment_dir(self, name: str) -> Path | str:
         if isinstance(self.storage, Path):
@@ -80,7 +107,8 @@ class Store:
         return cache_root() / "teachers"
 
     def describe(self) -> str:
-        return f"MLflow {self.tracking_uri}, Ray storage {self.storage}"
+        return (f"MLflow {self.tracking_uri}, Ray storage {self.storage}, Optuna study "
+                f"storage {public_url(self.study_url)}")
 
 
 # -- the pieces -------------------------------------------------------------------------------
@@ -159,43 +187,38 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
                       f"sample at most, {augment.num_views} views, table {table / 1e6:.0f} MB)")
 
 
-def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
-    """Optuna (TPE, random, NSGA-II) define-by-run; a grid is kdtune's own expansion of the
-    conditional space, asked through the same searcher (every parameter given)."""
-    import optuna
+def make_search_alg(space: SearchSpace, study: SweepStudy) -> Any:
+    """Optuna over the stored study: TPE, random, NSGA-II define-by-run, or kdtune's own
+    expansion of a grid asked through the same searcher."""
+    from kdtune.tune.searcher import StudySearcher
 
-    from kdtune.tune.searcher import LiveTrialsLimiter, PruningOptunaSearch
-    from kdtune.tune.space import suggest
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seed = space.search.seed
-    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-               "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-               "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # never samples
-               "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}[space.search.sampler]()
-    points = grid_points(space, num_samples) if space.search.sampler == "grid" else None
-    metric: Any = space.metrics if space.multi_objective else space.metrics[0]
-    mode: Any = space.modes if space.multi_objective else space.modes[0]
-    searcher = PruningOptunaSearch(space=functools.partial(suggest, space=space),
-                                   metric=metric, mode=mode, sampler=sampler, seed=seed,
-                                   num_samples=num_samples, points=points)
-    return LiveTrialsLimiter(searcher, max_concurrent=space.search.max_concurrent)
+    return StudySearcher(study, space.metrics, space.modes)
 
 
-def make_scheduler(space: SearchSpace, experiment_dir: Path | str) -> Any:
-    """ASHA on ``scheduler.metric`` (default: the first objective; rungs persisted for
-    resume), or FIFO."""
+def rung_objectives(space: SearchSpace) -> tuple[list[str], list[str]]:
+    """What early stopping compares at a rung: the scheduler's per-epoch metric, and with
+    several objectives also the cost objectives (known from the first epoch on)."""
+    s = space.scheduler
+    assert s.metric is not None and s.mode is not None
+    costs = [o for o in space.objectives if o.metric not in RUNG_METRICS]
+    if not space.multi_objective:
+        costs = []
+    return [s.metric, *(o.metric for o in costs)], [s.mode, *(o.mode for o in costs)]
+
+
+def make_scheduler(space: SearchSpace, study: SweepStudy) -> Any:
+    """ASHA (MO-ASHA for several objectives) with its rungs in the study, or FIFO."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from kdtune.tune.scheduler import PersistentASHA
+    from kdtune.tune.scheduler import RungScheduler
 
     s = space.scheduler
     if s.type == "none":
         return FIFOScheduler()
-    return PersistentASHA(time_attr="epoch", metric=s.metric, mode=s.mode,
-                          max_t=s.max_t, grace_period=s.grace_period,
-                          reduction_factor=s.reduction_factor,
-                          state_path=f"{experiment_dir}/{ASHA_STATE}")
+    assert s.grace_period is not None and s.reduction_factor is not None and s.max_t is not None
+    metrics, modes = rung_objectives(space)
+    return RungScheduler(study, metrics=metrics, modes=modes, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, max_t=s.max_t)
 
 
 def make_trainable(space: SearchSpace, context: SweepContext) -> Any:
@@ -205,6 +228,11 @@ def make_trainable(space: SearchSpace, context: SweepContext) -> Any:
 
     resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
     return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+
+
+def trial_dirname(trial: Any) -> str:
+    """A trial's folder in its Ray experiment: named by its trial id alone."""
+    return trial_dirname_of(trial.trial_id)
 
 
 def import_training_stack() -> None:
@@ -250,15 +278,9 @@ def init_ray(address: str | None, console: Console) -> None:
         # "local": never join a cluster that `ray start` left on this machine (ray.init()
         # with no address would, via /tmp/ray/ray_current_cluster or RAY_ADDRESS)
         console.print("starting a local Ray")
-        logging.getLogger(_RAY_AUTH_LOGGER).addFilter(_hide_token_auth_notice)
-        # Ray prestarts a worker per CPU for the driver's tasks, but Tune's trial actors carry
-        # a runtime env (Tune's env_vars) and never use them: Ray starts new workers for the
-        # trials and kills the idle ones, seconds of CPU taken from the start-up.
-        ray.init(address="local", _system_config={"prestart_worker_first_driver": False},
-                 **kwargs)
-
-
-_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+        for handler in logging.getLogger("ray").handlers:  # where Ray's records are printed
+            handler.addFilter(_hide_token_auth_notice)
+        ray.init(address="local", **kwargs)
 
 
 def _hide_token_auth_notice(record: logging.LogRecord) -> bool:
@@ -286,14 +308,36 @@ class SweepOutcome:
     experiment_dir: Path | str
 
 
+@dataclass
+class _Sweep:
+    """Everything the driver holds while it runs a sweep's trials."""
+
+    name: str
+    space: SearchSpace
+    store: Store
+    tracker: Tracker
+    study: SweepStudy
+    parent: str
+    context: SweepContext
+    base_dir: Path | str  # the first segment's Ray experiment folder
+    console: Console
+
+    def segment_dir(self, segment: str) -> Path | str:
+        if not segment:
+            return self.base_dir
+        return self.base_dir / segment if isinstance(self.base_dir, Path) \
+            else f"{self.base_dir}/{segment}"
+
+
 def run_sweep(space_file: str, *, name: str | None = None, address: str | None = None,
               mlflow_uri: str | None = None, storage: str | None = None,
-              num_samples: int | None = None, console: Console | None = None) -> SweepOutcome:
+              study_storage: str | None = None, num_samples: int | None = None,
+              console: Console | None = None) -> SweepOutcome:
     """Start a new sweep; every input is validated before Ray starts."""
     console = console or Console(highlight=False)
     space = load_space(space_file)
     num_samples = _num_samples(space, num_samples)
-    store = Store.resolve(mlflow_uri, storage)
+    store = Store.resolve(mlflow_uri, storage, study_storage)
     tracker = Tracker(store.tracking_uri)
     db = sqlite_path(store.tracking_uri)
     new_store = db is not None and not db.exists()  # holds no sweep this one could clash with
@@ -303,169 +347,285 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     if location_exists(experiment_dir):
         raise KdtuneError(f"Ray storage {experiment_dir} already exists; resume with `kdtune "
                           f"resume {name}` or choose another --name")
+    study = SweepStudy(store.study_url, name)
     console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
     from concurrent.futures import ThreadPoolExecutor
 
-    # Opening the store (importing MLflow; for a new SQLite store, creating it) runs in a
-    # thread beside Ray's start-up and, for a new store, beside loading the data and training
-    # the teacher too; the main thread uses the tracker only once it is open.
+    # Opening the stores (importing MLflow and Optuna; for a new SQLite store, creating it)
+    # runs in a thread beside Ray's start-up and, for a new store, beside loading the data
+    # and training the teacher too; the main thread uses them only once they are open.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(tracker.ensure_experiment)
-        start_ray(address, console)
-        if not new_store:
+        opening = pool.submit(_open_stores, tracker, study)
+        if space.search.warm_start is not None or not new_store:
             opening.result()
-            _check_name_free(tracker, name, store)
+            _check_name_free(tracker, study, name, store)
+        warm = warm_start_configs(space, tracker, console)
+        start_ray(address, console)
         context = prepare_context(space, store, console, num_samples)
         opening.result()
+    from kdtune.tune.searcher import search_attrs
+
+    study.create(space.modes, {**search_attrs(space, num_samples), ATTR_SEGMENTS: [""]})
+    for config in warm:
+        study.study.enqueue_trial(optuna_params(config))
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
-        "kdtune.version": kdtune.__version__, "kdtune.git_sha": git_sha(),
-        "kdtune.ray_address": address or "local"},
-        params={"objective.metrics": ",".join(space.metrics),
-                "objective.modes": ",".join(space.modes), PARAM_NUM_SAMPLES: num_samples,
+        TAG_STUDY: public_url(store.study_url), TAG_NUM_SAMPLES: num_samples,
+        TAG_VERSION: kdtune.__version__, TAG_GIT_SHA: git_sha(),
+        TAG_RAY_ADDRESS: address or "local"},
+        params={PARAM_OBJECTIVE_METRICS: ",".join(space.metrics),
+                PARAM_OBJECTIVE_MODES: ",".join(space.modes),
                 "sampler": space.search.sampler, "scheduler": space.scheduler.type,
                 PARAM_SEARCHED: ",".join(p.name for p in space.parameters),
-                "teacher": context.settings.teacher_path})
+                PARAM_TEACHER: context.settings.teacher_path})
     tracker.log_artifact(parent, space.source)
     context.latency_board = board_name(parent)
-    _allow_final_only_metrics(space)
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from kdtune.tune.callbacks import MlflowTrials, Progress
-
-    tuner = tune.Tuner(
-        make_trainable(space, context),
-        tune_config=tune.TuneConfig(search_alg=make_search_alg(space, num_samples),
-                                    scheduler=make_scheduler(space, experiment_dir),
-                                    num_samples=num_samples,
-                                    # both search algorithms carry the limit themselves
-                                    max_concurrent_trials=None,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=name, storage_path=str(store.storage), verbose=0,
-            callbacks=[MlflowTrials(tracker, parent, name, context.settings),
-                       Progress(space.metrics[0], space.modes[0]),
-                       JsonLoggerCallback(), CSVLoggerCallback()],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0)))
-    return _fit_and_finish(tuner, space, store, tracker, parent, name, num_samples, console)
+    sweep = _Sweep(name, space, store, tracker, study, parent, context, experiment_dir, console)
+    return _run_segments(sweep, _new_tuner(sweep, "", num_samples))
 
 
 def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
-                 storage: str | None = None, console: Console | None = None) -> SweepOutcome:
-    """Finish an interrupted sweep: finished trials stay, unfinished ones continue."""
+                 storage: str | None = None, study_storage: str | None = None,
+                 num_samples: int | None = None, console: Console | None = None
+                 ) -> SweepOutcome:
+    """Finish an interrupted sweep (finished trials stay, unfinished ones continue), or with
+    ``num_samples`` (the new total) add trials to a sweep, finished or not."""
     console = console or Console(highlight=False)
-    store = Store.resolve(mlflow_uri, storage)
+    store = Store.resolve(mlflow_uri, storage, study_storage)
     from kdtune.tracking import require_store
 
     require_store(store.tracking_uri)
     tracker = Tracker(store.tracking_uri)
     run = tracker.sweep_run(name)
-    tags, params = run.data.tags, run.data.params
-    experiment_dir = store.experiment_dir(name) if storage else tags[TAG_STORAGE]
-    if not is_uri(experiment_dir):
-        experiment_dir = Path(experiment_dir)
-    outcome = SweepOutcome(name, run.info.run_id, True, store.tracking_uri, experiment_dir)
-    if run.info.status == "FINISHED":
-        console.print(f"sweep {name!r} already finished; nothing to resume "
-                      f"(see `kdtune best {name}`)")
+    tags = run.data.tags
+    url = study_storage or tags.get(TAG_STUDY)
+    if url is None:
+        raise KdtuneError(f"sweep {name!r} was started by an older kdtune, whose search state "
+                          "this version cannot resume; start it again with `kdtune search`")
+    if "***" in url:
+        raise KdtuneError(f"sweep {name!r} keeps its study at {url}; pass --study-storage "
+                          "with the credentials")
+    study = SweepStudy(url, name)
+    if not study.exists():
+        raise KdtuneError(f"no study {name!r} in {public_url(url)}; pass --study-storage with "
+                          "the storage the sweep was started with")
+    base_dir = store.experiment_dir(name) if storage else tags[TAG_STORAGE]
+    if not is_uri(base_dir):
+        base_dir = Path(base_dir)
+    trials = study.sweep_trials()
+    total = int(study.attrs["num_samples"])
+    if num_samples is not None:
+        if num_samples < len(trials):
+            raise KdtuneError(f"--num-samples {num_samples} is fewer than the {len(trials)} "
+                              f"trials sweep {name!r} has; give the new total")
+        total = num_samples
+    outcome = SweepOutcome(name, run.info.run_id, True, store.tracking_uri, base_dir)
+    if run.info.status == "FINISHED" and len(trials) >= total:
+        console.print(f"sweep {name!r} already finished; nothing to resume (see `kdtune best "
+                      f"{name}`; `kdtune resume {name} --num-samples N` adds trials)")
         return outcome
+    space = load_space(study.attrs["space_file"])
+    if space.sha256 != study.attrs["space_sha256"]:
+        raise KdtuneError(f"{space.source} changed since sweep {name!r} started (sha256 "
+                          f"{study.attrs['space_sha256'][:12]} -> {space.sha256[:12]}); "
+                          "restore it")
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(experiment_dir)):
-        raise KdtuneError(f"no Ray experiment state for {name!r} at {experiment_dir}; pass "
+    segments = list(study.attrs[ATTR_SEGMENTS])
+    current = str(base_dir) if not segments[-1] else f"{base_dir}/{segments[-1]}"
+    restorable = run.info.status != "FINISHED" and tune.Tuner.can_restore(current)
+    if not restorable and not location_exists(base_dir) and storage:
+        raise KdtuneError(f"no Ray experiment state for {name!r} at {base_dir}; pass "
                           "--storage with the folder the sweep was started with")
-    space = load_space(tags[TAG_SPACE])
-    if space.sha256 != tags[TAG_SPACE_SHA]:
-        raise KdtuneError(f"{space.source} changed since sweep {name!r} started (sha256 "
-                          f"{tags[TAG_SPACE_SHA][:12]} -> {space.sha256[:12]}); restore it")
-    num_samples = int(params[PARAM_NUM_SAMPLES])
-    console.print(f"resuming sweep {name!r}; {store.describe()}")
+    if total != int(study.attrs["num_samples"]):
+        study.set_attr("num_samples", total)
+        tracker.client.set_tag(run.info.run_id, TAG_NUM_SAMPLES, str(total))
+        if run.info.status == "FINISHED":
+            tracker.client.update_run(run.info.run_id, status="RUNNING")
+    console.print(f"resuming sweep {name!r}: {len(trials)} of {total} trials so far; "
+                  f"{store.describe()}")
     start_ray(address, console)  # before the context: its view table may use the cluster
-    context = prepare_context(space, store, console, num_samples)
+    context = prepare_context(space, store, console, total)
     runs = tracker.trial_runs(name)
     context.latency_board = board_name(run.info.run_id)
     seed_board(context.latency_board, runs, context.data)
-    context.ended = _ended_trials(runs)
-    _allow_final_only_metrics(space)
-    repaired = _repair_checkpoints(experiment_dir)
-    if repaired:
-        console.print(f"{repaired} trial(s) continue from the checkpoint after the one Ray's "
-                      "last snapshot names (deleted just before the crash)")
-    tuner = tune.Tuner.restore(str(experiment_dir), trainable=make_trainable(space, context),
-                               resume_unfinished=True, resume_errored=False,
-                               restart_errored=False)
-    return _fit_and_finish(tuner, space, store, tracker, run.info.run_id, name, num_samples,
-                           console)
+    context.ended = frozenset(t for t, ft in trials.items() if ft.state.is_finished())
+    sweep = _Sweep(name, space, store, tracker, study, run.info.run_id, context, base_dir,
+                   console)
+    if restorable:
+        tuner = tune.Tuner.restore(current, trainable=make_trainable(space, context),
+                                   resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        results = tuner.get_results()
+        repaired = repair_checkpoints(results)
+        if repaired:
+            console.print(f"{repaired} trial(s) continue from the checkpoint after the one "
+                          "Ray's last snapshot names (deleted just before the crash)")
+        reasked = reask_lost_trials(study, {Path(r.path).name for r in results})
+        if reasked:
+            console.print(f"{reasked} trial(s) started just before the crash, unknown to Ray's "
+                          "last snapshot, are asked again")
+        return _run_segments(sweep, tuner)
+    reask_lost_trials(study, set())
+    return _run_segments(sweep, _next_tuner(sweep, total))
 
 
-def _repair_checkpoints(experiment_dir: Path | str) -> int:
+def _open_stores(tracker: Tracker, study: SweepStudy) -> None:
+    tracker.ensure_experiment()
+    study.exists()
+
+
+def _new_tuner(sweep: _Sweep, segment: str, num_samples: int) -> Any:
+    """A Tuner for a new segment of ``num_samples`` trials."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from kdtune.tune.callbacks import MlflowTrials, Progress
+
+    space, where = sweep.space, sweep.segment_dir(segment)
+    storage_path, name = (str(where).rsplit("/", 1) if is_uri(where)
+                          else (str(Path(where).parent), Path(where).name))
+    return tune.Tuner(
+        make_trainable(space, sweep.context),
+        tune_config=tune.TuneConfig(search_alg=make_search_alg(space, sweep.study),
+                                    scheduler=make_scheduler(space, sweep.study),
+                                    num_samples=num_samples, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, verbose=0,
+            callbacks=[MlflowTrials(sweep.tracker, sweep.parent, sweep.name,
+                                    sweep.context.settings),
+                       Progress(space.metrics[0], space.modes[0]),
+                       JsonLoggerCallback(), CSVLoggerCallback()],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def _next_tuner(sweep: _Sweep, total: int) -> Any | None:
+    """A Tuner for the trials the sweep still lacks, in a new segment; None if none lack."""
+    missing = total - len(sweep.study.sweep_trials())
+    if missing <= 0:
+        return None
+    segments = list(sweep.study.attrs[ATTR_SEGMENTS])
+    segment = f"extend-{len(segments) + 1}"
+    sweep.study.set_attr(ATTR_SEGMENTS, [*segments, segment])
+    sweep.tracker.client.set_tag(sweep.parent, TAG_STORAGE, str(sweep.base_dir))
+    return _new_tuner(sweep, segment, missing)
+
+
+def _run_segments(sweep: _Sweep, tuner: Any) -> SweepOutcome:
+    """Fit ``tuner``, then new segments while the study lacks trials; finish the record."""
+    total = int(sweep.study.attrs["num_samples"])
+    results = None
+    try:
+        while tuner is not None:
+            before = len(sweep.study.sweep_trials())
+            results = tuner.fit()
+            trials = sweep.study.sweep_trials()
+            if any(not t.state.is_finished() for t in trials.values()):
+                break  # interrupted: resume continues
+            tuner = _next_tuner(sweep, total) if len(trials) > before else None
+    finally:
+        end_board(board_name(sweep.parent))
+    trials = sweep.study.sweep_trials()
+    finished = all(t.state.is_finished() for t in trials.values()) and (
+        len(trials) >= total or sweep.space.search.sampler == "grid")
+    removed = _drop_orphans(sweep.tracker, sweep.name, set(trials))
+    if removed:
+        sweep.console.print(f"removed {removed} MLflow child run(s) of trials that are not the "
+                            "sweep's (started just before a crash)")
+    if finished:
+        _log_best_student(sweep, results)
+        sweep.tracker.end_sweep(sweep.parent, "FINISHED")
+        sweep.console.print(f"sweep {sweep.name!r} finished: {len(trials)} trials")
+    else:
+        sweep.console.print(f"sweep {sweep.name!r} stopped before the end; continue with "
+                            f"`kdtune resume {sweep.name}`")
+    return SweepOutcome(sweep.name, sweep.parent, finished, sweep.store.tracking_uri,
+                        sweep.base_dir)
+
+
+def reask_lost_trials(study: SweepStudy, known_folders: set[str]) -> int:
+    """Trials the study shows running that Ray's restored experiment does not hold (its last
+    snapshot was written before they started) are told FAIL and asked again: their
+    configuration is enqueued, so the next trial Ray starts runs it. Returns how many."""
+    from optuna.trial import TrialState
+
+    count = 0
+    for t in study.trials():
+        if t.state != TrialState.RUNNING:
+            continue
+        ray_id = t.user_attrs.get(ATTR_RAY_ID)
+        if ray_id is not None and trial_dirname_of(ray_id) in known_folders:
+            continue
+        if ray_id is not None:
+            study.set_trial_attr(t.number, ATTR_REASKED, True)
+            study.study.enqueue_trial(t.params)
+            count += 1
+        study.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    return count
+
+
+def repair_checkpoints(results: Any) -> int:
     """Point restored trials at a checkpoint that exists; return how many needed it.
 
     kdtune keeps one checkpoint per trial (``num_to_keep=1``). Ray deletes the previous
     checkpoint as soon as it registers a new one, but writes the experiment snapshot that
-    names the new one only later (at the next step of its loop, then copied to storage), so a
-    driver killed in between leaves a snapshot naming a deleted checkpoint, and Ray's restore
-    fails that trial ("Could not recover from checkpoint as it does not exist on storage
-    anymore"). The trial folder then holds the next checkpoint(s); the oldest of them is the
-    one Ray had registered (its epoch is in MLflow), so it is copied to the name the snapshot
-    expects and the trial continues from there (kdtune's trainable counts epochs itself).
-    Local storage only: on a URI storage (s3://...) such a trial restarts as Ray decides.
+    names the new one only later, so a driver killed in between leaves a snapshot naming a
+    deleted checkpoint. The trial folder then holds the next checkpoint(s); the oldest of them
+    is the one Ray had registered (its epoch is in MLflow), so it is copied to the name the
+    snapshot expects and the trial continues from there (kdtune's trainable counts epochs
+    itself). Local storage only: on a URI storage such a trial restarts as Ray decides.
     """
-    if is_uri(experiment_dir):
-        return 0
-    experiment_dir = Path(experiment_dir)
-    import re
     import shutil
 
-    from ray.tune.trainable.metadata import _TrainingRunMetadata
-
     repaired = 0
-    for _, metadata in experiment_snapshot(experiment_dir):
-        manager = _TrainingRunMetadata.from_json_state(metadata).checkpoint_manager
-        latest = manager.latest_checkpoint_result if manager is not None else None
-        if latest is None or latest.checkpoint is None:
+    for result in results:
+        named = result.checkpoint
+        if named is None or is_uri(result.path):
             continue
-        named = Path(latest.checkpoint.path)
-        expected = experiment_dir / named.parent.name / named.name
-        index = re.fullmatch(r"checkpoint_(\d+)", expected.name)
-        if expected.exists() or index is None or not expected.parent.is_dir():
+        expected = Path(named.path)
+        if expected.exists() or not expected.parent.is_dir():
             continue
-        newer = sorted((int(m[1]), p) for p in expected.parent.glob("checkpoint_*")
-                       if (m := re.fullmatch(r"checkpoint_(\d+)", p.name)) and p.is_dir()
-                       and int(m[1]) > int(index[1]))
+        newer = sorted(p for p in expected.parent.glob("checkpoint_*")
+                       if p.is_dir() and p.name > expected.name)
         if newer:
-            shutil.copytree(newer[0][1], expected)
+            shutil.copytree(newer[0], expected)
             repaired += 1
     return repaired
 
 
-def _allow_final_only_metrics(space: SearchSpace) -> None:
-    """Objectives such as ``params`` or latency exist only in a trial's last result.
+def warm_start_configs(space: SearchSpace, tracker: Tracker, console: Console
+                       ) -> list[dict[str, Any]]:
+    """The ``top`` best configurations of the sweep named in ``search.warm_start`` that are
+    valid in ``space`` (parameters active here, values allowed here), best first."""
+    warm = space.search.warm_start
+    if warm is None:
+        return []
+    from kdtune.tracking import config_from_run
+    from kdtune.tune.searcher import config_key
 
-    Ray checks that every result carries every metric the searcher optimises and fails the
-    sweep at the first epoch otherwise; the searcher reads them only when a trial ends, and
-    ASHA's metric is always one reported every epoch (space validation), so the check is off.
-    """
-    if any(m not in EPOCH_METRICS for m in space.metrics):
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    metrics, modes = tracker.objective(warm.source)
+    frame = tracker.best_configs(warm.source, metrics=metrics[:1], modes=modes[:1])
+    configs: dict[str, dict[str, Any]] = {}
+    for _, row in frame.iterrows():
+        params = params_in_space(space, config_from_run(row))
+        if params is not None:
+            configs.setdefault(config_key(params), params)
+        if len(configs) == warm.top:
+            break
+    console.print(f"warm start: {len(configs)} configuration(s) of sweep {warm.source!r} "
+                  f"valid here (of the best {len(frame)}), run first")
+    return list(configs.values())
 
 
-def _ended_trials(runs: Any) -> frozenset[str]:
-    """Trials whose MLflow record (``Tracker.trial_runs``) is complete: a restored one only
-    replays its last epoch."""
-    from kdtune.tune.callbacks import ENDED
-
-    if runs.empty:
-        return frozenset()
-    return frozenset(str(t) for t in runs.loc[runs["status"].isin(ENDED), "trial_id"])
-
-
-def _check_name_free(tracker: Tracker, name: str, store: Store) -> None:
+def _check_name_free(tracker: Tracker, study: SweepStudy, name: str, store: Store) -> None:
     if tracker.find_sweep(name) is not None:
         raise KdtuneError(f"sweep {name!r} already exists in {store.tracking_uri}; resume it "
                           f"with `kdtune resume {name}` or choose another --name")
+    if study.exists():
+        raise KdtuneError(f"a study named {name!r} already exists in "
+                          f"{public_url(store.study_url)}; choose another --name")
 
 
 def _free_name(base: str, store: Store, known: set[str]) -> str:
@@ -491,71 +651,50 @@ def _num_samples(space: SearchSpace, override: int | None) -> int:
     return n
 
 
-def _fit_and_finish(tuner: Any, space: SearchSpace, store: Store, tracker: Tracker, parent: str,
-                    name: str, num_samples: int, console: Console) -> SweepOutcome:
-    try:
-        results = tuner.fit()
-    finally:
-        end_board(board_name(parent))
-    finished = _all_ended(results, num_samples)
-    removed = _drop_orphans(tracker, name, results)
-    if removed:
-        console.print(f"removed {removed} MLflow child run(s) of trials Ray never recorded")
-    experiment_dir = store.experiment_dir(name)
-    if finished:
-        _log_best_student(tracker, space, name, results, console)
-        tracker.end_sweep(parent, "FINISHED")
-        console.print(f"sweep {name!r} finished: {len(results)} trials")
-    else:
-        console.print(f"sweep {name!r} stopped before the end; continue with "
-                      f"`kdtune resume {name}`")
-    return SweepOutcome(name, parent, finished, store.tracking_uri, experiment_dir)
-
-
-def _all_ended(results: Any, num_samples: int) -> bool:
-    """Every trial of the sweep exists and ended (finished, stopped early or failed)."""
-    from kdtune.tune.searcher import stopped_early
-
-    if len(results) < num_samples:
-        return False
-    for r in results:
-        if r.error is None and not r.metrics.get("done", False) and not stopped_early(r.metrics):
-            return False
-    return True
-
-
-def _drop_orphans(tracker: Tracker, name: str, results: Any) -> int:
-    """Delete child runs of trials that Ray does not know (started just before a crash)."""
-    known = {Path(r.path).name for r in results}
+def _drop_orphans(tracker: Tracker, name: str, sweep_trials: set[str]) -> int:
+    """Delete child runs of trials that are not the sweep's (Ray trials started just before a
+    crash and asked again as new trials after it)."""
     runs = tracker.trial_runs(name)
     removed = 0
     for _, row in runs.iterrows():
-        if not any(str(row["trial_id"]) in folder for folder in known):
+        if str(row["trial_id"]) not in sweep_trials:
             tracker.client.delete_run(row["run_id"])
             removed += 1
     return removed
 
 
-def _log_best_student(tracker: Tracker, space: SearchSpace, name: str, results: Any,
-                      console: Console) -> None:
+def _log_best_student(sweep: _Sweep, results: Any) -> None:
     """Attach the best finished trial's student weights to its MLflow run."""
     import torch
+    from ray.tune import ExperimentAnalysis
 
     from kdtune.teacher import atomic_save
 
-    best = tracker.best_configs(name, metrics=space.metrics[:1], modes=space.modes[:1], top=1)
+    space = sweep.space
+    best = sweep.tracker.best_configs(sweep.name, metrics=space.metrics[:1],
+                                      modes=space.modes[:1], top=1)
     if best.empty:
         return
     row = best.iloc[0]
-    match = [r for r in results if str(row["trial_id"]) in Path(r.path).name]
-    if not match or match[0].checkpoint is None:
+    folder = trial_dirname_of(str(row["trial_id"]))
+    checkpoint = next((r.checkpoint for r in results or [] if Path(r.path).name == folder), None)
+    for segment in sweep.study.attrs[ATTR_SEGMENTS] if checkpoint is None else []:
+        analysis = ExperimentAnalysis(str(sweep.segment_dir(segment)))
+        trial = next((t for t in analysis.trials if t.trial_id == row["trial_id"]), None)
+        if trial is not None:
+            checkpoint = analysis.get_last_checkpoint(trial)
+            break
+    if checkpoint is None:
         return
-    with match[0].checkpoint.as_directory() as folder, \
-            tempfile.TemporaryDirectory() as out:
-        seeds = sorted(Path(folder).glob(CHECKPOINT_FILE.format(seed="*")))
+    with checkpoint.as_directory() as folder_path, tempfile.TemporaryDirectory() as out:
+        seeds = sorted(Path(folder_path).glob(CHECKPOINT_FILE.format(seed="*")))
         state = torch.load(seeds[0], map_location="cpu", weights_only=True)
         student = Path(out) / "student.pt"
         atomic_save({"format": "kdtune-student/1", "config": state["config"],
                      "state_dict": state["model"]}, student)
-        tracker.log_artifact(str(row["run_id"]), student)
-    console.print(f"best student's weights logged to MLflow run {row['run_id']}")
+        sweep.tracker.log_artifact(str(row["run_id"]), student)
+    sweep.console.print(f"best student's weights logged to MLflow run {row['run_id']}")
+
+
+def trial_dirname_of(trial_id: str) -> str:
+    return f"trial_{trial_id}"

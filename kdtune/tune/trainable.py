@@ -56,7 +56,7 @@ class SweepContext:
     settings: TrialSettings
     data: DataSplits
     teacher: Teacher | None
-    #: On resume: trials whose MLflow run had ended (FINISHED or KILLED) before the driver
+    #: On resume: trials the study had told (finished, pruned or failed) before the driver
     #: died, though Ray's last snapshot still had them running. They must not train again.
     ended: frozenset[str] = frozenset()
     #: The name of the sweep's :mod:`latency board <kdtune.tune.latency_board>` (None: each
@@ -96,7 +96,11 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
             for run in runs:
                 run.load_checkpoint(Path(folder) / CHECKPOINT_FILE.format(seed=run.config.seed))
     planned = runs[0].config.epochs
-    where = {"node_id": node_id()}
+    start, waited = time.perf_counter(), waited_s()
+    # what the student costs, before epoch 1: early stopping weighs it at every rung
+    where = {"node_id": node_id(), **mean_metrics([r.cost_metrics(latency=latency)
+                                                   for r in runs])}
+    in_trainer += time.perf_counter() - start - (waited_s() - waited)
     if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
         _report(runs, {**mean_metrics([r.final_metrics(latency=latency) for r in runs]),
                        **where}, planned)
@@ -109,11 +113,11 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     while runs[0].epoch < planned:
         start, waited = time.perf_counter(), waited_s()
         metrics = mean_metrics([run.train_epoch() for run in runs])
-        metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials ASHA stops
+        metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials stopped early
         if runs[0].epoch == planned:
             metrics.update(mean_metrics([run.final_metrics(latency=latency) for run in runs]))
         in_trainer += time.perf_counter() - start - (waited_s() - waited)  # board: the sweep's
-        _report(runs, {**metrics, **where, TRAINER_KEY: in_trainer}, planned)
+        _report(runs, {**where, **metrics, TRAINER_KEY: in_trainer}, planned)
 
 
 def _report(runs: list[TrainingRun], metrics: dict[str, Any], planned: int) -> None:

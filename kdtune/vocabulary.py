@@ -1,0 +1,61 @@
+"""kdtune's vocabulary: metric names and their directions, which metrics exist when, and the
+MLflow tags and params of the record. Every other module imports these names from here.
+"""
+
+from __future__ import annotations
+
+from kdtune.errors import choose_one
+
+#: Metrics of every epoch (logged to MLflow with ``step`` = the epoch).
+EPOCH_METRICS = ("train_loss", "val_accuracy", "val_loss", "lr")
+#: Per-epoch metrics a scheduler can rank trials by at a rung.
+RUNG_METRICS = ("val_accuracy", "val_loss")
+#: What a trained student costs: measured before its first epoch and sent with every result,
+#: so early stopping can weigh them at every rung.
+COST_METRICS = ("params", "flops", "latency_ms_b1", "latency_ms_b256", "speedup")
+#: The teacher's figures, reported beside a student's.
+TEACHER_METRICS = ("teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256")
+#: Metrics of a trial's end, logged once when it ends.
+FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", *COST_METRICS, "train_time_s",
+                 *TEACHER_METRICS, "epoch")
+#: Metrics a sweep may optimise (``test_accuracy`` is reported, never optimised).
+OBJECTIVE_METRICS = ("val_accuracy", "val_loss", *COST_METRICS, "train_time_s")
+
+#: The direction of every metric kdtune reports.
+MODES = {
+    "val_accuracy": "max", "test_accuracy": "max", "speedup": "max",
+    "teacher_test_accuracy": "max",
+    "train_loss": "min", "val_loss": "min", "lr": "min", "params": "min", "flops": "min",
+    "latency_ms_b1": "min", "latency_ms_b256": "min", "train_time_s": "min", "epoch": "max",
+    "teacher_params": "min", "teacher_latency_ms_b256": "min",
+}
+DIRECTIONS = ("max", "min")
+
+# -- MLflow: tags and params of the record -----------------------------------------------------
+TAG_KIND = "kdtune.kind"  # "sweep" (parent run) or "trial" (child run)
+TAG_SWEEP = "kdtune.sweep"
+TAG_TRIAL_ID = "kdtune.trial_id"  # the Ray trial id of a child run
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUNG = "kdtune.rung"  # the epoch at which early stopping ended a KILLED trial
+TAG_ERROR = "kdtune.error"  # the error of a FAILED trial
+TAG_NODE = "kdtune.node_id"  # the Ray node a trial ran on
+TAG_STORAGE = "kdtune.storage"  # the sweep's Ray experiment folder (the latest segment)
+TAG_SPACE = "kdtune.space_file"
+TAG_SPACE_SHA = "kdtune.space_sha256"
+TAG_STUDY = "kdtune.study_storage"  # the Optuna study's storage URL, credentials removed
+TAG_VERSION = "kdtune.version"
+TAG_GIT_SHA = "kdtune.git_sha"
+TAG_RAY_ADDRESS = "kdtune.ray_address"
+TAG_NUM_SAMPLES = "kdtune.num_samples"  # the sweep's number of trials (extending raises it)
+PARAM_OBJECTIVE_METRICS = "objective.metrics"
+PARAM_OBJECTIVE_MODES = "objective.modes"
+PARAM_SEARCHED = "searched"
+PARAM_TEACHER = "teacher"
+
+
+def mode_of(metric: str) -> str:
+    """The direction of ``metric``; an unknown metric is a one-line error naming the known."""
+    try:
+        return MODES[metric]
+    except KeyError:
+        raise choose_one("metric", metric, list(MODES)) from None
