@@ -138,11 +138,12 @@ class StudySearcher(Searcher):
         if trial_id not in s.running:  # told already (a trial replayed after a resume)
             return
         number = s.numbers[trial_id]
+        if not error and result:
+            self.on_trial_result(trial_id, result)  # Ray passes the last result only here
         s.running.discard(trial_id)
         if error or not result:
             s.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             return
-        self.on_trial_result(trial_id, result)  # Ray passes the last result only here
         if stopped_early(result):
             s.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
             return

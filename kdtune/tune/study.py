@@ -62,6 +62,9 @@ def open_storage(url: str) -> BaseStorage:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise KdtuneError(f"study storage {url}: cannot use it: {exc.strerror}") from None
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///").split("?", 1)[0]).parent.mkdir(parents=True,
+                                                                           exist_ok=True)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except Exception as exc:  # SQLAlchemy's errors: an unknown dialect, no server, ...

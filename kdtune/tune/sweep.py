@@ -84,10 +84,12 @@ class Store:
     def resolve(cls, mlflow_uri: str | None = None, storage: str | None = None,
                 study_storage: str | None = None) -> Store:
         """Defaults: ``$MLFLOW_TRACKING_URI`` if set, and one local folder ``./kdtune-runs``
-        with ``mlflow.db``, ``optuna.db`` and ``ray/``."""
+        with ``mlflow.db``, ``optuna.db`` and ``ray/``; the study beside an SQLite MLflow
+        store wherever that is."""
         root = default_store()
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
-        study_url = study_storage or default_study_url(root)
+        db = sqlite_path(uri)  # the study goes beside an SQLite MLflow store
+        study_url = study_storage or default_study_url(db.parent if db is not None else root)
         if storage and is_uri(storage):
             return cls(uri, storage.rstrip("/"), study_url)
         path = Path(storage).expanduser().resolve() if storage else root / "ray"
@@ -548,7 +550,9 @@ def _run_segments(sweep: _Sweep, tuner: Any) -> SweepOutcome:
 def reask_lost_trials(study: SweepStudy, known_folders: set[str]) -> int:
     """Trials the study shows running that Ray's restored experiment does not hold (its last
     snapshot was written before they started) are told FAIL and asked again: their
-    configuration is enqueued, so the next trial Ray starts runs it. Returns how many."""
+    configuration is enqueued, so the next trial Ray starts runs it (a trial the driver died
+    while asking, before Ray had its configuration, is only told FAIL). Both are marked
+    ``reasked_after_resume``. Returns how many configurations were enqueued."""
     from optuna.trial import TrialState
 
     count = 0
@@ -558,8 +562,8 @@ def reask_lost_trials(study: SweepStudy, known_folders: set[str]) -> int:
         ray_id = t.user_attrs.get(ATTR_RAY_ID)
         if ray_id is not None and trial_dirname_of(ray_id) in known_folders:
             continue
-        if ray_id is not None:
-            study.set_trial_attr(t.number, ATTR_REASKED, True)
+        study.set_trial_attr(t.number, ATTR_REASKED, True)
+        if ray_id is not None:  # Ray had its configuration: the next trial runs it
             study.study.enqueue_trial(t.params)
             count += 1
         study.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)

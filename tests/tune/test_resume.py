@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 from kdtune.cli import main
 from kdtune.tracking import Tracker
 from kdtune.tune.space import grid_points, load_space, suggest
+from kdtune.tune.study import SweepStudy
 
 from .conftest import BASE_SPACE, new_store, sqlite_uri, write_space
 
@@ -223,16 +224,15 @@ def test_sigkill_mid_sweep_then_resume(sampler: str, tmp_path: Path, teacher_pat
         # one latency per architecture, whether trained before the kill or after the resume
         done = runs[runs["status"] == "FINISHED"]
         assert (done.groupby("params.hidden")["metrics.latency_ms_b1"].nunique() == 1).all()
-        # Optuna's restored study agrees with MLflow: one trial each, pruned = killed
-        # (named by session start; Ray rewrites both files, so go by name, not mtime)
-        files = sorted((storage / "killed").glob("searcher-state-*.pkl"))
-        assert len(files) == 2
-        with open(files[-1], "rb") as f:
-            state = pickle.load(f)
-        study = {t.number: t for t in state["_ot_study"].get_trials(deepcopy=False)}
-        assert len(study) == SAMPLES
-        by_id = {trial_id: study[t.number] for trial_id, t in state["_ot_trials"].items()}
+        # the study agrees with MLflow: one trial each, pruned = killed; a trial re-asked
+        # after the crash is FAIL and marked, and its configuration ran as another trial
+        study = SweepStudy(sqlite_uri(store).replace("mlflow.db", "optuna.db"), "killed")
+        by_id = study.sweep_trials()
         assert set(by_id) == set(runs["trial_id"])
+        for t in study.trials():
+            if t.number not in {s.number for s in by_id.values()}:
+                assert t.state == TrialState.FAIL, t
+                assert "reasked_after_resume" in t.user_attrs or "repeat_of" in t.user_attrs
         for _, row in runs.iterrows():
             want = TrialState.PRUNED if row["status"] == "KILLED" else TrialState.COMPLETE
             assert by_id[row["trial_id"]].state == want, row["trial_id"]
@@ -318,20 +318,27 @@ def test_mlflow_record_survives_a_restore_without_duplicates(tmp_path: Path,
 def test_restore_finds_a_checkpoint_deleted_before_the_snapshot(asha_sweep, tmp_path: Path
                                                                ) -> None:
     """The snapshot names checkpoint N, Ray had already deleted it for N+1 (num_to_keep=1)."""
-    from kdtune.tune.sweep import _repair_checkpoints
+    from ray import tune
+
+    from kdtune.tune.sweep import repair_checkpoints
+    from kdtune.tune.trainable import run_trial
 
     copy = tmp_path / "exp"
     shutil.copytree(asha_sweep.experiment_dir, copy)
-    assert _repair_checkpoints(copy) == 0  # intact: nothing to do
-    trial_dir = sorted(copy.glob("run_trial_*"))[0]
+
+    def results() -> object:  # what resume reads: Ray's restored experiment, public API
+        return tune.Tuner.restore(str(copy), trainable=run_trial).get_results()
+
+    assert repair_checkpoints(results()) == 0  # intact: nothing to do
+    trial_dir = sorted(copy.glob("trial_*"))[0]
     (named,) = trial_dir.glob("checkpoint_*")
     index = int(named.name.split("_")[1])
     later = trial_dir / f"checkpoint_{index + 1:06d}"
     named.rename(later)  # what a crash leaves: N gone, N+1 on storage
     newest = trial_dir / f"checkpoint_{index + 2:06d}"
     newest.mkdir()  # persisted by the trial, never registered: not the one to use
-    assert _repair_checkpoints(copy) == 1
+    assert repair_checkpoints(results()) == 1
     assert sorted(p.name for p in named.iterdir()) == sorted(p.name for p in later.iterdir())
     for f in later.iterdir():
         assert (named / f.name).read_bytes() == f.read_bytes()
-    assert _repair_checkpoints(copy) == 0
+    assert repair_checkpoints(results()) == 0

@@ -1,104 +1,310 @@
-"""PersistentASHA: the rungs survive in a JSON file and a new scheduler decides as the old one.
+"""Early stopping at rungs: the pure rung functions, and RungScheduler on a real SQLite study.
 
-The scheduler is the real one; the trials are stand-ins carrying only a ``trial_id`` (all ASHA
-looks at), and the Tune controller argument is unused by ASHA.
+The scheduler is the real one on a real Optuna study (trials tagged with their Ray trial id,
+as the searcher leaves them); the Ray trials are stand-ins carrying only a ``trial_id`` (all
+the scheduler reads), and the Tune controller argument is unused.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import pickle
+import random
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import optuna
+import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from kdtune.tune.scheduler import PersistentASHA
+from kdtune.tune.scheduler import (
+    RungScheduler,
+    crowding_distance,
+    non_dominated_fronts,
+    pareto_order,
+    rung_keeps,
+    rung_milestones,
+)
+from kdtune.tune.study import ATTR_RAY_ID, SweepStudy
 
-SETTINGS = {"time_attr": "epoch", "metric": "val_accuracy", "mode": "max", "max_t": 8,
-            "grace_period": 1, "reduction_factor": 2}
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+NAME = "sweep"
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 class FakeTrial:
+    """A Ray trial as far as the scheduler looks at it."""
+
     def __init__(self, trial_id: str) -> None:
         self.trial_id = trial_id
 
 
-def report(scheduler: ASHAScheduler, trial: FakeTrial, epoch: int, value: float) -> str:
-    return scheduler.on_trial_result(None, trial, {"epoch": epoch, "val_accuracy": value})
+def result(epoch: int | None, accuracy: float, planned: int = 8, **extra: Any
+           ) -> dict[str, Any]:
+    """What kdtune's trainable reports each epoch (cost metrics measured before epoch 1)."""
+    out = {"epochs_planned": planned, "val_accuracy": accuracy, "val_loss": 1 - accuracy,
+           "params": 1000.0, **extra}
+    if epoch is not None:
+        out["epoch"] = epoch
+    return out
 
 
-def make(path: Path) -> PersistentASHA:
-    return PersistentASHA(**SETTINGS, state_path=path)
+# -- the pure functions ------------------------------------------------------------------------
+@pytest.mark.parametrize(("grace", "rf", "max_t", "milestones"), [
+    (1, 2, 8, [1, 2, 4]),  # max_t itself is no rung: a trial reaching it ends anyway
+    (1, 2, 9, [1, 2, 4, 8]),
+    (1, 3, 10, [1, 3, 9]),
+    (2, 2, 8, [2, 4]),
+    (3, 3, 27, [3, 9]),
+    (1, 1.5, 4, [1, 1.5, 2.25, 3.375]),
+    (1, 2, 1, []),
+    (4, 2, 4, []),
+])
+def test_rung_milestones(grace: int, rf: float, max_t: int, milestones: list[float]) -> None:
+    assert rung_milestones(grace, rf, max_t) == pytest.approx(milestones)
 
 
-def test_rungs_are_written_and_read_back(tmp_path: Path) -> None:
-    path = tmp_path / "exp" / "kdtune-asha.json"
-    first = make(path)
-    trials = {name: FakeTrial(name) for name in "abcd"}
-    for trial in trials.values():
-        first.on_trial_add(None, trial)
-    # rung 1: b, a, c recorded; c is below the cutoff of (b, a) and stopped
-    assert report(first, trials["b"], 1, 0.8) == TrialScheduler.CONTINUE
-    assert report(first, trials["a"], 1, 0.9) == TrialScheduler.CONTINUE
-    assert report(first, trials["c"], 1, 0.2) == TrialScheduler.STOP
-    # rung 2: a recorded; d (never at rung 2 before) still running
-    assert report(first, trials["a"], 2, 0.95) == TrialScheduler.CONTINUE
-    first.on_trial_complete(None, trials["c"], {"epoch": 1, "val_accuracy": 0.2})
-
-    saved = json.loads(path.read_text())
-    rungs = {r["milestone"]: r["recorded"] for r in saved["brackets"][0]}
-    assert sorted(rungs) == [1, 2, 4, 8]
-    assert rungs[1] == {"b": 0.8, "a": 0.9, "c": 0.2}
-    assert rungs[2] == {"a": 0.95} and rungs[4] == {} and rungs[8] == {}
-    assert saved["num_stopped"] == 1
-    assert not list(path.parent.glob("*.tmp"))  # written atomically
-
-    second = make(path)  # as after `kdtune resume`: a new scheduler on the same file
-    second.on_trial_add(None, FakeTrial("e"))
-    assert second.rungs() == first.rungs()
-    assert second._num_stopped == 1
-
-    # a weak trial arriving at rung 1 is stopped by both, exactly as the original would
-    weak = FakeTrial("w")
-    assert report(second, weak, 1, 0.5) == TrialScheduler.STOP
-    first.on_trial_add(None, weak)
-    assert report(first, weak, 1, 0.5) == TrialScheduler.STOP
-    # a strong one passes both
-    strong = FakeTrial("s")
-    second.on_trial_add(None, strong)
-    first.on_trial_add(None, strong)
-    assert report(second, strong, 1, 0.99) == report(first, strong, 1, 0.99) \
-        == TrialScheduler.CONTINUE
-    # the plain ASHA of Ray (empty rungs after a restore) would have let the weak one through
-    plain = ASHAScheduler(**SETTINGS)
-    plain.on_trial_add(None, weak)
-    assert report(plain, weak, 1, 0.5) == TrialScheduler.CONTINUE
+def quantile_keeps(values: list[float], rf: float) -> bool:
+    """Ray's ASHA quantile rule for a metric to maximise, the rung's values including the
+    judged one (last): it goes on if it is at or above the (1 - 1/rf) quantile. numpy
+    interpolates at an index like 6.000000000000001 when the exact one is 6, so a value equal
+    to the quantile (the judged one is in the list) may compare one ulp below it."""
+    cutoff = np.nanpercentile(values, (1 - 1 / rf) * 100)
+    return values[-1] >= cutoff or math.isclose(values[-1], cutoff, rel_tol=1e-12)
 
 
-def test_restored_trial_not_added_again(tmp_path: Path) -> None:
-    """Ray may hand a restored trial's results without calling on_trial_add first."""
-    path = tmp_path / "kdtune-asha.json"
-    first = make(path)
-    a, b = FakeTrial("a"), FakeTrial("b")
-    for t in (a, b):
-        first.on_trial_add(None, t)
-    assert report(first, a, 1, 0.9) == TrialScheduler.CONTINUE
-    assert report(first, b, 1, 0.95) == TrialScheduler.CONTINUE
-
-    second = make(path)
-    # b resumes from its checkpoint at epoch 1: its rung-1 value is already recorded, so it
-    # is not judged (or recorded) twice, and goes on to rung 2 where a is not yet recorded
-    assert report(second, b, 1, 0.95) == TrialScheduler.CONTINUE
-    assert report(second, b, 2, 0.85) == TrialScheduler.CONTINUE
-    assert second.rungs()[0][-1]["recorded"] == {"a": 0.9, "b": 0.95}
-    assert json.loads(path.read_text())["brackets"][0][-2]["recorded"] == {"b": 0.85}
-    # completing a trial Ray re-added is fine; one it never added is ignored
-    second.on_trial_complete(None, b, {"epoch": 2, "val_accuracy": 0.85})
-    second.on_trial_complete(None, FakeTrial("zz"), {"epoch": 1, "val_accuracy": 0.1})
-    second.on_trial_remove(None, FakeTrial("zz"))
+@pytest.mark.parametrize("rf", [2, 3, 4])
+def test_rung_keeps_is_the_asha_quantile_rule_for_one_metric(rf: int) -> None:
+    rng = random.Random(rf)
+    kept = stopped = 0
+    for n in range(1, 41):
+        for _ in range(25):
+            values = [rng.random() for _ in range(n)]
+            expected = quantile_keeps(values, rf)
+            assert rung_keeps([[v] for v in values], ["max"], rf) == expected, (values, rf)
+            # the same rung with the metric to minimise, negated
+            assert rung_keeps([[-v] for v in values], ["min"], rf) == expected, (values, rf)
+            kept, stopped = kept + expected, stopped + (not expected)
+    assert kept > 0 and stopped > 0
 
 
-def test_no_file_means_empty_rungs(tmp_path: Path) -> None:
-    scheduler = make(tmp_path / "missing" / "kdtune-asha.json")
-    scheduler.on_trial_add(None, FakeTrial("a"))
-    assert all(not rung["recorded"] for rung in scheduler.rungs()[0])
-    assert not (tmp_path / "missing").exists()  # nothing written until a result arrives
+def test_rung_keeps_small_rungs() -> None:
+    assert rung_keeps([[0.5]], ["max"], 2)  # the first trial at a rung always goes on
+    assert rung_keeps([[0.5], [0.6]], ["max"], 2)
+    assert not rung_keeps([[0.6], [0.5]], ["max"], 2)
+    assert rung_keeps([[0.6], [0.5]], ["min"], 2)
+    # rf 4, 5 trials: the best 5 - ceil(4 * 3/4) = 2 go on
+    assert rung_keeps([[0.1], [0.2], [0.3], [0.5], [0.4]], ["max"], 4)
+    assert not rung_keeps([[0.1], [0.2], [0.4], [0.5], [0.3]], ["max"], 4)
+
+
+def ray_asha_decisions(values: list[float], rf: float) -> list[bool]:
+    """Ray's own ASHAScheduler: trials reaching rung 1 one after the other; which go on."""
+    asha = ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=100,
+                         grace_period=1, reduction_factor=rf)
+    out = []
+    for i, value in enumerate(values):
+        trial = FakeTrial(f"t{i}")
+        asha.on_trial_add(None, trial)
+        out.append(asha.on_trial_result(None, trial, {"epoch": 1, "val_accuracy": value})
+                   == CONTINUE)
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "rung_keeps takes the quantile over the rung's values including the judged trial; "
+    "Ray's ASHAScheduler (async_hyperband._Bracket.on_result) takes it over the trials "
+    "recorded before it, so e.g. 0.1, 0.3, then 0.15 at rf 2: Ray stops 0.15 (below the "
+    "median 0.2 of 0.1 and 0.3), RungScheduler keeps it; the docstrings say Ray's rule"))
+def test_rung_keeps_decides_as_rays_asha_scheduler() -> None:
+    assert ray_asha_decisions([0.1, 0.3, 0.15], 2) == [True, True, False]
+    rng = random.Random(0)
+    for rf in (2, 3, 4):
+        for _ in range(20):
+            values = [rng.random() for _ in range(12)]
+            ours = [rung_keeps([[v] for v in values[:i + 1]], ["max"], rf)
+                    for i in range(len(values))]
+            assert ours == ray_asha_decisions(values, rf), (values, rf)
+
+
+def test_non_dominated_fronts() -> None:
+    points = [(1, 5), (2, 3), (4, 1), (3, 4), (5, 5), (4, 4)]
+    # (3, 4) is dominated by (2, 3) only; (4, 4) by (3, 4) too; (5, 5) by everything
+    assert non_dominated_fronts(points) == [[0, 1, 2], [3], [5], [4]]
+    assert non_dominated_fronts([(1, 1), (1, 1), (2, 2)]) == [[0, 1], [2]]  # equal: same front
+    assert non_dominated_fronts([(2, 1), (1, 2)]) == [[0, 1]]
+    assert non_dominated_fronts([(3,), (1,), (2,), (1,)]) == [[1, 3], [2], [0]]
+    assert non_dominated_fronts([]) == []
+
+
+def test_crowding_distance() -> None:
+    # per objective (range 3, then 4): the middle point spans 3/3 and 4/4
+    assert crowding_distance([(1, 5), (2, 3), (4, 1)]) == [math.inf, 2.0, math.inf]
+    # x: (3 - 0) / 10 and (10 - 1) / 10; y: (10 - 3) / 10 and (6 - 0) / 10
+    assert crowding_distance([(0, 10), (1, 6), (3, 3), (10, 0)]) == \
+        pytest.approx([math.inf, 1.0, 1.5, math.inf])
+    assert crowding_distance([(1, 2), (2, 1)]) == [math.inf, math.inf]
+    assert crowding_distance([(1, 2)]) == [math.inf]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "crowding_distance marks the first and last point of every objective's sort as "
+    "infinitely far before it skips an objective on which all points are equal, so a "
+    "constant objective (e.g. params with a fixed student model) gives infinity to the "
+    "points first and last by index: the judged trial, always last at a rung, is ranked "
+    "first within its front. NSGA-II implementations (Optuna's, pymoo's) ignore such an "
+    "objective"))
+def test_crowding_distance_ignores_an_objective_equal_on_every_point() -> None:
+    # the front trades the first objective against the third; the second is constant
+    points = [(0, 1, 5), (2, 1, 3), (1, 1, 4)]
+    assert crowding_distance(points) == [math.inf, math.inf, 2.0]
+    assert pareto_order(points) == [0, 1, 2]
+
+
+def test_pareto_order() -> None:
+    points = [(5, 5), (0, 10), (3, 3), (10, 0), (1, 6), (4, 4)]
+    # front [1, 2, 3, 4]: ends 1 and 3 (infinite), then 2 (1.5) before 4 (1.0); then 5, 0
+    assert non_dominated_fronts(points) == [[1, 2, 3, 4], [5], [0]]
+    assert pareto_order(points) == [1, 3, 2, 4, 5, 0]
+    assert pareto_order([(1,), (1,), (0,)]) == [2, 0, 1]  # ties: by index
+
+
+def test_a_multi_objective_rung_ranks_by_pareto_front() -> None:
+    """Four trials at a rung, rf 2: the best two go on. The judged trial J is second on
+    accuracy, but A is both more accurate and smaller: Pareto rank stops J."""
+    rung = [[0.90, 100.0],  # A
+            [0.70, 50.0],  # B
+            [0.60, 10.0],  # C
+            [0.80, 200.0]]  # J, judged: dominated by A
+    assert rung_keeps([[acc] for acc, _ in rung], ["max"], 2)  # accuracy alone keeps J
+    assert not rung_keeps(rung, ["max", "min"], 2)
+    # a small, inaccurate trial is on the first front and one of its ends: it goes on
+    small = [*rung[:3], [0.50, 5.0]]
+    assert not rung_keeps([[acc] for acc, _ in small], ["max"], 2)
+    assert rung_keeps(small, ["max", "min"], 2)
+
+
+# -- RungScheduler on a real study -------------------------------------------------------------
+@pytest.fixture
+def study(tmp_path: Path) -> SweepStudy:
+    """A new study in SQLite (as ``run_sweep`` creates it), no trials yet."""
+    study = SweepStudy(f"sqlite:///{tmp_path / 'rungs.db'}", NAME)
+    study.create(["max"], {})
+    return study
+
+
+def add_trials(study: SweepStudy, *trial_ids: str) -> None:
+    """Trials as the searcher leaves them: asked, tagged with their Ray trial id, running."""
+    optuna_study = optuna.load_study(study_name=NAME, storage=study.url)
+    for trial_id in trial_ids:
+        optuna_study.ask().set_user_attr(ATTR_RAY_ID, trial_id)
+
+
+def rung_attrs(study: SweepStudy, key: str) -> dict[str, Any]:
+    """Ray trial id -> user attribute ``key``, read through a new connection."""
+    trials = optuna.load_study(study_name=NAME, storage=study.url).get_trials()
+    return {t.user_attrs[ATTR_RAY_ID]: t.user_attrs[key] for t in trials if key in t.user_attrs}
+
+
+def scheduler(study: SweepStudy, metrics: tuple[str, ...] = ("val_accuracy",),
+              modes: tuple[str, ...] = ("max",), max_t: int = 8) -> RungScheduler:
+    return RungScheduler(study, metrics=list(metrics), modes=list(modes), grace_period=1,
+                         reduction_factor=2, max_t=max_t)
+
+
+def report(s: RungScheduler, trial_id: str, epoch: int | None, accuracy: float,
+           **extra: Any) -> str:
+    return s.on_trial_result(None, FakeTrial(trial_id), result(epoch, accuracy, **extra))
+
+
+def test_decisions_are_written_to_the_study(study: SweepStudy) -> None:
+    s = scheduler(study)
+    assert s.milestones == [1, 2, 4]
+    add_trials(study, "a", "b", "c")
+    assert report(s, "a", 1, 0.8) == CONTINUE  # first at rung 1
+    assert report(s, "b", 1, 0.9) == CONTINUE
+    assert report(s, "c", 1, 0.7) == STOP  # below both: 3 - ceil(2 / 2) = 2 go on
+    assert report(s, "a", 1, 0.1) == CONTINUE  # the same epoch again: decided already
+    assert report(s, "a", 2, 0.85) == CONTINUE  # first at rung 2
+    assert report(s, "b", 3, 0.8) == STOP  # passed rung 2 at epoch 3: judged there
+    assert rung_attrs(study, "rung_1") == {
+        "a": {"values": [0.8], "keep": True, "order": 0},
+        "b": {"values": [0.9], "keep": True, "order": 1},
+        "c": {"values": [0.7], "keep": False, "order": 2}}
+    assert rung_attrs(study, "rung_2") == {
+        "a": {"values": [0.85], "keep": True, "order": 0},
+        "b": {"values": [0.8], "keep": False, "order": 1}}
+    assert rung_attrs(study, "rung_4") == {}
+
+
+def test_multi_objective_rung_through_the_scheduler(study: SweepStudy) -> None:
+    """The hand-made rung above, reported by four trials: J is stopped on Pareto rank."""
+    s = scheduler(study, metrics=("val_accuracy", "params"), modes=("max", "min"))
+    add_trials(study, "A", "B", "C", "J")
+    assert report(s, "A", 1, 0.90, params=100.0) == CONTINUE
+    # one of two goes on: A and B are one front, both ends (infinitely crowded); the index
+    # (the order they reached the rung) decides
+    assert report(s, "B", 1, 0.70, params=50.0) == STOP
+    # two of three go on: A, B, C are one front, C and A its ends
+    assert report(s, "C", 1, 0.60, params=10.0) == CONTINUE
+    assert report(s, "J", 1, 0.80, params=200.0) == STOP  # two of four; J is on front 2
+    assert rung_attrs(study, "rung_1")["J"] == {"values": [0.80, 200.0], "keep": False,
+                                                "order": 3}
+    # on accuracy alone, the same rung keeps J
+    accuracy_only = scheduler(study)
+    add_trials(study, "A1", "B1", "C1", "J1")
+    for trial_id, accuracy in (("A1", 0.9), ("B1", 0.7), ("C1", 0.6), ("J1", 0.8)):
+        accuracy_only.decide(trial_id, 2, result(2, accuracy))
+    assert rung_attrs(study, "rung_2")["J1"]["keep"] is True
+
+
+def test_a_decision_is_replayed_after_a_restart(study: SweepStudy) -> None:
+    """A new scheduler (Ray unpickles it on resume) repeats the stored decision for a trial
+    resuming past a rung, even when trials recorded since would decide otherwise."""
+    s = scheduler(study)
+    add_trials(study, "a", "b")
+    assert report(s, "a", 1, 0.5) == CONTINUE
+    assert report(s, "b", 1, 0.4) == STOP
+    assert report(s, "a", 2, 0.5) == CONTINUE  # the first at rung 2
+    data = pickle.dumps(s)
+    assert len(data) < 2000 and b"optuna" not in data  # the study's URL and name, no study
+
+    later = pickle.loads(data)
+    add_trials(study, "c", "d", "e")
+    assert report(later, "c", 1, 0.1) == STOP
+    assert report(later, "d", 1, 0.2) == STOP
+    # judged now, b (0.4) would be second of a, c, d, b: kept; it was stopped
+    assert rung_keeps([[0.5], [0.1], [0.2], [0.4]], ["max"], 2)
+    assert report(later, "b", 1, 0.4) == STOP
+    # and a kept trial stays kept though a better trial came since
+    assert report(later, "e", 2, 0.9) == CONTINUE  # e passed rung 2 after a
+    assert not rung_keeps([[0.9], [0.5]], ["max"], 2)
+    again = pickle.loads(pickle.dumps(later))
+    assert report(again, "a", 2, 0.5) == CONTINUE
+    assert rung_attrs(study, "rung_1")["b"] == {"values": [0.4], "keep": False, "order": 1}
+    assert rung_attrs(study, "rung_2") == {
+        "a": {"values": [0.5], "keep": True, "order": 0},
+        "e": {"values": [0.9], "keep": True, "order": 1}}
+
+
+def test_max_t_below_the_planned_epochs_stops_at_max_t(study: SweepStudy) -> None:
+    s = scheduler(study, max_t=4)
+    assert s.milestones == [1, 2]
+    add_trials(study, "a", "b")
+    assert report(s, "a", 1, 0.9) == CONTINUE
+    assert report(s, "a", 3, 0.9) == CONTINUE  # rung 2, the first there
+    assert report(s, "a", 4, 0.95, planned=6) == STOP  # max_t: it ends here
+    assert report(s, "b", 4, 0.95, planned=4) == CONTINUE  # its last epoch: it ends itself
+    assert rung_attrs(study, "rung_4") == {}
+
+
+def test_results_without_an_epoch_or_a_value_continue(study: SweepStudy) -> None:
+    s = scheduler(study)
+    add_trials(study, "a", "b")
+    assert report(s, "a", 1, 0.9) == CONTINUE
+    assert report(s, "b", None, 0.1) == CONTINUE  # no epoch: nothing to place at a rung
+    assert report(s, "b", 1, math.nan) == CONTINUE  # nothing to rank by
+    assert report(s, "ghost", 1, 0.0) == CONTINUE  # not a trial of this sweep
+    assert set(rung_attrs(study, "rung_1")) == {"a"}

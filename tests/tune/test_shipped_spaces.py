@@ -87,8 +87,8 @@ def miniature(source: Path, folder: Path) -> tuple[Path, contextlib.AbstractCont
 
 def searched_configs(experiment_dir: Path) -> dict[str, dict[str, Any]]:
     """Ray trial id -> the parameters the searcher gave the trial (Ray's ``params.json``)."""
-    return {folder.name.split("_")[2]: json.loads((folder / "params.json").read_text())
-            for folder in experiment_dir.glob("run_trial_*")}
+    return {folder.name.removeprefix("trial_"): json.loads((folder / "params.json").read_text())
+            for folder in experiment_dir.glob("trial_*")}
 
 
 def check_configs(space: SearchSpace, configs: list[dict[str, Any]]) -> None:

@@ -8,7 +8,6 @@ its Ray experiment folder and the Optuna study that the searcher saved there.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +34,21 @@ def searched_params(record: SweepRecord) -> dict[str, dict[str, Any]]:
     import json
 
     out = {}
-    for folder in record.experiment_dir.glob("run_trial_*"):
-        trial_id = folder.name.split("_")[2]
-        out[trial_id] = json.loads((folder / "params.json").read_text())
+    for folder in record.experiment_dir.glob("trial_*"):
+        out[folder.name.removeprefix("trial_")] = json.loads((folder / "params.json").read_text())
     return out
 
 
-def optuna_state(record: SweepRecord) -> dict[str, Any]:
-    """The searcher's saved state (``OptunaSearch.__dict__``: ``_ot_study``, ``_ot_trials``)."""
-    files = sorted(record.experiment_dir.glob("searcher-state-*.pkl"))
-    assert len(files) == 1, files
-    with open(files[0], "rb") as f:
-        return pickle.load(f)
+def study_of(record: SweepRecord) -> Any:
+    """The sweep's Optuna study, in the study storage beside its MLflow store."""
+    from kdtune.tune.study import SweepStudy
+
+    url = record.tracker().sweep_run(record.name).data.tags["kdtune.study_storage"]
+    return SweepStudy(url, record.name)
 
 
 def study_trials_by_ray_id(record: SweepRecord) -> dict[str, Any]:
-    state = optuna_state(record)
-    frozen = {t.number: t for t in state["_ot_study"].get_trials(deepcopy=False)}
-    return {trial_id: frozen[ot.number] for trial_id, ot in state["_ot_trials"].items()}
+    return study_of(record).sweep_trials()
 
 
 # -- the MLflow record --------------------------------------------------------------------------
@@ -81,7 +77,8 @@ def test_parent_run_is_finished_and_tagged(asha_sweep: SweepRecord) -> None:
     assert tags["kdtune.git_sha"]
     assert tags["kdtune.ray_address"] == "local"
     assert tags["kdtune.storage"] == str(asha_sweep.experiment_dir)
-    assert params["num_samples"] == "8" and params["objective.metrics"] == "val_accuracy"
+    assert tags["kdtune.num_samples"] == "8" and params["objective.metrics"] == "val_accuracy"
+    assert tags["kdtune.study_storage"] == f"sqlite:///{asha_sweep.storage.parent}/optuna.db"
     assert params["searched"].split(",") == list(BASE_SPACE["parameters"])
     assert Path(params["teacher"]).is_file()  # trained once, on the driver
     artifacts = [a.path for a in tracker.client.list_artifacts(parent.info.run_id)]
@@ -138,7 +135,7 @@ def test_trials_report_their_time_in_the_trainer(asha_sweep: SweepRecord) -> Non
 
     from kdtune.tune.trainable import TRAINER_KEY
 
-    folders = list(asha_sweep.experiment_dir.glob("run_trial_*"))
+    folders = list(asha_sweep.experiment_dir.glob("trial_*"))
     assert len(folders) == 8
     for folder in folders:
         rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
@@ -168,17 +165,22 @@ def test_best_student_weights_are_logged(asha_sweep: SweepRecord, tmp_path: Path
     assert first.shape == (config.hidden[0], 64)
 
 
-def test_asha_rungs_are_saved_in_the_experiment(asha_sweep: SweepRecord) -> None:
-    import json
-
-    state = json.loads((asha_sweep.experiment_dir / "kdtune-asha.json").read_text())
+def test_asha_rungs_are_saved_in_the_study(asha_sweep: SweepRecord) -> None:
+    """Every rung decision is on the study's trial, with the value it was made on."""
+    by_id = study_trials_by_ray_id(asha_sweep)
     runs = asha_sweep.tracker().trial_runs("asha")
-    killed = runs[runs["status"] == "KILLED"]
-    milestones = {r["milestone"]: r["recorded"] for r in state["brackets"][0]}
-    assert set(milestones) == RUNGS
-    for _, row in killed.iterrows():  # the rung that stopped a trial holds its value
-        assert row["trial_id"] in milestones[int(row["tags.kdtune.rung"])]
-    assert state["num_stopped"] >= len(killed)
+    for _, row in runs.iterrows():
+        attrs = by_id[row["trial_id"]].user_attrs
+        decided = {int(k.removeprefix("rung_")): v for k, v in attrs.items()
+                   if k.startswith("rung_")}
+        last = EPOCHS if row["status"] == "FINISHED" else int(row["tags.kdtune.rung"])
+        assert set(decided) == {r for r in RUNGS if r <= last}, (row["trial_id"], decided)
+        for rung, record in decided.items():
+            assert record["keep"] == (rung != last or row["status"] == "FINISHED")
+            history = asha_sweep.tracker().client.get_metric_history(row["run_id"],
+                                                                    "val_accuracy")
+            assert record["values"] == [pytest.approx(h.value) for h in history
+                                        if h.step == rung]
 
 
 # -- the Optuna side ----------------------------------------------------------------------------
