@@ -84,16 +84,20 @@ class Store:
     def resolve(cls, mlflow_uri: str | None = None, storage: str | None = None,
                 study_storage: str | None = None) -> Store:
         """Defaults: ``$MLFLOW_TRACKING_URI`` if set, and one local folder ``./kdtune-runs``
-        with ``mlflow.db``, ``optuna.db`` and ``ray/``; the study beside an SQLite MLflow
-        store wherever that is."""
+        with ``mlflow.db``, ``optuna.db`` and ``ray/``. The study's default is ``optuna.db``
+        beside an SQLite MLflow store, else in a local Ray storage folder, else in
+        ``./kdtune-runs``."""
         root = default_store()
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
-        db = sqlite_path(uri)  # the study goes beside an SQLite MLflow store
-        study_url = study_storage or default_study_url(db.parent if db is not None else root)
         if storage and is_uri(storage):
-            return cls(uri, storage.rstrip("/"), study_url)
-        path = Path(storage).expanduser().resolve() if storage else root / "ray"
-        return cls(uri, path, study_url)
+            ray_storage: Path | str = storage.rstrip("/")
+        else:
+            ray_storage = Path(storage).expanduser().resolve() if storage else root / "ray"
+        # the study goes beside an SQLite MLflow store, else into a local Ray storage folder
+        db = sqlite_path(uri)
+        folder = db.parent if db is not None else \
+            ray_storage if isinstance(ray_storage, Path) else root
+        return cls(uri, ray_storage, study_storage or default_study_url(folder))
 
     def experiment_dir(self, name: str) -> Path | str:
         if isinstance(self.storage, Path):
