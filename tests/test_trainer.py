@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from method_values import valid_params
 
 from kdtune.config import TrainConfig
 from kdtune.data import DataSplits, SyntheticSpec, load_dataset
@@ -154,14 +155,14 @@ def test_final_metrics_without_teacher(tiny_student, digits: DataSplits) -> None
 
 @pytest.mark.parametrize("method", [m for m in list_methods() if get_method(m).needs_teacher])
 def test_method_needing_a_teacher_without_one(method: str, digits: DataSplits) -> None:
-    cfg = TrainConfig(method=method, t_right=2.0, t_wrong=4.0, hidden=(16,), epochs=1)
+    cfg = TrainConfig(method=method, method_params=valid_params(method), hidden=(16,), epochs=1)
     with pytest.raises(KdtuneError, match=f"method {method!r} needs a teacher"):
         train(cfg, data=digits)
 
 
 def test_every_method_trains(tiny_student, teacher: Teacher, digits: DataSplits) -> None:
     for method in list_methods():
-        cfg = tiny_student(method=method, t_right=2.0, t_wrong=6.0, epochs=1)
+        cfg = tiny_student(method=method, method_params=valid_params(method), epochs=1)
         result = train(cfg, teacher=teacher, data=digits, measure_latency=False)
         assert result.history[0]["train_loss"] > 0, method
 

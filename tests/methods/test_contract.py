@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_values import bad_values, valid_params, variants
 from torch import Tensor, nn
 
 from kdtune.errors import KdtuneError
@@ -15,7 +16,6 @@ from kdtune.methods import (
     method_params,
     training_loss,
 )
-from .registry_values import bad_values, valid_params, variants
 
 METHODS = list_methods()
 WITH_ALPHA = [m for m in METHODS if get_method(m).uses_alpha]

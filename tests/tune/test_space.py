@@ -275,8 +275,8 @@ def test_space_module_imports_neither_ray_nor_optuna() -> None:
 
 
 # -- errors ------------------------------------------------------------------------------------
-TWO_T = ("parameters.method.choices: method two_temperature needs t_right and t_wrong: add "
-         "them under parameters with when: {method: [two_temperature]} or under fixed")
+TWO_T = ("parameters.method.choices: method two_temperature needs {}: add {} under parameters "
+         "with when: {{method: [two_temperature]}} or under fixed")
 ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("bad-type", edit(parameters__alpha__type="flaot"),
      "parameters.alpha.type: unknown type 'flaot'; choose one of: categorical, int, float, "
@@ -351,7 +351,9 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("seeds-and-seed", edit(fixed__seeds=[0], fixed__seed=1),
      "fixed.seeds: give seeds or seed, not both"),
     ("seeds-dup", edit(fixed__seeds=[1, 1]), "fixed.seeds: duplicate seeds"),
-    ("no-t-right", edit(parameters__t_right=DELETE), TWO_T),
+    ("no-t-right", edit(parameters__t_right=DELETE), TWO_T.format("t_right", "it")),
+    ("no-t-right-t-wrong", edit(parameters__t_right=DELETE, parameters__t_wrong=DELETE),
+     TWO_T.format("t_right and t_wrong", "them")),
     ("alpha-for-none", edit(parameters__alpha__when=DELETE),
      "parameters.alpha: active with method none, which does not use alpha; add when: "
      "{method: [vanilla, two_temperature]}"),
