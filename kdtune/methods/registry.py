@@ -192,7 +192,8 @@ class MethodSpec:
             raise KdtuneError(
                 f"method {self.name!r} needs {_and(p.name for p in missing)} "
                 f"({'; '.join(f'{p.name}: {p.allowed()}' for p in missing)}): pass "
-                f"{' and '.join(p.flag for p in missing)} or set them in the config")
+                f"{' and '.join(p.flag for p in missing)} or set "
+                f"{'it' if len(missing) == 1 else 'them'} in the config")
         return {name: p.default if given.get(name) is None else p.check(given[name])
                 for name, p in own.items()}
 

@@ -27,8 +27,7 @@ def virtual_teacher(labels: Tensor, num_classes: int, peak: float) -> Tensor:
     "tf_kd", needs_teacher=False,
     params=[Param("tf_peak", float, 0.9, low=0, high=1,
                   help="the virtual teacher's probability on the label")],
-    formula="`KL_T(v, z_s)`, `v` = `tf_peak` on the label, `(1 − tf_peak)/(C − 1)` elsewhere "
-            "(no teacher)",
+    formula="`KL_T(v, z_s)`, `v` = `tf_peak` on the label, `(1 − tf_peak)/(C − 1)` elsewhere",
     paper="Yuan et al. 2020 (teacher-free KD)")
 def tf_kd(student_logits: Tensor, teacher_logits: None, labels: Tensor, *, temperature: float,
           tf_peak: float) -> Tensor:
