@@ -152,7 +152,7 @@ def test_parameter_names_are_global() -> None:
     assert all_params()["nckd_weight"] is same  # dkd still declares it
 
 
-@pytest.mark.parametrize("field", ["lr", "epochs", "teacher", "kd_warmup"])
+@pytest.mark.parametrize("field", ["lr", "epochs", "teacher", "method_params"])
 def test_parameters_may_not_shadow_config_fields(field: str) -> None:
     with pytest.raises(ValueError, match=f"parameter '{field}' is a TrainConfig field"):
         register_method("shadow", params=[Param(field, float, 1.0)])
