@@ -87,11 +87,6 @@ class TrainConfig:
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def fixed_field_names(cls) -> list[str]:
-        """The dataclass fields that are keys of their own (all but ``method_params``)."""
-        return [f.name for f in dataclasses.fields(cls) if f.name != "method_params"]
-
-    @classmethod
     def field_names(cls) -> list[str]:
         """Every key :meth:`from_dict` accepts: the fields, with every registered method
         parameter in place of ``method_params``."""

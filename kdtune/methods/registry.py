@@ -26,6 +26,7 @@ registry; adding a method changes nothing else under ``kdtune/``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -228,7 +229,7 @@ def register_method(
     from kdtune.config import TrainConfig
 
     params = tuple(params)
-    fields = TrainConfig.fixed_field_names()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     names = [p.name for p in params]
     for p in params:
         if p.name in fields:
