@@ -107,8 +107,9 @@ def test_shipped_space_loads(path: Path) -> None:
 
 
 def test_shipped_files_cover_the_issue() -> None:
-    assert {p.stem for p in SHIPPED} == {"digits_quick", "mnist_mlp", "cifar10_resnet_blocks",
-                                         "cifar100_thesis", "cifar100_thesis_wrn"}
+    assert {p.stem for p in SHIPPED} == {"digits_quick", "digits_methods", "mnist_mlp",
+                                         "cifar10_resnet_blocks", "cifar100_thesis",
+                                         "cifar100_thesis_wrn"}
 
 
 def test_digits_quick_is_the_quick_default() -> None:
@@ -124,16 +125,34 @@ def test_digits_quick_is_the_quick_default() -> None:
 
 def test_grid_sizes_of_shipped_grids() -> None:
     # mnist_mlp: 3 widths x (none + vanilla x 3 temperatures) = 3 x 4 = 12
-    # cifar10_resnet_blocks: 3 block layouts x 2 stem strides x (none + vanilla x 2 T) = 18
-    # cifar100_thesis: 7 single-T methods x 3 alpha x 3 T = 63,
-    #   plus two_temperature x 3 alpha x 2 t_right x 3 t_wrong = 18 -> 81
-    sizes = {p.stem: len(expand_grid(load_space(p))) for p in SHIPPED if p.stem != "digits_quick"}
-    assert sizes == {"mnist_mlp": 12, "cifar10_resnet_blocks": 18, "cifar100_thesis": 81,
-                     "cifar100_thesis_wrn": 81}
-    thesis = expand_grid(load_space(ROOT / "search_spaces" / "cifar100_thesis.yaml"))
-    two = [c for c in thesis if c["method"] == "two_temperature"]
-    assert len(two) == 18 and all("temperature" not in c for c in two)
-    assert all("t_right" not in c and "temperature" in c for c in thesis if c not in two)
+    # cifar10_resnet_blocks: 3 block layouts x 2 stem strides x (none + vanilla x 2 LS x 2 T
+    #   + dkd x 2 T + dist x 2 T) = 6 x 9 = 54
+    # cifar100_thesis: the thesis's 81, plus vanilla+LS 9, dkd 18 and dist 9 -> 117
+    sizes = {p.stem: len(expand_grid(load_space(p))) for p in SHIPPED
+             if load_space(p).search.sampler == "grid"}
+    assert sizes == {"mnist_mlp": 12, "cifar10_resnet_blocks": 54, "cifar100_thesis": 117,
+                     "cifar100_thesis_wrn": 117}
+
+
+@pytest.mark.parametrize("name", ["cifar100_thesis", "cifar100_thesis_wrn"])
+def test_thesis_grids_keep_the_thesis_configurations(name: str) -> None:
+    """7 single-T methods x 3 alpha x 3 T = 63, plus two_temperature x 3 alpha x 2 t_right x
+    3 t_wrong = 18: the thesis's 81, unchanged, beside the newer methods' branches."""
+    grid = expand_grid(load_space(ROOT / "search_spaces" / f"{name}.yaml"))
+    newer = [c for c in grid if c["method"] in ("dkd", "dist")
+             or c.get("logit_standardization") is True]
+    thesis = [{k: v for k, v in c.items() if k != "logit_standardization"}
+              for c in grid if c not in newer]
+    single_t = ["vanilla", "spherical", "rkd_v1", "rkd_v2", "rkd_v3", "rkd_v4", "earth_mover"]
+    expected = [{"method": m, "alpha": a, "temperature": t} for m in single_t
+                for a in (0.1, 0.3, 0.5) for t in (2, 5, 10)]
+    expected += [{"method": "two_temperature", "alpha": a, "t_right": r, "t_wrong": w}
+                 for a in (0.1, 0.3, 0.5) for r in (2, 5) for w in (10, 20, 50)]
+    key = lambda c: sorted(c.items())  # noqa: E731  (2 == 2.0: choices are coerced to floats)
+    assert sorted(thesis, key=key) == sorted(expected, key=key) and len(thesis) == 81
+    assert sorted(c["method"] for c in newer) == ["dist"] * 9 + ["dkd"] * 18 + ["vanilla"] * 9
+    assert all(c["kd_warmup"] == 20 and c["nckd_weight"] in (2, 8) for c in newer
+               if c["method"] == "dkd")
 
 
 # -- sampling ----------------------------------------------------------------------------------
