@@ -140,6 +140,13 @@ class TrainConfig:
         return cls.from_dict(data, where=str(path))
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes``. A new ``method`` without ``method_params`` keeps the
+        parameters it also declares and drops the others (the new method's defaults fill in)."""
+        if "method" in changes and "method_params" not in changes:
+            from kdtune.methods import method_params
+
+            own = method_params(changes["method"])
+            changes["method_params"] = {k: v for k, v in self.method_params.items() if k in own}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

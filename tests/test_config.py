@@ -211,10 +211,14 @@ def test_unset_method_parameters_are_not_given(tmp_path: Path) -> None:
     assert TrainConfig.from_yaml(path).method_params == {"t_right": 2.0, "t_wrong": 5.0}
 
 
-def test_replace_checks_the_parameters_against_the_new_method() -> None:
-    cfg = TrainConfig.from_dict({"method": "dist", "dist_beta": 2})
-    assert cfg.replace(alpha=0.2).method_params["dist_beta"] == 2.0
+def test_replace_with_another_method_keeps_the_parameters_it_declares() -> None:
+    cfg = TrainConfig.from_dict({"method": "dkd", "nckd_weight": 2,
+                                 "logit_standardization": True})
+    assert cfg.replace(alpha=0.2).method_params["nckd_weight"] == 2.0
+    assert cfg.replace(method="vanilla").method_params == {"logit_standardization": True}
+    assert cfg.replace(method="none").method_params == {}
+    assert cfg.replace(method="dist").method_params == {"dist_beta": 1.0, "dist_gamma": 1.0}
     with pytest.raises(KdtuneError, match="method 'vanilla' does not take 'dist_beta'"):
-        cfg.replace(method="vanilla")
-    assert cfg.replace(method="vanilla", method_params={}).method_params == {
-        "logit_standardization": False}
+        cfg.replace(method="vanilla", method_params={"dist_beta": 2})
+    with pytest.raises(KdtuneError, match="'two_temperature' needs t_right and t_wrong"):
+        cfg.replace(method="two_temperature")

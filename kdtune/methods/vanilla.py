@@ -82,8 +82,8 @@ def none(student_logits: Tensor, teacher_logits: None, labels: Tensor) -> None:
 
 @register_method(
     "vanilla", params=[LOGIT_STANDARDIZATION],
-    formula="`KL_T(softmax(z_t/T), z_s)`; with `logit_standardization` both logits are "
-            "first standardized per row",
+    formula="`KL_T(softmax(z_t/T), z_s)`; with `logit_standardization` both logits first "
+            "become `(z − mean z) / (1e-7 + std z)` per row",
     paper="Hinton et al. 2015; LS: Sun et al. 2024")
 def vanilla(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
             temperature: float, logit_standardization: bool) -> Tensor:
