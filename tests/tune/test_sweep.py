@@ -103,8 +103,9 @@ def test_child_params_are_the_full_resolved_config(asha_sweep: SweepRecord,
             ("digits", "mlp", EPOCHS, 64)
         assert config.teacher == teacher and config.device == "cpu" and config.seed == 0
         assert decode_param(params["seeds"]) == [0]
+        flat = config.to_dict()
         for key, value in searched[row["trial_id"]].items():
-            got = getattr(config, key)
+            got = flat[key]
             assert (list(got) if isinstance(got, tuple) else got) == pytest.approx(value), key
         # the resolved config is also an artifact, readable by `kdtune train --config`
         local = tracker.client.download_artifacts(row["run_id"], "config.yaml", str(tmp_path))
