@@ -58,3 +58,18 @@ def test_latency_timing_stops_at_its_budget() -> None:
 
     assert metrics._time_forward(Slow(), (2,), 1, repeats=10, warmup=2, budget_s=0.1) >= 50
     assert len(calls) == 1 + 3
+
+
+def test_a_pass_longer_than_the_budget_is_timed_once_after_its_warm_up() -> None:
+    from kdtune import metrics
+
+    calls: list[int] = []
+
+    class VerySlow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            time.sleep(0.05)
+            return x
+
+    assert metrics._time_forward(VerySlow(), (2,), 1, repeats=10, warmup=2, budget_s=0.04) >= 50
+    assert len(calls) == 1 + 1

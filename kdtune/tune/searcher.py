@@ -1,5 +1,5 @@
 """Ray's ``OptunaSearch``, but trials stopped early by the scheduler reach Optuna as PRUNED,
-and no configuration is trained twice.
+no configuration is trained twice, and a grid runs through the same searcher.
 
 Ray tells Optuna that an ASHA-stopped trial COMPLETED with its last, partial value, so TPE
 would learn from a 3-epoch score as if it were final. Here such a trial is told as
@@ -10,6 +10,10 @@ issue 2021): the same config and seed give the same numbers, so such a trial wou
 compute. A repeated proposal is told FAIL (Optuna's samplers ignore failed trials) and
 replaced by a neighbour: the proposal with one parameter moved to another value (more when
 those are used up, then a random draw).
+
+A grid (``points``: kdtune's expansion of a conditional space) is proposed one configuration
+at a time: the next one not proposed yet is enqueued in the study and asked, so grid trials
+are ordinary Optuna trials (pruned, failed, adopted on resume and saved exactly like TPE's).
 """
 
 from __future__ import annotations
@@ -56,23 +60,26 @@ class PruningOptunaSearch(OptunaSearch):
     here: a trial pruned at a rung carries the value the scheduler judged it by. A trial that
     errored is told FAIL even when it had reported results (Ray's ``OptunaSearch`` would tell
     it COMPLETE with its last value). Configurations are never repeated while unseen ones are
-    near (module docstring); ``seed`` seeds the choice of neighbours.
+    near (module docstring); ``seed`` seeds the choice of neighbours. With ``points`` the
+    searcher proposes exactly those configurations, in order, and then no more.
     """
 
     def __init__(self, *args: Any, seed: int | None = None, num_samples: int | None = None,
-                 **kwargs: Any) -> None:
+                 points: list[dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rng = random.Random(seed)
         self._proposed: dict[str, str] = {}  # configuration key -> the Ray trial that has it
         self.repeats_avoided = 0
         self.num_samples = num_samples
+        self.points = points
         self._restored_ids: set[str] = set()  # the trials of Ray's snapshot at the last restore
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickling a searcher saved by an older kdtune (a sweep started before an upgrade
         and resumed after it): start the memory it did not have empty."""
         self.__dict__.update({"_rng": random.Random(), "_proposed": {}, "repeats_avoided": 0,
-                              "num_samples": None, "_restored_ids": set(), **state})
+                              "num_samples": None, "points": None, "_restored_ids": set(),
+                              **state})
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if trial_id in self._ot_trials or not callable(self._space):
@@ -80,6 +87,8 @@ class PruningOptunaSearch(OptunaSearch):
         known = set(self._ot_trials) | self._restored_ids
         if self.num_samples is not None and len(known) >= self.num_samples:
             return Searcher.FINISHED  # Ray's restored trial counter was behind (see restore)
+        if self.points is not None:
+            return self._suggest_point(trial_id)
         config = super().suggest(trial_id)
         for attempt in range(MAX_NEIGHBOURS + MAX_RANDOM):
             key = config_key(config)
@@ -99,6 +108,19 @@ class PruningOptunaSearch(OptunaSearch):
                 config = self._suggest_randomly(trial_id)
         logger.warning("every configuration tried was trained already (last: %s): trial %s "
                        "trains it again", config, trial_id)
+        return config
+
+    def _suggest_point(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The next configuration of ``points`` not proposed yet, asked through the study."""
+        from kdtune.tune.space import optuna_params
+
+        assert self.points is not None
+        point = next((p for p in self.points if config_key(p) not in self._proposed), None)
+        if point is None:
+            return Searcher.FINISHED
+        self._ot_study.enqueue_trial(optuna_params(point))
+        config = super().suggest(trial_id)
+        self._proposed[config_key(config)] = trial_id
         return config
 
     def _suggest_randomly(self, trial_id: str) -> dict[str, Any] | None:

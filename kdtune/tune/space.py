@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Objective", "Parameter", "Resources", "SchedulerSettings", "SearchSettings", "SearchSpace",
-    "TeacherSettings", "expand_grid", "load_space", "suggest", "teacher_config", "trial_config",
+    "TeacherSettings", "expand_grid", "grid_points", "load_space", "suggest", "teacher_config",
+    "trial_config",
 ]
 
 PARAM_TYPES = ("categorical", "int", "float", "logfloat")
@@ -225,6 +226,22 @@ def expand_grid(space: SearchSpace) -> list[dict[str, Any]]:
     combos = _expand(space.parameters, lambda: KdtuneError(
         f"{space.source}: parameters: the grid has more than {MAX_CONFIGS} configurations"))
     return [{k: _plain(v) for k, v in c.items()} for c in combos]
+
+
+def grid_points(space: SearchSpace, num_samples: int | None = None) -> list[dict[str, Any]]:
+    """The configurations a grid sweep of ``num_samples`` trials runs, in grid order.
+
+    The whole grid when ``num_samples`` is None or its size; otherwise ``num_samples`` distinct
+    configurations drawn at random (seeded by ``search.seed``), so a partial grid still covers
+    every branch it can instead of only the first values of the first parameter.
+    """
+    import random
+
+    grid = expand_grid(space)
+    if num_samples is None or num_samples >= len(grid):
+        return grid
+    keep = sorted(random.Random(space.search.seed).sample(range(len(grid)), num_samples))
+    return [grid[i] for i in keep]
 
 
 def trial_config(space: SearchSpace, params: Mapping[str, Any], *,

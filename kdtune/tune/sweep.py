@@ -30,6 +30,7 @@ from kdtune.tune.space import (
     EPOCH_METRICS,
     SearchSpace,
     expand_grid,
+    grid_points,
     load_space,
     teacher_config,
 )
@@ -159,13 +160,8 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
 
 
 def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
-    """Optuna (TPE, random, NSGA-II) define-by-run, or kdtune's own grid expansion."""
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    if space.search.sampler == "grid":
-        grid = expand_grid(space)
-        return BasicVariantGenerator(points_to_evaluate=grid[:num_samples],
-                                     max_concurrent=space.search.max_concurrent)
+    """Optuna (TPE, random, NSGA-II) define-by-run; a grid is kdtune's own expansion of the
+    conditional space, asked through the same searcher (every parameter given)."""
     import optuna
 
     from kdtune.tune.searcher import LiveTrialsLimiter, PruningOptunaSearch
@@ -175,12 +171,14 @@ def make_search_alg(space: SearchSpace, num_samples: int) -> Any:
     seed = space.search.seed
     sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+               "grid": lambda: optuna.samplers.RandomSampler(seed=seed),  # never samples
                "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}[space.search.sampler]()
+    points = grid_points(space, num_samples) if space.search.sampler == "grid" else None
     metric: Any = space.metrics if space.multi_objective else space.metrics[0]
     mode: Any = space.modes if space.multi_objective else space.modes[0]
     searcher = PruningOptunaSearch(space=functools.partial(suggest, space=space),
                                    metric=metric, mode=mode, sampler=sampler, seed=seed,
-                                   num_samples=num_samples)
+                                   num_samples=num_samples, points=points)
     return LiveTrialsLimiter(searcher, max_concurrent=space.search.max_concurrent)
 
 

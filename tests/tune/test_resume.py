@@ -20,6 +20,7 @@ things keep that Ray apart from the test session's (``ray_session``):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import shutil
@@ -31,11 +32,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from kdtune.cli import main
 from kdtune.tracking import Tracker
+from kdtune.tune.space import grid_points, load_space, suggest
 
 from .conftest import BASE_SPACE, new_store, sqlite_uri, write_space
 
@@ -118,14 +121,26 @@ def snapshot(tracker: Tracker, run_id: str) -> dict:
             "history": [(m.step, m.value) for m in history]}
 
 
+#: A grid of 12 configurations (conditions, lists as values) for the grid variant: the sweep
+#: runs a seeded sample of SAMPLES of them.
+GRID = {
+    "method": {"type": "categorical", "choices": ["none", "vanilla"]},
+    "temperature": {"type": "categorical", "choices": [2, 4], "when": {"method": ["vanilla"]}},
+    "hidden": {"type": "categorical", "choices": [[8], [16]]},
+    "lr": {"type": "categorical", "choices": [0.05, 0.1]},
+}
+
+
 @pytest.mark.slow
-def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_tmp: Path,
-                                       mlflow_template: Path,
+@pytest.mark.parametrize("sampler", ["tpe", "grid"])
+def test_sigkill_mid_sweep_then_resume(sampler: str, tmp_path: Path, teacher_path: Path,
+                                       ray_tmp: Path, mlflow_template: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     space = write_space(
         tmp_path, name="killed", teacher={"path": str(teacher_path)},
         fixed={**BASE_SPACE["fixed"], "epochs": EPOCHS},
-        search={"num_samples": SAMPLES, "max_concurrent": 2, "sampler": "tpe", "seed": 5},
+        parameters=GRID if sampler == "grid" else BASE_SPACE["parameters"],
+        search={"num_samples": SAMPLES, "max_concurrent": 2, "sampler": sampler, "seed": 5},
         scheduler={"type": "asha", "grace_period": 6, "reduction_factor": 2})
     store = new_store(tmp_path / "store", mlflow_template)
     uri, storage = sqlite_uri(store), store / "ray"
@@ -221,6 +236,12 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path, teacher_path: Path, ray_t
         for _, row in runs.iterrows():
             want = TrialState.PRUNED if row["status"] == "KILLED" else TrialState.COMPLETE
             assert by_id[row["trial_id"]].state == want, row["trial_id"]
+        if sampler == "grid":  # exactly the sampled grid points, each once
+            trained = sorted(json.dumps(suggest(optuna.trial.FixedTrial(t.params),
+                                                load_space(space)), sort_keys=True)
+                             for t in by_id.values())
+            points = grid_points(load_space(space), SAMPLES)
+            assert trained == sorted(json.dumps(p, sort_keys=True) for p in points)
 
         # -- resuming a finished sweep does nothing -----------------------------------------
         assert main(["resume", "killed", *flags]) == 0

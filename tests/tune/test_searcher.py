@@ -285,3 +285,46 @@ def test_a_searcher_pickled_before_the_repeat_check_resumes() -> None:
         del searcher.__dict__[attribute]
     restored = pickle.loads(pickle.dumps(searcher))
     assert restored.suggest("t1") and restored.repeats_avoided >= 0
+
+
+# -- a grid through the same searcher ---------------------------------------------------------
+def grid_searcher(tmp_path: Path, **search: Any) -> tuple[PruningOptunaSearch, list[dict]]:
+    """kdtune's searcher over a conditional grid with list values, as make_search_alg makes it."""
+    from kdtune.tune.space import grid_points
+
+    space = load_space(write_space(tmp_path, parameters={
+        "method": {"type": "categorical", "choices": ["none", "vanilla"]},
+        "temperature": {"type": "categorical", "choices": [2, 4], "when": {"method": ["vanilla"]}},
+        "hidden": {"type": "categorical", "choices": [[8], [8, 8]]}},
+        search={"sampler": "grid", "max_concurrent": 2, **search}))
+    points = grid_points(space, space.search.num_samples)
+    searcher = PruningOptunaSearch(space=functools.partial(suggest, space=space),
+                                   metric="val_accuracy", mode="max", points=points,
+                                   sampler=optuna.samplers.RandomSampler(seed=0),
+                                   num_samples=len(points))
+    return searcher, points
+
+
+def test_a_grid_proposes_each_point_once_in_order_then_finishes(tmp_path: Path) -> None:
+    searcher, points = grid_searcher(tmp_path)
+    assert len(points) == 6  # none x 2 hidden + vanilla x 2 T x 2 hidden
+    proposed = [searcher.suggest(f"t{i}") for i in range(len(points))]
+    assert proposed == points
+    assert searcher.suggest("extra") == Searcher.FINISHED
+    searcher.on_trial_complete("t0", result=result(2, 0.5))
+    searcher.on_trial_complete("t1", result=result(PLANNED, 0.9))
+    assert frozen(searcher, "t0").state == TrialState.PRUNED  # grid trials are Optuna trials
+    assert frozen(searcher, "t1").state == TrialState.COMPLETE
+    assert frozen(searcher, "t1").params["hidden"] == "8-8"  # a list, encoded for Optuna
+
+
+def test_a_grid_resumes_where_it_stopped(tmp_path: Path) -> None:
+    searcher, points = grid_searcher(tmp_path, num_samples=4)
+    first = [searcher.suggest(f"t{i}") for i in range(2)]
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = PruningOptunaSearch(space=searcher._space, metric="val_accuracy", mode="max")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t0") == first[0]  # a restored trial keeps its configuration
+    rest = [restored.suggest(f"t{i}") for i in range(2, 4)]
+    assert first + rest == points
+    assert restored.suggest("t4") == Searcher.FINISHED

@@ -20,6 +20,7 @@ from kdtune.errors import KdtuneError
 from kdtune.tune.space import (
     SearchSpace,
     expand_grid,
+    grid_points,
     load_space,
     suggest,
     teacher_config,
@@ -505,3 +506,18 @@ def test_asha_ranks_by_the_scheduler_metric(tmp_path: Path, scheduler: dict[str,
     assert (space.scheduler.metric, space.scheduler.mode) == expected
     asha = make_scheduler(space, tmp_path / "experiment")
     assert (asha.metric, asha._mode) == expected
+
+
+def test_a_partial_grid_is_a_seeded_sample_in_grid_order(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, grid()))
+    whole = expand_grid(space)
+    assert grid_points(space) == whole == grid_points(space, len(whole))
+    part = grid_points(space, 6)
+    keys = [yaml.safe_dump(c) for c in whole]
+    assert len(part) == 6 and len({yaml.safe_dump(c) for c in part}) == 6
+    positions = [keys.index(yaml.safe_dump(c)) for c in part]
+    assert positions == sorted(positions)  # in grid order
+    assert positions != list(range(6))  # not just the first six
+    assert grid_points(space, 6) == part  # seeded by search.seed
+    other = load_space(write(tmp_path, grid(search__seed=1), "other.yaml"))
+    assert grid_points(other, 6) != part

@@ -230,6 +230,37 @@ def test_resume_of_a_finished_sweep_does_nothing(asha_sweep: SweepRecord,
     assert before.equals(after)
 
 
+# -- a grid ---------------------------------------------------------------------------------------
+def test_a_whole_conditional_grid_runs_each_configuration_once(
+        ray_session: None, mlflow_template: Path, teacher_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``sampler: grid`` through ``kdtune search``: conditions, lists as values, ASHA."""
+    import json
+
+    from kdtune.tune.space import expand_grid, load_space
+
+    space = write_space(tmp_path, name="grid", teacher={"path": str(teacher_path)},
+                        fixed={**BASE_SPACE["fixed"], "epochs": 2}, parameters={
+        "method": {"type": "categorical", "choices": ["none", "vanilla"]},
+        "temperature": {"type": "categorical", "choices": [2, 4], "when": {"method": ["vanilla"]}},
+        "hidden": {"type": "categorical", "choices": [[8], [8, 8]]}},
+        search={"sampler": "grid", "max_concurrent": 2})
+    grid = expand_grid(load_space(space))
+    assert len(grid) == 6
+    store = tmp_path / "store"
+    flags = ["--mlflow-uri", sqlite_uri(store), "--storage", str(store / "ray")]
+    assert main(["search", str(space), *flags]) == 0, capsys.readouterr()
+    assert "sweep 'grid': 6 trials" in capsys.readouterr().out
+    record = SweepRecord("grid", space, sqlite_uri(store), store / "ray", None, "")
+    trained = sorted(json.dumps(c, sort_keys=True) for c in searched_params(record).values())
+    assert trained == sorted(json.dumps(c, sort_keys=True) for c in grid)  # each once
+    runs = record.tracker().trial_runs("grid")
+    assert len(runs) == 6 and set(runs["trial_id"]) == set(searched_params(record))
+    assert main(["best", "grid", *flags, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rows and {r["trial_id"] for r in rows} <= set(runs["trial_id"])
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def _store_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() \
