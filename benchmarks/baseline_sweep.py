@@ -84,7 +84,7 @@ def train_student(config: dict[str, Any]) -> None:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     method = config["method"]
     kd = {"alpha": config.get("alpha", 1.0), "temperature": config.get("temperature", 4.0),
-          "t_right": config.get("t_right"), "t_wrong": config.get("t_wrong")}
+          **{k: config[k] for k in ("t_right", "t_wrong") if k in config}}
     x, y = data["x_train"], data["y_train"]
     train_time = 0.0
     for epoch in range(1, epochs + 1):

@@ -158,12 +158,15 @@ def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any
 
 
 def _unused_by_method(method: Any) -> tuple[str, ...]:
-    from kdtune.methods import get_method, list_methods
+    """The method-dependent keys (alpha, temperature, kd_warmup, every method parameter) that
+    ``method`` does not read, per the method registry."""
+    from kdtune.methods import all_params, get_method, list_methods
     from kdtune.methods.registry import KD_FIELDS
 
     if method not in list_methods():
         return ()
-    return tuple(f for f in KD_FIELDS if not get_method(method).uses(f))
+    spec = get_method(method)
+    return tuple(k for k in (*KD_FIELDS, *all_params()) if not spec.reads(k))
 
 
 def write_config(row: Any, path: str | Path) -> Path:

@@ -68,19 +68,38 @@ def _add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON last")
 
 
-def _add_kd_flags(p: argparse.ArgumentParser) -> None:
+def _add_kd_flags(p: argparse.ArgumentParser, *, methods: bool) -> None:
+    """The distillation flags; with ``methods``, ``--method``'s help and one flag per method
+    parameter (``--nckd-weight``), generated from the method registry (which imports torch)."""
     S = argparse.SUPPRESS
     g = p.add_argument_group("distillation")
-    g.add_argument("--method", default=S, help="none, vanilla (default), spherical, rkd_v1..v4, "
-                   "two_temperature, earth_mover")
     g.add_argument("--alpha", type=float, default=S, help="weight of the hard-label loss")
     g.add_argument("--temperature", type=float, default=S)
-    g.add_argument("--t-right", type=float, default=S, help="two_temperature: T when right")
-    g.add_argument("--t-wrong", type=float, default=S, help="two_temperature: T when wrong")
+    g.add_argument("--kd-warmup", type=int, default=S, help="epochs over which the "
+                   "distillation term ramps up linearly from 0 (default 0: no warm-up)")
     g.add_argument("--teacher", default=S, help="teacher checkpoint (.pt) from `kdtune teacher`")
     g.add_argument("--teacher-outputs", default=S, help="auto (default): cached teacher logits "
                    "when they exist, else live; cached: compute them (per augmentation view "
                    "when augmenting) once; live: run the teacher on every batch")
+    if not methods:
+        g.add_argument("--method", default=S)
+        return
+    from kdtune.config import TrainConfig
+    from kdtune.methods import all_params, list_methods, methods_reading
+
+    default = TrainConfig.__dataclass_fields__["method"].default
+    g.add_argument("--method", default=S,
+                   help=f"one of: {', '.join(list_methods())} (default {default})")
+    g = p.add_argument_group("method parameters (each read by the methods it names)")
+    for name, param in all_params().items():
+        shown = "required" if param.required else f"default {param.default}"
+        help_ = f"{', '.join(methods_reading(name))}: {param.help} ({param.allowed()}; {shown})"
+        if param.type is bool:
+            g.add_argument(param.flag, dest=name, action=argparse.BooleanOptionalAction,
+                           default=S, help=help_)
+        else:
+            g.add_argument(param.flag, dest=name, type=param.type, default=S, help=help_,
+                           metavar=param.type.__name__.upper())
 
 
 _NOT_CONFIG = {"command", "config", "json", "func", "retrain"}
@@ -223,14 +242,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, method_flags: bool = True) -> argparse.ArgumentParser:
+    """The ``kdtune`` parser. ``method_flags=False`` leaves out ``train``'s flags generated
+    from the method registry, so a command other than ``train`` does not import torch."""
     parser = _Parser(prog="kdtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="distil (or train) one student and print its metrics")
     _add_data_and_model_flags(p)
-    _add_kd_flags(p)
+    _add_kd_flags(p, methods=method_flags)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("teacher", help="train (or reuse) a teacher and save its checkpoint")
@@ -313,8 +334,14 @@ def _join_negative_lists(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_join_negative_lists(sys.argv[1:] if argv is None else argv))
+    argv = _join_negative_lists(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(method_flags=command == "train")
+    except KdtuneError as exc:  # a method plugin that does not load
+        print(f"kdtune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -2,6 +2,11 @@
 
 Every hop of a hyper-parameter (YAML -> search space -> trial -> trainer) ends here: the
 trainer reads nothing but a :class:`TrainConfig`.
+
+A method's own hyper-parameters (``nckd_weight``, ``t_right``, ...; see
+:mod:`kdtune.methods`) live in the one field ``method_params``, while every user-facing form
+stays flat: :meth:`TrainConfig.from_dict` takes ``nckd_weight: 6`` beside ``alpha: 0.5`` and
+:meth:`TrainConfig.to_dict` writes it back the same way (YAML, CLI flags, MLflow params).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +58,10 @@ class TrainConfig:
     method: str = "vanilla"
     alpha: float = 0.5
     temperature: float = 4.0
-    t_right: float | None = None
-    t_wrong: float | None = None
+    kd_warmup: int = 0  # epochs over which the distillation term ramps up from 0 (0: none)
+    # the method's own hyper-parameters (flat keys in from_dict/to_dict), with its defaults
+    # filled in on construction
+    method_params: Mapping[str, Any] = field(default_factory=dict, hash=False)
     teacher: str | None = None
     # where teacher logits come from: auto (cached when they can be, else live), cached
     # (un-augmented logits, or per-view logits computed once for augmented training), live
@@ -81,25 +88,49 @@ class TrainConfig:
     # -- construction -------------------------------------------------------------------
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """Every key :meth:`from_dict` accepts: the fields, with every registered method
+        parameter in place of ``method_params``."""
+        from kdtune.methods import all_params
+
+        names = [f.name for f in dataclasses.fields(cls)]
+        at = names.index("method_params")
+        return [*names[:at], *all_params(), *names[at + 1:]]
+
+    @classmethod
+    def key_types(cls) -> dict[str, Any]:
+        """The type of every key :meth:`from_dict` accepts (a method parameter's own type)."""
+        from kdtune.methods import all_params
+
+        hints = typing.get_type_hints(cls)
+        params = {name: p.type for name, p in all_params().items()}
+        return {k: params[k] if k in params else hints[k] for k in cls.field_names()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
-        """Build from a plain mapping (YAML, CLI, a search trial), coercing types.
+        """Build from a plain flat mapping (YAML, CLI, a search trial), coercing types.
 
-        Unknown keys are rejected with the closest valid key as a suggestion.
+        Unknown keys are rejected with the closest valid key as a suggestion. Method
+        parameters go to ``method_params``; one set to ``None`` counts as not given.
         """
-        names = cls.field_names()
-        hints = typing.get_type_hints(cls)
+        from kdtune.methods import all_params
+
+        types_ = cls.key_types()
+        params = all_params()
         kwargs: dict[str, Any] = {}
+        own: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
+            if key not in types_:
+                names = list(types_)
+                close = difflib.get_close_matches(str(key), names, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise KdtuneError(f"{where}: unknown key {key!r}{hint}; "
                                   f"valid keys: {', '.join(names)}")
-            kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
-        return cls(**kwargs)
+            if key in params:
+                if value is not None:
+                    own[key] = _coerce(value, types_[key], f"{where}: {key}")
+            else:
+                kwargs[key] = _coerce(value, types_[key], f"{where}: {key}")
+        return cls(**kwargs, method_params=own)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -109,14 +140,25 @@ class TrainConfig:
         return cls.from_dict(data, where=str(path))
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes``. A new ``method`` without ``method_params`` keeps the
+        parameters it also declares and drops the others (the new method's defaults fill in)."""
+        if "method" in changes and "method_params" not in changes:
+            from kdtune.methods import method_params
+
+            own = method_params(changes["method"])
+            changes["method_params"] = {k: v for k, v in self.method_params.items() if k in own}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML/JSON-friendly dict (tuples become lists)."""
-        out = {}
-        for name in self.field_names():
-            value = getattr(self, name)
-            out[name] = list(value) if isinstance(value, tuple) else value
+        """Plain, flat, YAML/JSON-friendly dict (tuples become lists): the method's parameters
+        in place of ``method_params``, so ``from_dict(cfg.to_dict()) == cfg``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "method_params":
+                out.update(value)
+            else:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -230,6 +272,7 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.model not in list_models():
         raise choose_one("model", cfg.model, list_models())
     spec = get_method(cfg.method)
+    object.__setattr__(cfg, "method_params", spec.resolve(cfg.method_params))
     if cfg.schedule not in SCHEDULES:
         raise choose_one("schedule", cfg.schedule, SCHEDULES)
     if cfg.teacher_outputs not in TEACHER_OUTPUTS:
@@ -241,12 +284,8 @@ def _validate(cfg: TrainConfig) -> None:
                           "loss; 1 means no distillation)")
     if spec.uses_temperature and cfg.temperature <= 0:
         raise KdtuneError(f"temperature {cfg.temperature:g} must be > 0")
-    if spec.uses_two_temperatures:
-        for name in ("t_right", "t_wrong"):
-            value = getattr(cfg, name)
-            if value is None or value <= 0:
-                raise KdtuneError(f"method {cfg.method!r} needs {name} > 0 (got {value}); "
-                                  "pass --t-right and --t-wrong")
+    if cfg.kd_warmup < 0:
+        raise KdtuneError(f"kd_warmup {cfg.kd_warmup} must be >= 0 (epochs; 0: no warm-up)")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size}
     for name, value in positive.items():
         if value < 1:

@@ -21,7 +21,7 @@ from torch import nn
 from kdtune.config import TrainConfig
 from kdtune.data import DataSplits, load_dataset
 from kdtune.errors import KdtuneError
-from kdtune.methods import distillation_loss, get_method
+from kdtune.methods import get_method, training_loss
 from kdtune.metrics import LatencyFn, count_flops, count_params, cpu_latency_ms, evaluate
 from kdtune.models import create_model
 from kdtune.teacher import (
@@ -68,6 +68,12 @@ def load_data(config: TrainConfig) -> DataSplits:
 def build_student(config: TrainConfig, data: DataSplits) -> nn.Module:
     torch.manual_seed(config.seed)
     return create_model(config.model, data.num_classes, data.in_shape, **config.model_kwargs())
+
+
+def warmup_scale(epoch: int, kd_warmup: int) -> float:
+    """``min(1, epoch / kd_warmup)`` at the 1-based ``epoch``: the weight of the distillation
+    terms (CE keeps its weight); ``kd_warmup`` 0 means no warm-up (1)."""
+    return min(1.0, epoch / kd_warmup) if kd_warmup > 0 else 1.0
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer
@@ -172,6 +178,7 @@ class TrainingRun:
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training set; returns the epoch's metrics."""
         cfg, start = self.config, time.perf_counter()
+        kd_scale = warmup_scale(self.epoch + 1, cfg.kd_warmup)
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         for idx in self.batches():
@@ -182,9 +189,9 @@ class TrainingRun:
             t_logits = self.teacher_outputs(idx, x, views)
             with self.autocast():
                 s_logits = self.forward(x)
-            loss = distillation_loss(cfg.method, s_logits.float(), t_logits, y, alpha=cfg.alpha,
-                                     temperature=cfg.temperature, t_right=cfg.t_right,
-                                     t_wrong=cfg.t_wrong)
+            loss = training_loss(cfg.method, s_logits.float(), t_logits, y, alpha=cfg.alpha,
+                                 temperature=cfg.temperature, params=cfg.method_params,
+                                 kd_scale=kd_scale, progress=self.epoch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -81,7 +81,15 @@ def test_unknown_key_suggests_the_closest(key: str, suggestion: str) -> None:
     ({"temperature": -2}, "temperature -2"),
     ({"method": "two_temperature", "t_wrong": 2.0}, "t_right"),
     ({"method": "two_temperature", "t_right": 2.0}, "t_wrong"),
-    ({"method": "two_temperature", "t_right": 0.0, "t_wrong": 2.0}, "t_right"),
+    ({"method": "two_temperature", "t_right": 0.0, "t_wrong": 2.0}, "t_right 0.0 must be a "
+                                                                     "number > 0"),
+    ({"method": "dkd", "nckd_weight": -1}, "nckd_weight -1.0 must be a number >= 0"),
+    ({"method": "tf_kd", "tf_peak": 1.5}, "tf_peak 1.5 must be a number in [0, 1]"),
+    ({"method": "dkd", "logit_standardization": "maybe"}, "logit_standardization: expected "
+                                                          "true or false, got 'maybe'"),
+    ({"method": "vanilla", "nckd_weight": 6}, "method 'vanilla' does not take 'nckd_weight'; "
+                                              "its parameters: logit_standardization"),
+    ({"kd_warmup": -1}, "kd_warmup -1 must be >= 0"),
     ({"epochs": 0}, "epochs 0"),
     ({"batch_size": 0}, "batch_size 0"),
     ({"lr": 0}, "lr 0"),
@@ -107,8 +115,8 @@ def test_unknown_names_list_the_choices() -> None:
 
 
 def test_two_temperature_valid_and_temperature_unused() -> None:
-    cfg = TrainConfig(method="two_temperature", t_right=2.0, t_wrong=6.0)
-    assert (cfg.t_right, cfg.t_wrong) == (2.0, 6.0)
+    cfg = TrainConfig(method="two_temperature", method_params={"t_right": 2.0, "t_wrong": 6})
+    assert cfg.method_params == {"t_right": 2.0, "t_wrong": 6.0}
     # `none` has no soft term, so its temperature is not checked
     assert TrainConfig(method="none", temperature=0).temperature == 0
 
@@ -163,3 +171,54 @@ def test_bad_yaml_is_one_line(tmp_path: Path, text: str, fragment: str) -> None:
 def test_missing_yaml_file(tmp_path: Path) -> None:
     with pytest.raises(KdtuneError, match="cannot read config"):
         TrainConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_method_parameters_are_flat_keys_with_their_defaults_filled_in() -> None:
+    from kdtune.methods import method_params
+
+    cfg = TrainConfig.from_dict({"method": "dkd", "nckd_weight": "6", "kd_warmup": 5})
+    defaults = {n: p.default for n, p in method_params("dkd").items()}
+    assert cfg.method_params == {**defaults, "nckd_weight": 6.0}
+    flat = cfg.to_dict()
+    assert "method_params" not in flat and flat["nckd_weight"] == 6.0 and flat["kd_warmup"] == 5
+    assert {k: flat[k] for k in defaults} == cfg.method_params
+    assert TrainConfig.from_dict(flat) == cfg
+    # a method's keys appear for that method only
+    assert not set(method_params("dkd")) - {"logit_standardization"} & set(
+        TrainConfig().to_dict())
+
+
+def test_every_method_round_trips_through_to_dict() -> None:
+    from kdtune.methods import list_methods, method_params
+
+    for method in list_methods():
+        given = {n: (p.default if p.default is not None else 3.0)
+                 for n, p in method_params(method).items()}
+        cfg = TrainConfig.from_dict({"method": method, **given})
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+        assert set(cfg.method_params) == set(method_params(method))
+
+
+def test_unset_method_parameters_are_not_given(tmp_path: Path) -> None:
+    """A config file written before parameters were per-method (t_right: null for every
+    method) still loads."""
+    path = tmp_path / "old.yaml"
+    path.write_text("method: vanilla\nt_right: null\nt_wrong: null\nalpha: 0.3\n")
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.method == "vanilla" and cfg.alpha == 0.3
+    assert cfg.method_params == {"logit_standardization": False}
+    path.write_text("method: two_temperature\nt_right: 2\nt_wrong: 5\n")
+    assert TrainConfig.from_yaml(path).method_params == {"t_right": 2.0, "t_wrong": 5.0}
+
+
+def test_replace_with_another_method_keeps_the_parameters_it_declares() -> None:
+    cfg = TrainConfig.from_dict({"method": "dkd", "nckd_weight": 2,
+                                 "logit_standardization": True})
+    assert cfg.replace(alpha=0.2).method_params["nckd_weight"] == 2.0
+    assert cfg.replace(method="vanilla").method_params == {"logit_standardization": True}
+    assert cfg.replace(method="none").method_params == {}
+    assert cfg.replace(method="dist").method_params == {"dist_beta": 1.0, "dist_gamma": 1.0}
+    with pytest.raises(KdtuneError, match="method 'vanilla' does not take 'dist_beta'"):
+        cfg.replace(method="vanilla", method_params={"dist_beta": 2})
+    with pytest.raises(KdtuneError, match="'two_temperature' needs t_right and t_wrong"):
+        cfg.replace(method="two_temperature")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from method_values import valid_params
 
 from kdtune.config import TrainConfig
 from kdtune.data import DataSplits, SyntheticSpec, load_dataset
@@ -154,14 +155,14 @@ def test_final_metrics_without_teacher(tiny_student, digits: DataSplits) -> None
 
 @pytest.mark.parametrize("method", [m for m in list_methods() if get_method(m).needs_teacher])
 def test_method_needing_a_teacher_without_one(method: str, digits: DataSplits) -> None:
-    cfg = TrainConfig(method=method, t_right=2.0, t_wrong=4.0, hidden=(16,), epochs=1)
+    cfg = TrainConfig(method=method, method_params=valid_params(method), hidden=(16,), epochs=1)
     with pytest.raises(KdtuneError, match=f"method {method!r} needs a teacher"):
         train(cfg, data=digits)
 
 
 def test_every_method_trains(tiny_student, teacher: Teacher, digits: DataSplits) -> None:
     for method in list_methods():
-        cfg = tiny_student(method=method, t_right=2.0, t_wrong=6.0, epochs=1)
+        cfg = tiny_student(method=method, method_params=valid_params(method), epochs=1)
         result = train(cfg, teacher=teacher, data=digits, measure_latency=False)
         assert result.history[0]["train_loss"] > 0, method
 
@@ -368,3 +369,35 @@ def test_teacher_of_other_data_is_refused_by_the_trainer(teacher: Teacher,
         TrainingRun(cfg, teacher=teacher, data=synthetic)
     msg = str(info.value)
     assert "num_classes 10 (student: 4)" in msg and "dataset 'digits'" in msg
+
+
+# -- the warm-up and training progress -----------------------------------------------------
+def test_warm_up_scales_the_distillation_term_and_progress_is_the_epoch(
+        tiny_student, teacher: Teacher, digits: DataSplits) -> None:
+    """With alpha 0 the batch loss is ``min(1, e / kd_warmup) * soft``: the reported epoch
+    losses are the recorded soft terms scaled so; ``progress`` is the 0-based epoch."""
+    from kdtune.methods import register_method, unregister_method
+    from kdtune.trainer import warmup_scale
+
+    seen: list[tuple[int, float, int]] = []
+
+    @register_method("recorded", uses_progress=True, batch_level=True)
+    def recorded(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                 labels: torch.Tensor, *, temperature: float, progress: int) -> torch.Tensor:
+        soft = torch.nn.functional.mse_loss(student_logits, teacher_logits)
+        seen.append((progress, soft.item(), len(labels)))
+        return soft
+
+    try:
+        cfg = tiny_student(method="recorded", alpha=0.0, kd_warmup=3, epochs=4)
+        history = train(cfg, teacher=teacher, data=digits, measure_latency=False).history
+    finally:
+        unregister_method("recorded")
+    assert [warmup_scale(e, 3) for e in (1, 2, 3, 4)] == [1 / 3, 2 / 3, 1.0, 1.0]
+    assert warmup_scale(1, 0) == 1.0
+    assert sorted({p for p, _, _ in seen}) == [0, 1, 2, 3]
+    for epoch, row in enumerate(history):
+        batches = [(soft, n) for p, soft, n in seen if p == epoch]
+        scale = warmup_scale(epoch + 1, 3)
+        expected = sum(scale * soft * n for soft, n in batches) / sum(n for _, n in batches)
+        assert row["train_loss"] == pytest.approx(expected, rel=1e-5)

@@ -1,25 +1,37 @@
-"""KD methods: a registry of pure per-sample loss functions.
+"""KD methods: a registry of soft terms, each with its own hyper-parameters.
 
-    from kdtune.methods import distillation_loss, adjust_teacher_logits, list_methods
+    from kdtune.methods import distillation_loss, list_methods, method_params
     loss = distillation_loss(method, student_logits, teacher_logits, labels, *,
-                             alpha, temperature, t_right=None, t_wrong=None)  # batch mean
+                             alpha, temperature, **params)   # batch-mean scalar
+    method_params("dkd")   # {"tckd_weight": Param(...), "nckd_weight": Param(...), ...}
     z = adjust_teacher_logits(method, teacher_logits, labels)  # rkd_v1..rkd_v4; new tensor
 
 One module per family registers its methods on import (the order below is the registration
 order): ``vanilla`` (none, vanilla, spherical), ``relative`` (rkd_v1..rkd_v4),
-``two_temperature``, ``earth_mover``. A new method is one decorated function; see
+``two_temperature``, ``earth_mover``, ``dkd``, ``dist``, ``tf_kd``. Then every entry point of
+the group ``kdtune.methods`` is loaded: a package outside kdtune registers its methods the same
+way from the module its entry point names. A new method is one decorated function; see
 :mod:`kdtune.methods.registry`.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
+from kdtune.errors import KdtuneError
 from kdtune.methods.registry import (
     MethodSpec,
+    Param,
     adjust_teacher_logits,
+    all_params,
     distillation_loss,
     get_method,
     list_methods,
+    method_params,
+    methods_reading,
     register_method,
+    training_loss,
+    unregister_method,
 )
 
 # The families register their methods on import, so this order is list_methods()'s order.
@@ -28,17 +40,56 @@ from kdtune.methods import vanilla
 from kdtune.methods import relative
 from kdtune.methods import two_temperature
 from kdtune.methods import earth_mover
+from kdtune.methods import dkd
+from kdtune.methods import dist
+from kdtune.methods import tf_kd
 # isort: on
 
+#: The entry-point group a package registers its methods under.
+ENTRY_POINT_GROUP = "kdtune.methods"
+
+
+def load_plugins() -> list[str]:
+    """Import every ``kdtune.methods`` entry point (each registers its methods on import).
+
+    Returns the entry points' names; one that fails to load is a one-line
+    :class:`KdtuneError` naming it.
+    """
+    names = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # any failure in foreign code: name the plugin, one line
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise KdtuneError(f"method plugin {ep.name!r} ({ep.value}) failed to load: "
+                              f"{type(exc).__name__}: {detail}") from None
+        names.append(ep.name)
+    return names
+
+
+PLUGINS = load_plugins()
+
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "PLUGINS",
     "MethodSpec",
+    "Param",
     "adjust_teacher_logits",
+    "all_params",
+    "dist",
     "distillation_loss",
+    "dkd",
     "earth_mover",
     "get_method",
     "list_methods",
+    "load_plugins",
+    "method_params",
+    "methods_reading",
     "register_method",
     "relative",
+    "tf_kd",
+    "training_loss",
     "two_temperature",
+    "unregister_method",
     "vanilla",
 ]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from kdtune.methods.registry import register_method
-from kdtune.methods.vanilla import soft_ce, soft_targets
+from kdtune.methods.vanilla import kl_t, soft_targets
 
 
 def move_mass_to_label(p: Tensor, labels: Tensor) -> Tensor:
@@ -42,17 +42,13 @@ def earth_mover_targets(teacher_logits: Tensor, labels: Tensor, temperature: flo
     return move_mass_to_label(soft_targets(teacher_logits, temperature), labels)
 
 
-@register_method("earth_mover")
-def earth_mover(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    *,
-    alpha: float,
-    temperature: float,
-    t_right: float | None,
-    t_wrong: float | None,
-) -> Tensor:
-    """``alpha * CE(z_s, y) + (1 - alpha) * KL_T(p', z_s)``, ``p'`` = moved ``softmax(z_t / T)``."""
-    targets = earth_mover_targets(teacher_logits, labels, temperature)
-    return soft_ce(student_logits, targets, labels, alpha=alpha, temperature=temperature)
+@register_method(
+    "earth_mover",
+    formula="`KL_T(p', z_s)`, `p'` = `softmax(z_t/T)` with mass moved onto the label until it "
+            "is the argmax",
+    paper="earth-mover KD (the thesis)")
+def earth_mover(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+                temperature: float) -> Tensor:
+    """The soft term ``KL_T(p', z_s)``, ``p'`` = moved ``softmax(z_t / T)``."""
+    return kl_t(earth_mover_targets(teacher_logits, labels, temperature), student_logits,
+                temperature)

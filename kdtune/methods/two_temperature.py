@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdtune.methods.registry import register_method
-from kdtune.methods.vanilla import soft_ce, soft_targets
+from kdtune.methods.registry import Param, register_method
+from kdtune.methods.vanilla import kl_t, soft_targets
 
 
 def sample_temperatures(
@@ -21,24 +21,21 @@ def sample_temperatures(
     return torch.where(correct, right, torch.full_like(right, float(t_wrong)))
 
 
-@register_method("two_temperature", uses_temperature=False, uses_two_temperatures=True)
-def two_temperature(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    *,
-    alpha: float,
-    temperature: float,
-    t_right: float | None,
-    t_wrong: float | None,
-) -> Tensor:
-    """``alpha * CE(z_s, y) + (1 - alpha) * KL_{T_i}(softmax(z_t / T_i), z_s)`` per sample.
+@register_method(
+    "two_temperature", uses_temperature=False,
+    params=[Param("t_right", float, low=0, low_open=True,
+                  help="T where the teacher is right"),
+            Param("t_wrong", float, low=0, low_open=True,
+                  help="T where the teacher is wrong")],
+    formula="`KL_{T_i}(softmax(z_t/T_i), z_s)`, `T_i` = `t_right` if the teacher is right "
+            "else `t_wrong`",
+    paper="two-temperature KD (the thesis)")
+def two_temperature(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+                    t_right: float, t_wrong: float) -> Tensor:
+    """The soft term ``KL_{T_i}(softmax(z_t / T_i), z_s)`` per sample.
 
-    ``T_i`` is ``t_right`` or ``t_wrong`` (see :func:`sample_temperatures`); ``temperature``
-    is ignored.
+    ``T_i`` is ``t_right`` or ``t_wrong`` (see :func:`sample_temperatures`); the config's
+    ``temperature`` is not read.
     """
-    if t_right is None or t_wrong is None:
-        raise TypeError("two_temperature needs t_right and t_wrong")
     t = sample_temperatures(teacher_logits, labels, t_right=t_right, t_wrong=t_wrong)
-    targets = soft_targets(teacher_logits, t)
-    return soft_ce(student_logits, targets, labels, alpha=alpha, temperature=t)
+    return kl_t(soft_targets(teacher_logits, t), student_logits, t)

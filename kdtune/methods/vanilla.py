@@ -1,6 +1,7 @@
 """The student alone (``none``), Hinton's KD (``vanilla``), ``spherical`` KD, and the shared terms.
 
-Notation (per sample): ``CE(z_s, y)`` is the cross-entropy of the raw student logits and
+Notation (per sample): ``CE(z_s, y)`` is the cross-entropy of the raw student logits (composed
+with the soft terms by :func:`kdtune.methods.registry.training_loss`) and
 
     KL_T(p, z_s) = T**2 * sum_c p_c * (log p_c - log_softmax(z_s / T)_c),   0 log 0 = 0.
 
@@ -12,12 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.registry import register_method
-
-
-def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-sample ``CE(z_s, y) = -log_softmax(z_s)_y``, shape ``(N,)``."""
-    return nn.functional.cross_entropy(student_logits.float(), labels, reduction="none")
+from kdtune.methods.registry import Param, register_method
 
 
 def soft_targets(teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
@@ -39,33 +35,6 @@ def kl_t(p: Tensor, student_logits: Tensor, temperature: float | Tensor) -> Tens
     return kl * (t.reshape(-1) ** 2 if isinstance(t, Tensor) else t**2)
 
 
-def weigh(alpha: float, hard: Tensor, soft: Tensor) -> Tensor:
-    """``alpha * hard + (1 - alpha) * soft``; exactly ``hard`` for alpha 1, ``soft`` for 0."""
-    if alpha == 1.0:
-        return hard
-    if alpha == 0.0:
-        return soft
-    return alpha * hard + (1.0 - alpha) * soft
-
-
-def soft_ce(
-    student_logits: Tensor,
-    targets: Tensor,
-    labels: Tensor,
-    *,
-    alpha: float,
-    temperature: float | Tensor,
-) -> Tensor:
-    """Per-sample ``alpha * CE(z_s, y) + (1 - alpha) * KL_T(targets, z_s)``.
-
-    The vanilla KD loss for a given soft-target distribution ``targets`` (rows sum to 1).
-    """
-    hard = cross_entropy(student_logits, labels)
-    if alpha == 1.0:
-        return hard
-    return weigh(alpha, hard, kl_t(targets, student_logits, temperature))
-
-
 def spherical_logits(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
     """Both logits with every row rescaled to L2 norm ``l = mean_i ||z_t,i||_2`` (float32).
 
@@ -77,64 +46,66 @@ def spherical_logits(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Te
     return student * scale, nn.functional.normalize(teacher, dim=1) * scale
 
 
-@register_method("none", needs_teacher=False, uses_temperature=False)
-def none(
-    student_logits: Tensor,
-    teacher_logits: Tensor | None,
-    labels: Tensor,
-    *,
-    alpha: float,
-    temperature: float,
-    t_right: float | None,
-    t_wrong: float | None,
-) -> Tensor:
-    """The student trained alone: ``CE(z_s, y)``; teacher, alpha and T are ignored."""
-    return cross_entropy(student_logits, labels)
+#: Logit standardization (Sun et al. 2024), a parameter of every method that declares it.
+LOGIT_STANDARDIZATION = Param(
+    "logit_standardization", bool, False,
+    help="standardize both logits per row before the soft term (CE stays on raw logits)")
 
 
-@register_method("vanilla")
-def vanilla(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    *,
-    alpha: float,
-    temperature: float,
-    t_right: float | None,
-    t_wrong: float | None,
-) -> Tensor:
-    """Hinton's KD: ``alpha * CE(z_s, y) + (1 - alpha) * KL_T(softmax(z_t / T), z_s)``."""
-    return soft_ce(
-        student_logits,
-        soft_targets(teacher_logits, temperature),
-        labels,
-        alpha=alpha,
-        temperature=temperature,
-    )
+def standardize(logits: Tensor) -> Tensor:
+    """``(z - mean(z)) / (1e-7 + std(z))`` per row, float32; ``std`` unbiased (torch's default).
+
+    A constant row becomes all zeros with a zero gradient (``std`` is computed as
+    ``sqrt(max(var, tiny))`` where the variance is positive, so its backward is never 0/0).
+    """
+    z = logits.float()
+    var = z.var(dim=1, keepdim=True)
+    tiny = torch.finfo(torch.float32).tiny
+    std = torch.where(var > 0, var.clamp_min(tiny).sqrt(), torch.zeros_like(var))
+    return (z - z.mean(dim=1, keepdim=True)) / (1e-7 + std)
 
 
-@register_method("spherical")
-def spherical(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    *,
-    alpha: float,
-    temperature: float,
-    t_right: float | None,
-    t_wrong: float | None,
-) -> Tensor:
-    """Spherical KD: ``alpha * CE(z_s, y) + (1 - alpha) * KL_T(softmax(z_t' / T), z_s')``.
+def maybe_standardize(student_logits: Tensor, teacher_logits: Tensor, on: bool
+                      ) -> tuple[Tensor, Tensor]:
+    """Both logits standardized when ``on`` (see :func:`standardize`), else as they are."""
+    if not on:
+        return student_logits, teacher_logits
+    return standardize(student_logits), standardize(teacher_logits)
+
+
+@register_method("none", needs_teacher=False, uses_alpha=False, uses_temperature=False,
+                 formula="`CE(z_s, y)`: the student alone, no teacher", paper="–")
+def none(student_logits: Tensor, teacher_logits: None, labels: Tensor) -> None:
+    """No soft term: the student learns from the labels alone (CE with weight 1)."""
+    return None
+
+
+@register_method(
+    "vanilla", params=[LOGIT_STANDARDIZATION],
+    formula="`KL_T(softmax(z_t/T), z_s)`; with `logit_standardization` both logits first "
+            "become `(z − mean z) / (1e-7 + std z)` per row",
+    paper="Hinton et al. 2015; LS: Sun et al. 2024")
+def vanilla(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+            temperature: float, logit_standardization: bool) -> Tensor:
+    """Hinton's KD soft term ``KL_T(softmax(z_t / T), z_s)``, on standardized logits when
+    ``logit_standardization``."""
+    student, teacher = maybe_standardize(student_logits, teacher_logits, logit_standardization)
+    return kl_t(soft_targets(teacher, temperature), student, temperature)
+
+
+@register_method(
+    "spherical", batch_level=True,
+    formula="vanilla's term on both logits rescaled to L2 norm = the batch-mean teacher norm",
+    paper="Guo et al. 2020 (spherical KD)")
+def spherical(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+              temperature: float) -> Tensor:
+    """Spherical KD soft term: the batch mean of ``KL_T(softmax(z_t' / T), z_s')``.
 
     ``z' = z / ||z||_2 * l`` row-wise for both logits, with ``l`` the batch mean of
-    ``||z_t||_2``; the CE term uses the raw student logits.
+    ``||z_t||_2``: a batch statistic, so the term is one value per batch.
     """
-    hard = cross_entropy(student_logits, labels)
-    if alpha == 1.0:
-        return hard
     student, teacher = spherical_logits(student_logits, teacher_logits)
-    soft = kl_t(soft_targets(teacher, temperature), student, temperature)
-    return weigh(alpha, hard, soft)
+    return kl_t(soft_targets(teacher, temperature), student, temperature).mean()
 
 
 def _column(temperature: float | Tensor) -> float | Tensor:

@@ -65,7 +65,7 @@ NOT_FIXED = {"teacher": "give the teacher in the top-level teacher: section",
 #: Fields the ``teacher`` section may not set.
 NOT_TEACHER = {**{k: "the teacher takes it from fixed" for k in DATA_KEYS},
                **{k: "the teacher is trained alone (method none)"
-                  for k in ("method", "alpha", "temperature", "t_right", "t_wrong", "teacher")},
+                  for k in ("method", "alpha", "temperature", "kd_warmup", "teacher")},
                "out": "the search layer chooses where the teacher is saved"}
 MAX_CONFIGS = 100_000  # cap on grid expansion and on the branches checked at load time
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -294,16 +294,16 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 # -- loading -----------------------------------------------------------------------------------
-_HINTS = typing.get_type_hints(TrainConfig)
-_FIELDS = TrainConfig.field_names()
-
-
 class _Loader:
-    """One pass over one file; ``err(path, msg)`` builds the one-line errors."""
+    """One pass over one file; ``err(path, msg)`` builds the one-line errors.
+
+    ``types``: every key a config takes (the registered method parameters included) -> type.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.shown = str(path)
         self.path = Path(path).expanduser().absolute()
+        self.types = TrainConfig.key_types()
 
     def err(self, key: str, msg: str) -> KdtuneError:
         return KdtuneError(f"{self.shown}: {key}: {msg}")
@@ -384,14 +384,14 @@ class _Loader:
         return value
 
     def parse_fixed(self, data: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...]]:
-        self.check_keys(data, [*_FIELDS, "seeds"], "fixed")
+        self.check_keys(data, [*self.types, "seeds"], "fixed")
         fixed: dict[str, Any] = {}
         for key, value in data.items():
             if key == "seeds":
                 continue
             if key in NOT_FIXED:
                 raise self.err(f"fixed.{key}", f"not allowed here: {NOT_FIXED[key]}")
-            fixed[key] = _coerce(value, _HINTS[key], f"{self.shown}: fixed.{key}")
+            fixed[key] = _coerce(value, self.types[key], f"{self.shown}: fixed.{key}")
             if key == "data_root" and fixed[key] is not None:
                 fixed[key] = self.resolve(fixed[key])
             self.check_alone(key, fixed[key], f"fixed.{key}")
@@ -429,12 +429,15 @@ class _Loader:
             if not Path(path).is_file():
                 raise self.err("teacher.path", f"no such file {path!r}")
             return TeacherSettings(path=path, config=None)
-        self.check_keys(data, ["path", *_FIELDS], "teacher")
+        from kdtune.methods import all_params
+
+        self.check_keys(data, ["path", *self.types], "teacher")
         config: dict[str, Any] = {}
         for key, value in data.items():
-            if key in NOT_TEACHER:
-                raise self.err(f"teacher.{key}", f"not allowed here: {NOT_TEACHER[key]}")
-            config[key] = _coerce(value, _HINTS[key], f"{self.shown}: teacher.{key}")
+            why = NOT_TEACHER.get(key) or (NOT_TEACHER["method"] if key in all_params() else None)
+            if why:
+                raise self.err(f"teacher.{key}", f"not allowed here: {why}")
+            config[key] = _coerce(value, self.types[key], f"{self.shown}: teacher.{key}")
         try:
             cfg = TrainConfig.from_dict(_teacher_dict(fixed, config))
         except KdtuneError as exc:
@@ -454,8 +457,8 @@ class _Loader:
     def parse_parameter(self, name: str, spec: Any, fixed: Mapping[str, Any],
                         earlier: Mapping[str, Parameter]) -> Parameter:
         key = f"parameters.{name}"
-        if name not in _FIELDS:
-            raise self.err(key, str(choose_one("parameter", name, _FIELDS))
+        if name not in self.types:
+            raise self.err(key, str(choose_one("parameter", name, self.types))
                            + " (parameters are TrainConfig fields)")
         if name in NOT_SEARCHABLE:
             why = ("set the seeds under fixed.seeds" if name == "seed"
@@ -472,7 +475,7 @@ class _Loader:
                 raise self.err(f"{key}.type", f"missing; choose one of: {', '.join(PARAM_TYPES)}")
             raise self.err(f"{key}.type", str(choose_one("type", kind, PARAM_TYPES)))
         self.check_keys(spec, PARAM_KEYS[kind], key)
-        base = _base_type(_HINTS[name])
+        base = _base_type(self.types[name])
         when = self.parse_when(spec.get("when"), key, name, fixed, earlier)
         if kind == "categorical":
             choices = self.parse_choices(spec.get("choices"), key, name)
@@ -517,7 +520,7 @@ class _Loader:
         for i, value in enumerate(raw):
             if isinstance(value, dict):
                 raise self.err(f"{key}.choices[{i}]", f"expected a value, got {_show(value)}")
-            value = _coerce(value, _HINTS[name], f"{self.shown}: {key}.choices[{i}]")
+            value = _coerce(value, self.types[name], f"{self.shown}: {key}.choices[{i}]")
             if value in choices:
                 raise self.err(f"{key}.choices", f"duplicate choice {_show(_plain(value))}")
             self.check_alone(name, value, f"{key}.choices")
@@ -558,7 +561,7 @@ class _Loader:
             allowed: list[Any] = []
             for value in values:
                 try:
-                    coerced = _coerce(value, _HINTS[ref], "")
+                    coerced = _coerce(value, self.types[ref], "")
                 except KdtuneError:
                     coerced = value
                 if _hashable(coerced) not in ref_p.choices:
@@ -719,8 +722,9 @@ class _Loader:
 
     # -- cross-checks ----------------------------------------------------------------------
     def check_alone(self, name: str, value: Any, key: str) -> None:
-        """Validate one field's value with every other field valid (range checks)."""
-        from kdtune.methods import get_method, list_methods
+        """Validate one field's value with every other field valid (range checks); a method
+        parameter against its own spec in the method registry."""
+        from kdtune.methods import all_params, get_method, list_methods
 
         if name == "method":
             try:
@@ -728,14 +732,14 @@ class _Loader:
             except KdtuneError as exc:
                 raise self.err(key, str(exc)) from None
             return
-        specs = [get_method(m) for m in list_methods()]
-        base: dict[str, Any] = {"method": "none"}
-        if name == "temperature":
-            base = {"method": next((s.name for s in specs if s.uses_temperature), "none")}
-        elif name in ("t_right", "t_wrong"):
-            two = next((s.name for s in specs if s.uses_two_temperatures), None)
-            base = {"method": two, "t_right": 1.0, "t_wrong": 1.0} if two else base
         try:
+            if name in all_params():
+                all_params()[name].check(value)
+                return
+            base: dict[str, Any] = {"method": "none"}
+            if name == "temperature":
+                specs = [get_method(m) for m in list_methods()]
+                base = {"method": next((s.name for s in specs if s.uses_temperature), "none")}
             TrainConfig.from_dict({**base, name: value})
         except KdtuneError as exc:
             raise self.err(key, str(exc)) from None
@@ -782,15 +786,19 @@ class _Loader:
                 raise self.err("teacher", f"missing; method {method} needs a teacher: add "
                                           "teacher: {path: FILE} or the teacher's TrainConfig "
                                           "fields (model, hidden, epochs, ...)")
-            if spec.uses_two_temperatures and not all(k in fixed or k in rep
-                                                      for k in ("t_right", "t_wrong")):
-                raise self.err(where, f"method {method} needs t_right and t_wrong: add them "
-                                      f"under parameters with when: {{method: [{method}]}} or "
-                                      "under fixed")
+            missing = [q.name for q in spec.params
+                       if q.required and q.name not in fixed and q.name not in rep]
+            if missing:
+                names = (missing[0] if len(missing) == 1
+                         else f"{', '.join(missing[:-1])} and {missing[-1]}")
+                raise self.err(where, f"method {method} needs {names}: add "
+                                      f"{'it' if len(missing) == 1 else 'them'} under "
+                                      f"parameters with when: {{method: [{method}]}} or under "
+                                      "fixed")
             for p in active:
-                if not spec.uses(p.name):
+                if not spec.reads(p.name):
                     users = [c for c in (method_p.choices if method_p and method_p.choices
-                                         else specs) if specs[c].uses(p.name)]
+                                         else specs) if specs[c].reads(p.name)]
                     raise self.err(f"parameters.{p.name}", f"active with method {method}, "
                                    f"which does not use {p.name}; add when: {{method: "
                                    f"[{', '.join(users)}]}}")

@@ -9,6 +9,8 @@ connection, so every assertion is about what a resumed sweep would find in the s
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import pickle
@@ -89,13 +91,20 @@ def new_searcher(tmp_path: Path, empty_db: Path, num_samples: int = 8,
     return StudySearcher(study, space.metrics, space.modes)
 
 
+@functools.cache
+def reader(url: str) -> optuna.storages.RDBStorage:
+    """A connection to the storage at ``url`` of the test's own, not the searcher's."""
+    return optuna.storages.RDBStorage(url)
+
+
 def stored(searcher: StudySearcher) -> list[FrozenTrial]:
-    """Every trial of the study, read through a new connection to the storage."""
-    return optuna.load_study(study_name=NAME, storage=searcher.sweep_study.url).get_trials()
+    """Every trial of the study, read afresh through the test's own connection."""
+    return optuna.load_study(study_name=NAME, storage=reader(searcher.sweep_study.url)
+                             ).get_trials()
 
 
 def stored_by_ray_id(searcher: StudySearcher) -> dict[str, FrozenTrial]:
-    """The study's trials tagged with a Ray trial id (the last one per id)."""
+    """The study's trials tagged with a Ray trial id, by that id."""
     return {t.user_attrs[ATTR_RAY_ID]: t for t in stored(searcher)
             if ATTR_RAY_ID in t.user_attrs}
 
@@ -212,6 +221,22 @@ def test_reaching_the_planned_epochs_is_complete(tmp_path: Path, empty_db: Path)
     assert t.intermediate_values == dict(enumerate(values, start=1))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "stopped_early compares the last epoch with epochs_planned only, so a trial the "
+    "RungScheduler ends at scheduler.max_t (below its epochs, which the space allows: "
+    "max_t is 'the most epochs a trial trains') is told PRUNED: with max_t < epochs no "
+    "trial is ever COMPLETE (TPE sees only pruned trials, NSGA-II none to learn from, "
+    "kdtune best --importance finds 0 completed trials)"))
+def test_a_trial_ending_at_max_t_below_its_epochs_is_complete(tmp_path: Path,
+                                                               empty_db: Path) -> None:
+    searcher = new_searcher(tmp_path, empty_db, scheduler={
+        "type": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 4})
+    run(searcher, "a", [0.3, 0.5, 0.6])
+    searcher.on_trial_complete("a", result=result(4, 0.7))  # the scheduler's STOP at max_t
+    t = stored_by_ray_id(searcher)["a"]
+    assert t.state == TrialState.COMPLETE and t.value == 0.7
+
+
 def test_a_result_without_its_objective_is_fail(tmp_path: Path, empty_db: Path) -> None:
     searcher = new_searcher(tmp_path, empty_db)
     run(searcher, "a", [0.3])
@@ -264,7 +289,7 @@ def test_multi_objective_complete_with_both_values_and_pruned(tmp_path: Path,
     assert trials["c"].state == TrialState.FAIL
     # Optuna keeps intermediate values for one objective only; none are reported here
     assert all(not t.intermediate_values for t in trials.values())
-    study = optuna.load_study(study_name=NAME, storage=searcher.sweep_study.url)
+    study = optuna.load_study(study_name=NAME, storage=reader(searcher.sweep_study.url))
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
                                 optuna.study.StudyDirection.MINIMIZE]
 
@@ -429,6 +454,45 @@ def test_an_unpickled_searcher_continues_the_sweep(tmp_path: Path, empty_db: Pat
     keys = [config_key(x) for x in (a, b, c, *later)]
     assert len(set(keys)) == 6  # no configuration proposed twice across the restart
     assert list(stored_by_ray_id(restored)) == list("abcdef")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_Session seeds its sampler (make_sampler) and its neighbour rng with the study's seed "
+    "alone, so every unpickled or restored searcher replays the draws of the sweep's start: "
+    "after a resume a random sampler (and TPE or NSGA-II while they sample at random) "
+    "proposes the first trials' configurations again, each told FAIL as a repeat and "
+    "replaced by a one-parameter neighbour of an early trial instead of a new draw"))
+def test_an_unpickled_searcher_draws_new_configurations(tmp_path: Path,
+                                                        empty_db: Path) -> None:
+    """Continuous parameters: a new random draw never equals an earlier one."""
+    searcher = new_searcher(tmp_path, empty_db, num_samples=8,
+                            search={"num_samples": 8, "max_concurrent": 8,
+                                    "sampler": "random", "seed": 1})
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    restored = pickle.loads(pickle.dumps(searcher))
+    for i in range(3, 6):
+        restored.suggest(f"t{i}")
+    assert [t.user_attrs.get(ATTR_REPEAT_OF) for t in stored(restored)
+            if ATTR_REPEAT_OF in t.user_attrs] == []
+
+
+def test_rays_searcher_snapshot_is_where_the_study_is(tmp_path: Path,
+                                                       empty_db: Path) -> None:
+    """``save`` writes the study's URL and name; ``restore`` reads the study again."""
+    searcher = new_searcher(tmp_path, empty_db)  # max_concurrent 2
+    run(searcher, "a", [0.5])
+    run(searcher, "b", [0.5])
+    snapshot = tmp_path / "searcher-state.json"
+    searcher.save(str(snapshot))
+    assert json.loads(snapshot.read_text()) == {"url": searcher.sweep_study.url,
+                                                "name": NAME}
+    assert searcher.suggest("c") is None
+    # the study changes behind this searcher's back: b is given up
+    reask_lost_trials(SweepStudy(searcher.sweep_study.url, NAME), {trial_dirname_of("a")})
+    assert searcher.suggest("c") is None  # what it read before: b still running
+    searcher.restore(str(snapshot))
+    assert isinstance(searcher.suggest("c"), dict)  # read again: only a is running
 
 
 def test_a_trial_lost_before_rays_snapshot_is_asked_again(tmp_path: Path,

@@ -108,8 +108,9 @@ def test_shipped_space_loads(path: Path) -> None:
 
 
 def test_shipped_files_cover_the_issue() -> None:
-    assert {p.stem for p in SHIPPED} == {"digits_quick", "mnist_mlp", "cifar10_resnet_blocks",
-                                         "cifar100_thesis", "cifar100_thesis_wrn"}
+    assert {p.stem for p in SHIPPED} == {"digits_quick", "digits_methods", "mnist_mlp",
+                                         "cifar10_resnet_blocks", "cifar100_thesis",
+                                         "cifar100_thesis_wrn"}
 
 
 def test_digits_quick_is_the_quick_default() -> None:
@@ -125,16 +126,34 @@ def test_digits_quick_is_the_quick_default() -> None:
 
 def test_grid_sizes_of_shipped_grids() -> None:
     # mnist_mlp: 3 widths x (none + vanilla x 3 temperatures) = 3 x 4 = 12
-    # cifar10_resnet_blocks: 3 block layouts x 2 stem strides x (none + vanilla x 2 T) = 18
-    # cifar100_thesis: 7 single-T methods x 3 alpha x 3 T = 63,
-    #   plus two_temperature x 3 alpha x 2 t_right x 3 t_wrong = 18 -> 81
-    sizes = {p.stem: len(expand_grid(load_space(p))) for p in SHIPPED if p.stem != "digits_quick"}
-    assert sizes == {"mnist_mlp": 12, "cifar10_resnet_blocks": 18, "cifar100_thesis": 81,
-                     "cifar100_thesis_wrn": 81}
-    thesis = expand_grid(load_space(ROOT / "search_spaces" / "cifar100_thesis.yaml"))
-    two = [c for c in thesis if c["method"] == "two_temperature"]
-    assert len(two) == 18 and all("temperature" not in c for c in two)
-    assert all("t_right" not in c and "temperature" in c for c in thesis if c not in two)
+    # cifar10_resnet_blocks: 3 block layouts x 2 stem strides x (none + vanilla x 2 LS x 2 T
+    #   + dkd x 2 T + dist x 2 T) = 6 x 9 = 54
+    # cifar100_thesis: the thesis's 81, plus vanilla+LS 9, dkd 18 and dist 9 -> 117
+    sizes = {p.stem: len(expand_grid(load_space(p))) for p in SHIPPED
+             if load_space(p).search.sampler == "grid"}
+    assert sizes == {"mnist_mlp": 12, "cifar10_resnet_blocks": 54, "cifar100_thesis": 117,
+                     "cifar100_thesis_wrn": 117}
+
+
+@pytest.mark.parametrize("name", ["cifar100_thesis", "cifar100_thesis_wrn"])
+def test_thesis_grids_keep_the_thesis_configurations(name: str) -> None:
+    """7 single-T methods x 3 alpha x 3 T = 63, plus two_temperature x 3 alpha x 2 t_right x
+    3 t_wrong = 18: the thesis's 81, unchanged, beside the newer methods' branches."""
+    grid = expand_grid(load_space(ROOT / "search_spaces" / f"{name}.yaml"))
+    newer = [c for c in grid if c["method"] in ("dkd", "dist")
+             or c.get("logit_standardization") is True]
+    thesis = [{k: v for k, v in c.items() if k != "logit_standardization"}
+              for c in grid if c not in newer]
+    single_t = ["vanilla", "spherical", "rkd_v1", "rkd_v2", "rkd_v3", "rkd_v4", "earth_mover"]
+    expected = [{"method": m, "alpha": a, "temperature": t} for m in single_t
+                for a in (0.1, 0.3, 0.5) for t in (2, 5, 10)]
+    expected += [{"method": "two_temperature", "alpha": a, "t_right": r, "t_wrong": w}
+                 for a in (0.1, 0.3, 0.5) for r in (2, 5) for w in (10, 20, 50)]
+    key = lambda c: sorted(c.items())  # noqa: E731  (2 == 2.0: choices are coerced to floats)
+    assert sorted(thesis, key=key) == sorted(expected, key=key) and len(thesis) == 81
+    assert sorted(c["method"] for c in newer) == ["dist"] * 9 + ["dkd"] * 18 + ["vanilla"] * 9
+    assert all(c["kd_warmup"] == 20 and c["nckd_weight"] in (2, 8) for c in newer
+               if c["method"] == "dkd")
 
 
 # -- sampling ----------------------------------------------------------------------------------
@@ -276,8 +295,8 @@ def test_space_module_imports_neither_ray_nor_optuna() -> None:
 
 
 # -- errors ------------------------------------------------------------------------------------
-TWO_T = ("parameters.method.choices: method two_temperature needs t_right and t_wrong: add "
-         "them under parameters with when: {method: [two_temperature]} or under fixed")
+TWO_T = ("parameters.method.choices: method two_temperature needs {}: add {} under parameters "
+         "with when: {{method: [two_temperature]}} or under fixed")
 ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("bad-type", edit(parameters__alpha__type="flaot"),
      "parameters.alpha.type: unknown type 'flaot'; choose one of: categorical, int, float, "
@@ -343,7 +362,21 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("top-key", edit(searchh={}), "searchh: unknown key 'searchh'"),
     ("search-key", edit(search__num_sample=3),
      "search.num_sample: unknown key 'num_sample'; allowed: num_samples, max_concurrent, "
-     "sampler, seed (did you mean 'num_samples'?)"),
+     "sampler, seed, warm_start (did you mean 'num_samples'?)"),
+    ("warm-start-type", edit(search__warm_start="other"),
+     "search.warm_start: expected {from: SWEEP, top: K}, got 'other'"),
+    ("warm-start-key", edit(search__warm_start={"form": "other"}),
+     "search.warm_start.form: unknown key 'form'; allowed: from, top (did you mean 'from'?)"),
+    ("warm-start-from", edit(search__warm_start={"from": "a b"}),
+     "search.warm_start.from: expected a sweep name, got 'a b'"),
+    ("warm-start-top", edit(search__warm_start={"from": "other", "top": 99}),
+     "search.warm_start.top: 99 is more than num_samples 4"),
+    ("warm-start-grid", edit(search__warm_start={"from": "other"}, search__sampler="grid",
+                             search__num_samples=DELETE, parameters__lr=DELETE,
+                             parameters__alpha={"type": "categorical", "choices": [0.1, 0.5],
+                                                "when": {"method": ["vanilla",
+                                                                    "two_temperature"]}}),
+     "search.warm_start: a grid runs its own configurations"),
     ("fixed-key", edit(fixed__epoch=3), "fixed.epoch: unknown key 'epoch'"),
     ("fixed-type", edit(fixed__epochs="many"), "fixed.epochs: expected an integer, got 'many'"),
     ("fixed-value", edit(fixed__dataset="digitz"),
@@ -352,7 +385,9 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("seeds-and-seed", edit(fixed__seeds=[0], fixed__seed=1),
      "fixed.seeds: give seeds or seed, not both"),
     ("seeds-dup", edit(fixed__seeds=[1, 1]), "fixed.seeds: duplicate seeds"),
-    ("no-t-right", edit(parameters__t_right=DELETE), TWO_T),
+    ("no-t-right", edit(parameters__t_right=DELETE), TWO_T.format("t_right", "it")),
+    ("no-t-right-t-wrong", edit(parameters__t_right=DELETE, parameters__t_wrong=DELETE),
+     TWO_T.format("t_right and t_wrong", "them")),
     ("alpha-for-none", edit(parameters__alpha__when=DELETE),
      "parameters.alpha: active with method none, which does not use alpha; add when: "
      "{method: [vanilla, two_temperature]}"),
@@ -477,14 +512,15 @@ def test_trial_config_rejects_bad_params() -> None:
 ])
 def test_asha_ranks_by_the_scheduler_metric(tmp_path: Path, scheduler: dict[str, Any],
                                             objective: Any, expected: tuple[str, str]) -> None:
+    from kdtune.tune.study import SweepStudy
     from kdtune.tune.sweep import make_scheduler
 
     sampler = "nsga2" if isinstance(objective, list) else "tpe"
     space = load_space(write(tmp_path, edit(scheduler={"type": "asha", **scheduler},
                                             objective=objective, search__sampler=sampler)))
     assert (space.scheduler.metric, space.scheduler.mode) == expected
-    asha = make_scheduler(space, tmp_path / "experiment")
-    assert (asha.metric, asha._mode) == expected
+    rungs = make_scheduler(space, SweepStudy(f"sqlite:///{tmp_path}/optuna.db", "s"))
+    assert (rungs.metrics[0], rungs.modes[0]) == expected
 
 
 def test_a_partial_grid_is_a_seeded_sample_in_grid_order(tmp_path: Path) -> None:

@@ -1,0 +1,26 @@
+"""README's methods table is the registry's: names, formulas, papers, parameters, defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdtune.methods import list_methods, method_params
+from kdtune.methods.docs import methods_table, table_in
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_methods_table_is_generated_from_the_registry() -> None:
+    written = table_in(README.read_text())
+    assert written == methods_table(), (
+        "README's methods table is out of date: run `python -m kdtune.methods.docs README.md`")
+
+
+def test_the_table_names_every_method_and_its_defaults() -> None:
+    rows = [line.split(" | ") for line in table_in(README.read_text()).splitlines()[2:]]
+    assert [r[0].strip("| `") for r in rows] == list_methods()
+    for row, method in zip(rows, list_methods(), strict=True):
+        for name, p in method_params(method).items():
+            shown = "required" if p.required else (
+                f"default `{str(p.default).lower() if p.type is bool else p.default}`")
+            assert f"`{name}` ({shown}; {p.allowed()})" in row[3]
