@@ -1,12 +1,15 @@
 """Early stopping at rungs (ASHA; MO-ASHA for several objectives), decided from the study.
 
-Rungs lie at ``grace_period * reduction_factor**k`` epochs below ``max_t``. A trial reaching a
-rung is compared with every trial recorded at that rung before it and goes on only if it ranks
-in the top ``1 / reduction_factor`` (ASHA, Li et al. 2020, with Ray's quantile rule). With one
-objective it ranks by the scheduler's metric. With several (MO-ASHA, Schmucker et al. 2021) a
-trial's values at the rung are a vector — the scheduler's per-epoch metric and the cost
-objectives (parameters, FLOPs, latency, which a trial measures before its first epoch) — ranked
-by non-dominated sorting, ties within a front broken by crowding distance.
+Rungs lie at ``grace_period * reduction_factor**k`` epochs below ``max_t``; a trial that passes
+them trains all its epochs. A trial reaching a rung is compared with the trials recorded at
+that rung before it and goes on only if it is in their top ``1 / reduction_factor`` (ASHA, Li
+et al. 2020). With one objective that is Ray's ASHA rule: its value must reach the
+``1 - 1/reduction_factor`` quantile of the earlier values. With several (MO-ASHA, Schmucker et
+al. 2021) a trial's values at the rung are a vector — the scheduler's per-epoch metric and the
+cost objectives (parameters, FLOPs, latency, which a trial measures before its first epoch) —
+ranked by non-dominated sorting, ties within a front broken by crowding distance, and it goes
+on while fewer than ``ceil(n / reduction_factor)`` of the ``n`` earlier trials rank strictly
+above it (a trial as good as the ones before it goes on, as in Ray's rule).
 
 Each decision is written to the study with the values it was made on (:mod:`.study`), so a
 resumed sweep finds every rung as it was and repeats a decision it had made instead of making
@@ -19,10 +22,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from kdtune.tune.study import ATTR_RAY_ID, ATTR_RUNG, SweepStudy
-from kdtune.tune.trainable import EPOCH_KEY, PLANNED_KEY
+from kdtune.tune.trainable import EPOCH_KEY
 
 
 def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[float]:
@@ -36,25 +40,24 @@ def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> l
 
 def rung_keeps(values: Sequence[Sequence[float]], modes: Sequence[str],
                reduction_factor: float) -> bool:
-    """Whether the last of ``values`` (one vector per trial recorded at a rung, the trial to
-    judge last) goes on: it ranks among the best ``n - ceil((n - 1) * (1 - 1 / rf))`` of the
-    ``n`` trials (Ray's ASHA keeps the trials at or above that quantile)."""
-    n = len(values)
-    keep = n - math.ceil((n - 1) * (1 - 1 / reduction_factor) - 1e-9)
-    order = pareto_order([[v if m == "min" else -v for v, m in zip(vec, modes, strict=True)]
-                          for vec in values])
-    return order.index(n - 1) < keep
-
-
-def pareto_order(points: Sequence[Sequence[float]]) -> list[int]:
-    """Indices of ``points`` (to minimise) best first: by non-dominated front, then by
-    crowding distance within a front (wider first), then by index."""
-    fronts = non_dominated_fronts(points)
-    order: list[int] = []
-    for front in fronts:
+    """Whether the last of ``values`` (one vector per trial recorded at a rung, in the order
+    they got there, the trial to judge last) goes on (module docstring)."""
+    earlier, own = values[:-1], values[-1]
+    if not earlier:
+        return True
+    if len(own) == 1:  # Ray's ASHA: at or above the quantile of the earlier values
+        sign = 1.0 if modes[0] == "max" else -1.0
+        cutoff = float(np.nanpercentile([sign * v[0] for v in earlier],
+                                        (1 - 1 / reduction_factor) * 100))
+        return sign * own[0] >= cutoff
+    points = [[v if m == "min" else -v for v, m in zip(vec, modes, strict=True)]
+              for vec in values]
+    rank = {}  # trial -> (front, -crowding distance): smaller ranks above
+    for f, front in enumerate(non_dominated_fronts(points)):
         distance = crowding_distance([points[i] for i in front])
-        order.extend(i for _, i in sorted(zip((-d for d in distance), front, strict=True)))
-    return order
+        rank.update({i: (f, -d) for i, d in zip(front, distance, strict=True)})
+    above = sum(rank[i] < rank[len(points) - 1] for i in range(len(earlier)))
+    return above < math.ceil(len(earlier) / reduction_factor)
 
 
 def non_dominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
@@ -75,7 +78,8 @@ def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 
 
 def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
-    """NSGA-II's crowding distance of each point within its front (ends: infinity)."""
+    """NSGA-II's crowding distance of each point within its front (ends: infinity; an
+    objective equal on every point is left out)."""
     n = len(points)
     if n <= 2:
         return [math.inf] * n
@@ -83,9 +87,9 @@ def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
     for k in range(len(points[0])):
         order = sorted(range(n), key=lambda i: points[i][k])
         low, high = points[order[0]][k], points[order[-1]][k]
-        distance[order[0]] = distance[order[-1]] = math.inf
-        if high == low:
+        if high == low:  # an objective equal on every point says nothing about crowding
             continue
+        distance[order[0]] = distance[order[-1]] = math.inf
         for a, i, b in zip(order, order[1:], order[2:], strict=False):
             distance[i] += (points[b][k] - points[a][k]) / (high - low)
     return distance
@@ -115,8 +119,6 @@ class RungScheduler(FIFOScheduler):
         epoch = result.get(EPOCH_KEY)
         if epoch is None:
             return TrialScheduler.CONTINUE
-        if epoch >= self.max_t and result.get(PLANNED_KEY, epoch) > self.max_t:
-            return TrialScheduler.STOP  # max_t below the trial's epochs: it ends here
         passed = [m for m in self.milestones
                   if m <= epoch and m > self._judged.get(trial.trial_id, 0)]
         if not passed:

@@ -173,8 +173,10 @@ class _Session:
         self.space = space
         self.num_samples = int(attrs[ATTR_NUM_SAMPLES])
         self.max_concurrent = int(attrs[ATTR_MAX_CONCURRENT])
-        self.rng = random.Random(attrs[ATTR_SEED])
-        self.study.sampler = make_sampler(attrs[ATTR_SAMPLER], int(attrs[ATTR_SEED]))
+        # seeded by the sweep's seed and how far it got: a resumed sweep draws anew
+        seed = int(attrs[ATTR_SEED]) + len(self.study.get_trials(deepcopy=False))
+        self.rng = random.Random(seed)
+        self.study.sampler = make_sampler(attrs[ATTR_SAMPLER], seed)
         self.points = (grid_points(space, self.num_samples)
                        if attrs[ATTR_SAMPLER] == "grid" else None)
         self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number

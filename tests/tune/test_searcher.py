@@ -221,22 +221,6 @@ def test_reaching_the_planned_epochs_is_complete(tmp_path: Path, empty_db: Path)
     assert t.intermediate_values == dict(enumerate(values, start=1))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "stopped_early compares the last epoch with epochs_planned only, so a trial the "
-    "RungScheduler ends at scheduler.max_t (below its epochs, which the space allows: "
-    "max_t is 'the most epochs a trial trains') is told PRUNED: with max_t < epochs no "
-    "trial is ever COMPLETE (TPE sees only pruned trials, NSGA-II none to learn from, "
-    "kdtune best --importance finds 0 completed trials)"))
-def test_a_trial_ending_at_max_t_below_its_epochs_is_complete(tmp_path: Path,
-                                                               empty_db: Path) -> None:
-    searcher = new_searcher(tmp_path, empty_db, scheduler={
-        "type": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 4})
-    run(searcher, "a", [0.3, 0.5, 0.6])
-    searcher.on_trial_complete("a", result=result(4, 0.7))  # the scheduler's STOP at max_t
-    t = stored_by_ray_id(searcher)["a"]
-    assert t.state == TrialState.COMPLETE and t.value == 0.7
-
-
 def test_a_result_without_its_objective_is_fail(tmp_path: Path, empty_db: Path) -> None:
     searcher = new_searcher(tmp_path, empty_db)
     run(searcher, "a", [0.3])
@@ -456,12 +440,6 @@ def test_an_unpickled_searcher_continues_the_sweep(tmp_path: Path, empty_db: Pat
     assert list(stored_by_ray_id(restored)) == list("abcdef")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_Session seeds its sampler (make_sampler) and its neighbour rng with the study's seed "
-    "alone, so every unpickled or restored searcher replays the draws of the sweep's start: "
-    "after a resume a random sampler (and TPE or NSGA-II while they sample at random) "
-    "proposes the first trials' configurations again, each told FAIL as a repeat and "
-    "replaced by a one-parameter neighbour of an early trial instead of a new draw"))
 def test_an_unpickled_searcher_draws_new_configurations(tmp_path: Path,
                                                         empty_db: Path) -> None:
     """Continuous parameters: a new random draw never equals an earlier one."""
