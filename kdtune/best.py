@@ -12,7 +12,7 @@ from kdtune.errors import KdtuneError
 from kdtune.report import print_table, table_from_rows
 
 #: Result columns shown beside the objective (when the runs have them).
-SHOWN_METRICS = ("val_accuracy", "test_accuracy", "params", "latency_ms_b1", "speedup")
+SHOWN_METRICS = ("val_accuracy", "params", "latency_ms_b1", "speedup")
 
 
 def show_best(name: str, *, tracking_uri: str, top: int | None = 10, metric: str | None = None,
@@ -23,6 +23,9 @@ def show_best(name: str, *, tracking_uri: str, top: int | None = 10, metric: str
 
     if top is not None and top < 1:
         raise KdtuneError(f"--top {top} must be >= 1")
+    if metric is not None and "test_accuracy" in metric.split(","):
+        raise KdtuneError("--metric test_accuracy: the test set is never used to choose; rank "
+                          f"by val_accuracy, and read test accuracy with `kdtune finalize {name}`")
     frame = best_configs(name, metric=metric, mode=mode, top=top, tracking_uri=tracking_uri)
     if frame.empty:
         raise KdtuneError(f"sweep {name!r} has no finished trial yet")

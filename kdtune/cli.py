@@ -225,6 +225,19 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from kdtune.tune.finalize import run_finalize, show_finalists
+    from kdtune.tune.sweep import Store
+
+    store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)
+    name = _sweep_name(args, store.tracking_uri)
+    rows, teacher = run_finalize(name, top=args.top, seeds=args.seeds, address=args.address,
+                                 mlflow_uri=args.mlflow_uri, storage=args.storage,
+                                 study_storage=args.study_storage)
+    show_finalists(name, rows, teacher, args.format)
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kdtune.best import sweep_study
     from kdtune.tune.sweep import Store
@@ -291,6 +304,16 @@ def build_parser(*, method_flags: bool = True) -> argparse.ArgumentParser:
                    help="Optuna's parameter importances for the sweep's objective(s)")
     _add_store_flags(p)
     p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("finalize", help="re-train a sweep's best configs on fresh seeds beside "
+                       "their baselines; read the test set once")
+    p.add_argument("name", nargs="?", help="sweep name (default: the newest sweep in the store)")
+    p.add_argument("--top", type=int, default=3, help="finalists: the best K by validation")
+    p.add_argument("--seeds", type=int, default=3, help="fresh training seeds each (>= 2)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: local)")
+    _add_store_flags(p)
+    p.set_defaults(func=cmd_finalize)
 
     p = sub.add_parser("dashboard", help="open a sweep's Optuna study in optuna-dashboard")
     p.add_argument("name", nargs="?", help="sweep name (default: the newest sweep in the store)")

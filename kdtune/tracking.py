@@ -32,8 +32,10 @@ from kdtune.vocabulary import (
     MODES,
     PARAM_OBJECTIVE_METRICS,
     PARAM_OBJECTIVE_MODES,
+    STAGE_FINAL,
     TAG_KIND,
     TAG_PARENT,
+    TAG_STAGE,
     TAG_SWEEP,
     TAG_TRIAL_ID,
 )
@@ -409,18 +411,29 @@ class Tracker:
 
     # -- queries --------------------------------------------------------------------------
     def trial_runs(self, sweep: str) -> pd.DataFrame:
-        """All child runs of a sweep, oldest first: one row each with run_id, trial_id,
-        status, times, ``params.*``, ``metrics.*`` (final/latest values) and ``tags.*``."""
+        """All search trials of a sweep (its child runs but the finalist runs), oldest first:
+        one row each with run_id, trial_id, status, times, ``params.*``, ``metrics.*``
+        (final/latest values) and ``tags.*``."""
+        return self._children(sweep, final=False)
+
+    def final_runs(self, sweep: str) -> pd.DataFrame:
+        """The finalist runs of a sweep (``kdtune finalize``), as :meth:`trial_runs`."""
+        return self._children(sweep, final=True)
+
+    def _children(self, sweep: str, *, final: bool) -> pd.DataFrame:
         parent_id = self.find_sweep(sweep)
         if parent_id is None:
             raise self._unknown_sweep(sweep)
         runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'",
                             order_by=["attributes.start_time ASC"])
-        return _runs_frame(runs)
+        return _runs_frame([r for r in runs
+                            if (r.data.tags.get(TAG_STAGE) == STAGE_FINAL) == final])
 
     def all_trial_runs(self) -> pd.DataFrame:
-        """Every child run of every sweep in the experiment, with ``parent_id`` (one query)."""
-        frame = _runs_frame(self._search(f"tags.`{TAG_KIND}` = 'trial'"))
+        """Every search trial of every sweep in the experiment, with ``parent_id`` (one
+        query)."""
+        frame = _runs_frame([r for r in self._search(f"tags.`{TAG_KIND}` = 'trial'")
+                             if r.data.tags.get(TAG_STAGE) != STAGE_FINAL])
         frame["parent_id"] = frame.get(f"tags.{TAG_PARENT}")
         return frame
 

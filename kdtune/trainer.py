@@ -272,11 +272,13 @@ class TrainingRun:
                 metrics["speedup"] = t.latency_ms(256) / metrics["latency_ms_b256"]
         return metrics
 
-    def final_metrics(self, *, measure_latency: bool = True,
+    def final_metrics(self, *, measure_latency: bool = True, test: bool = True,
                       latency: LatencyFn = cpu_latency_ms) -> dict[str, float]:
-        """Validation and test accuracy with :meth:`cost_metrics`.
+        """Validation accuracy and loss with :meth:`cost_metrics`; with ``test``, the test
+        accuracy of the student and of the teacher.
 
-        The test set is evaluated here only, for the report: nothing selects on it.
+        The test set is read here only, for a report: a search trial passes ``test=False``
+        (model selection never sees it); a single run and a sweep's finalists read it once.
         """
         data, model = self.data, self.model
         if self.history and self.history[-1]["epoch"] == self.epoch:  # evaluated already
@@ -284,13 +286,15 @@ class TrainingRun:
         else:
             val_acc, val_loss = evaluate(model, data.x_val.to(self.device),
                                          data.y_val.to(self.device))
-        test_acc, _ = evaluate(model, data.x_test.to(self.device), data.y_test.to(self.device))
         metrics: dict[str, float] = {
-            "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc,
+            "val_accuracy": val_acc, "val_loss": val_loss,
             "train_time_s": self.elapsed, "epochs": self.epoch,
             **self.cost_metrics(measure_latency=measure_latency, latency=latency)}
-        if self.teacher is not None:
-            metrics["teacher_test_accuracy"] = self.teacher.test_accuracy(data)
+        if test:
+            metrics["test_accuracy"], _ = evaluate(model, data.x_test.to(self.device),
+                                                   data.y_test.to(self.device))
+            if self.teacher is not None:
+                metrics["teacher_test_accuracy"] = self.teacher.test_accuracy(data)
         return metrics
 
 

@@ -33,9 +33,13 @@ from kdtune.tune.trainable import EPOCH_KEY, PLANNED_KEY, TrialSettings
 from kdtune.vocabulary import (
     EPOCH_METRICS,
     FINAL_METRICS,
+    STAGE_FINAL,
     TAG_ERROR,
+    TAG_FINALIST,
     TAG_NODE,
+    TAG_ROLE,
     TAG_RUNG,
+    TAG_STAGE,
     TAG_SWEEP,
 )
 
@@ -43,11 +47,20 @@ from kdtune.vocabulary import (
 ENDED = ("FINISHED", "KILLED")
 
 
-def resolved_config(settings: TrialSettings, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The full config a trial trains with (first seed), plus the list of seeds."""
-    config = settings.config(params, settings.seeds[0]).to_dict()
-    config["seeds"] = list(settings.seeds)
-    return config
+def describe(settings: TrialSettings, trial_config: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The full config a trial trains with (first seed, plus the list of seeds) and the tags of
+    its run: a search trial's config holds its parameters; a finalist run's (``kdtune
+    finalize``) holds one ``job``: a configuration, one seed, its role and finalist."""
+    job = trial_config.get("job")
+    if job is None:
+        config = settings.config(trial_config, settings.seeds[0]).to_dict()
+        config["seeds"] = list(settings.seeds)
+        return config, {}
+    config = settings.config(job["params"], int(job["seed"])).to_dict()
+    config["seeds"] = [int(job["seed"])]
+    return config, {TAG_STAGE: STAGE_FINAL, TAG_ROLE: job["role"],
+                    TAG_FINALIST: job["finalist"]}
 
 
 class MlflowTrials(Callback):
@@ -134,11 +147,11 @@ class MlflowTrials(Callback):
                     return existing
                 history = self.tracker.client.get_metric_history(existing, "val_accuracy")
                 self.last_step[existing] = max((m.step for m in history), default=0)
-            config = resolved_config(self.settings, trial.config)
+            config, tags = describe(self.settings, trial.config)
             self.run_ids[trial.trial_id] = self.tracker.start_trial(
                 self.parent_id, trial.trial_id, params=config,
                 config_yaml=yaml.safe_dump(config, sort_keys=False),
-                tags={TAG_SWEEP: self.sweep})
+                tags={TAG_SWEEP: self.sweep, **tags})
         return self.run_ids[trial.trial_id]
 
     def _log_result(self, trial: _TrialView, result: Mapping[str, Any]) -> None:

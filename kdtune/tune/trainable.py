@@ -77,18 +77,33 @@ def node_id() -> str:
 
 
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
-    """Function trainable: train, report each epoch with a checkpoint, end with final metrics."""
+    """Function trainable of a search trial: the trial's parameters, trained with every seed
+    of the sweep (reporting their mean), never reading the test set."""
+    _train([context.settings.config(params, s) for s in context.settings.seeds], context,
+           test=False)
+
+
+def run_final(config: dict[str, Any], context: SweepContext) -> None:
+    """Function trainable of a finalist run (``kdtune finalize``): one configuration
+    (``config["job"]["params"]``) with one fresh seed (``["seed"]``), trained to the end and
+    read on the test set once."""
+    job = config["job"]
+    _train([context.settings.config(job["params"], int(job["seed"]))], context, test=True)
+
+
+def _train(configs: list[TrainConfig], context: SweepContext, *, test: bool) -> None:
+    """Train one run per config epoch by epoch (reporting their mean), report each epoch with
+    a checkpoint, end with the final metrics; continue from Ray's checkpoint when the trial is
+    restored."""
     from ray import tune
 
     from kdtune.metrics import cpu_latency_ms
     from kdtune.trainer import TrainingRun
 
-    settings = context.settings
     latency = cpu_latency_ms if context.latency_board is None else \
         shared_latency(context.latency_board)
     start = time.perf_counter()
-    runs = [TrainingRun(settings.config(params, s), teacher=context.teacher, data=context.data)
-            for s in settings.seeds]
+    runs = [TrainingRun(c, teacher=context.teacher, data=context.data) for c in configs]
     in_trainer = time.perf_counter() - start
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -101,9 +116,12 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     where = {"node_id": node_id(), **mean_metrics([r.cost_metrics(latency=latency)
                                                    for r in runs])}
     in_trainer += time.perf_counter() - start - (waited_s() - waited)
+
+    def final() -> dict[str, float]:
+        return mean_metrics([r.final_metrics(latency=latency, test=test) for r in runs])
+
     if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
-        _report(runs, {**mean_metrics([r.final_metrics(latency=latency) for r in runs]),
-                       **where}, planned)
+        _report(runs, {**final(), **where}, planned)
         return
     if checkpoint is not None and runs[0].history and \
             tune.get_context().get_trial_id() in context.ended:
@@ -115,7 +133,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         metrics = mean_metrics([run.train_epoch() for run in runs])
         metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials stopped early
         if runs[0].epoch == planned:
-            metrics.update(mean_metrics([run.final_metrics(latency=latency) for run in runs]))
+            metrics.update(final())
         in_trainer += time.perf_counter() - start - (waited_s() - waited)  # board: the sweep's
         _report(runs, {**where, **metrics, TRAINER_KEY: in_trainer}, planned)
 

@@ -1,0 +1,279 @@
+"""``kdtune finalize``: a sweep's best configurations re-trained on fresh seeds beside their
+baselines, read on the test set once, summarised with intervals.
+
+The finalists are chosen on validation only (the sweep's objective; the Pareto front for
+several). Each trains with ``S`` training seeds the sweep did not use (``split_seed`` stays the
+sweep's, so every run sees the same test split), and so does its baseline: the same
+configuration with ``method: none`` (the student alone). The sweep's teacher is read on the
+test set once. The runs are Ray trials of their own experiment (``<sweep folder>/finalize``,
+resumable like a sweep), logged as child runs of the sweep's parent tagged
+``kdtune.stage=final``; search queries, counts and clean-up leave them out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+
+from kdtune.config import TrainConfig
+from kdtune.errors import KdtuneError
+from kdtune.tracking import Tracker, config_from_run
+from kdtune.tune.space import load_space
+from kdtune.vocabulary import (
+    STAGE_FINAL,
+    TAG_FINALIST,
+    TAG_ROLE,
+    TAG_SPACE,
+    TAG_SPACE_SHA,
+    TAG_STAGE,
+    TAG_STORAGE,
+    TAG_SWEEP,
+)
+
+#: Config fields a finalist run takes from the finalize run itself, not from the trial.
+NOT_CARRIED = ("seed", "teacher", "device", "threads", "out")
+#: Columns of the finalists table.
+COLUMNS = ("finalist", "config", "seeds", "test_accuracy", "sd", "ci95", "student_alone",
+           "gain", "gain_ci95", "significant", "gap_closed", "params", "latency_ms_b1",
+           "speedup")
+
+
+def fresh_seeds(used: Sequence[int], count: int) -> list[int]:
+    """The ``count`` smallest training seeds not in ``used``."""
+    return list(itertools.islice((s for s in itertools.count() if s not in set(used)), count))
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean of ``values`` (at least two)."""
+    from scipy import stats
+
+    n = len(values)
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def finalist_jobs(finalists: Any, searched: Sequence[str], seeds: Sequence[int]
+                  ) -> list[dict[str, Any]]:
+    """Ray trial configs of a finalize run: each finalist's configuration (rows of
+    ``Tracker.best_configs``) and its student-alone baseline, once per seed; a baseline
+    shared by several finalists runs once."""
+    jobs, baselines = [], set()
+    for _, row in finalists.iterrows():
+        config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
+                                       where=f"trial {row['trial_id']}")
+        kd = _params(config)
+        alone = _params(config.replace(method="none"))
+        key = repr(sorted(alone.items()))
+        for seed in seeds:
+            jobs.append({"params": kd, "seed": seed, "role": "kd",
+                         "finalist": str(row["trial_id"])})
+            if key not in baselines:
+                jobs.append({"params": alone, "seed": seed, "role": "student_alone",
+                             "finalist": str(row["trial_id"])})
+        baselines.add(key)
+    return jobs
+
+
+def _params(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_CARRIED}
+
+
+def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
+              ) -> list[dict[str, Any]]:
+    """One row per finalist (rows of ``Tracker.final_runs``): test accuracy mean ± sd and its
+    95% t-interval over seeds, the gain over the student alone with a paired t-interval
+    (seeds paired), whether that interval excludes 0, the gap closed
+    ``(KD - alone) / (teacher - alone)``, and the student's cost."""
+    done = runs[runs["status"] == "FINISHED"]
+    kd = done[done[f"tags.{TAG_ROLE}"] == "kd"]
+    alone = done[done[f"tags.{TAG_ROLE}"] == "student_alone"]
+    rows = []
+    for finalist, group in kd.groupby(f"tags.{TAG_FINALIST}", sort=False):
+        config = config_from_run(group.iloc[0], fields=TrainConfig.field_names())
+        base = _params(TrainConfig.from_dict(config).replace(method="none"))
+        mine = alone.loc[[_params(TrainConfig.from_dict(config_from_run(
+            r, fields=TrainConfig.field_names()))) == base for _, r in alone.iterrows()]]
+        by_seed = dict(zip(group["params.seed"], group["metrics.test_accuracy"], strict=True))
+        alone_by_seed = dict(zip(mine["params.seed"], mine["metrics.test_accuracy"],
+                                 strict=True))
+        values = list(by_seed.values())
+        row: dict[str, Any] = {
+            "finalist": finalist, "seeds": len(values),
+            "config": " ".join(f"{k}={config[k]}" for k in searched if k in config),
+            "test_accuracy": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "ci95": list(t_interval(values)) if len(values) > 1 else None,
+            **{m: float(group[f"metrics.{m}"].mean())
+               for m in ("params", "latency_ms_b1", "speedup")
+               if f"metrics.{m}" in group.columns}}
+        paired = [by_seed[s] - alone_by_seed[s] for s in by_seed if s in alone_by_seed]
+        if paired:
+            row["student_alone"] = statistics.fmean(alone_by_seed.values())
+            row["gain"] = statistics.fmean(paired)
+            if len(paired) > 1 and statistics.stdev(paired) > 0:
+                low, high = t_interval(paired)
+                row["gain_ci95"], row["significant"] = [low, high], not low <= 0 <= high
+            else:
+                row["gain_ci95"], row["significant"] = None, row["gain"] != 0
+            if teacher_accuracy is not None and teacher_accuracy != row["student_alone"]:
+                row["gap_closed"] = row["gain"] / (teacher_accuracy - row["student_alone"])
+        rows.append(row)
+    return rows
+
+
+def show_finalists(name: str, rows: list[dict[str, Any]], teacher_accuracy: float | None,
+                   fmt: str = "table") -> None:
+    """Print the finalists table: a terminal table, CSV or JSON."""
+    import json
+
+    if fmt == "json":
+        print(json.dumps({"teacher_test_accuracy": teacher_accuracy, "finalists": rows}))
+        return
+    if fmt == "csv":
+        import pandas as pd
+
+        print(pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(index=False), end="")
+        return
+    from kdtune.report import print_table, table_from_rows
+
+    def interval(pair: Any) -> str:
+        return "-" if pair is None else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
+
+    shown = [{**r, "test_accuracy": f"{r['test_accuracy']:.4f} ± {r['sd'] or 0:.4f}",
+              "ci95": interval(r.get("ci95")),
+              "gain": "-" if r.get("gain") is None else
+              f"{r['gain']:+.4f}{'' if r.get('significant') else ' (not significant)'}",
+              "gain_ci95": interval(r.get("gain_ci95"))} for r in rows]
+    columns = ["finalist", "config", "seeds", "test_accuracy", "ci95", "student_alone", "gain",
+               "gain_ci95", "gap_closed", "params", "latency_ms_b1", "speedup"]
+    teacher = "" if teacher_accuracy is None else f"; teacher test accuracy " \
+        f"{teacher_accuracy:.4f}"
+    print_table(table_from_rows(shown, columns, title=f"finalists of sweep {name!r}, test set "
+                                f"read once (mean ± sd over fresh seeds){teacher}"))
+
+
+def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None = None,
+                 mlflow_uri: str | None = None, storage: str | None = None,
+                 study_storage: str | None = None,
+                 console: Console | None = None) -> tuple[list[dict[str, Any]], float | None]:
+    """Re-train the ``top`` best configurations of a finished sweep with ``seeds`` fresh
+    training seeds each, beside their baselines and the teacher; returns the finalists table
+    and the teacher's test accuracy."""
+    from pathlib import Path
+
+    from kdtune.tune.storage import is_uri
+    from kdtune.tune.sweep import Store, prepare_context, start_ray
+
+    console = console or Console(highlight=False)
+    if top < 1:
+        raise KdtuneError(f"--top {top} must be >= 1")
+    if seeds < 2:
+        raise KdtuneError(f"--seeds {seeds} must be >= 2 (an interval needs two seeds)")
+    store = Store.resolve(mlflow_uri, storage, study_storage)
+    from kdtune.tracking import require_store
+
+    require_store(store.tracking_uri)
+    tracker = Tracker(store.tracking_uri)
+    run = tracker.sweep_run(name)
+    if run.info.status != "FINISHED":
+        raise KdtuneError(f"sweep {name!r} has not finished; finish it with `kdtune resume "
+                          f"{name}` first")
+    tags = run.data.tags
+    space = load_space(tags[TAG_SPACE])
+    if space.sha256 != tags[TAG_SPACE_SHA]:
+        raise KdtuneError(f"{space.source} changed since sweep {name!r} started; restore it")
+    metrics, modes = tracker.objective(name)
+    finalists = tracker.best_configs(name, metrics=metrics, modes=modes, top=top)
+    if finalists.empty:
+        raise KdtuneError(f"sweep {name!r} has no finished trial to finalize")
+    searched = [p.name for p in space.parameters]
+    jobs = finalist_jobs(finalists, searched, fresh_seeds(space.seeds, seeds))
+    base = store.experiment_dir(name) if storage else tags[TAG_STORAGE]
+    folder = f"{base}/finalize" if is_uri(base) else Path(base) / "finalize"
+    console.print(f"finalizing sweep {name!r}: {len(finalists)} finalist(s) x {seeds} fresh "
+                  f"seeds, with their student-alone baselines ({len(jobs)} runs); "
+                  f"{store.describe()}")
+    start_ray(address, console)
+    context = prepare_context(space, store, console, len(jobs))
+    teacher_accuracy = _log_teacher(tracker, run.info.run_id, name, context)
+    _fit(space, context, tracker, run.info.run_id, name, jobs, folder)
+    rows = summarise(tracker.final_runs(name), teacher_accuracy, searched)
+    _log_table(tracker, run.info.run_id, rows)
+    return rows, teacher_accuracy
+
+
+def _log_teacher(tracker: Tracker, parent: str, name: str, context: Any) -> float | None:
+    """The teacher read on the test set once, as a finalist run of its own (once per sweep)."""
+    if context.teacher is None:
+        return None
+    runs = tracker.final_runs(name)
+    if not runs.empty and (runs[f"tags.{TAG_ROLE}"] == "teacher").any():
+        row = runs[runs[f"tags.{TAG_ROLE}"] == "teacher"].iloc[0]
+        return float(row["metrics.test_accuracy"])
+    accuracy = context.teacher.test_accuracy(context.data)
+    run_id = tracker.start_trial(parent, "teacher", params={"teacher": context.settings
+                                                            .teacher_path},
+                                 tags={TAG_SWEEP: name, TAG_STAGE: STAGE_FINAL,
+                                       TAG_ROLE: "teacher", TAG_FINALIST: "teacher"})
+    tracker.end_trial(run_id, "FINISHED", metrics={
+        "test_accuracy": accuracy,
+        "params": sum(p.numel() for p in context.teacher.model.parameters()),
+        "latency_ms_b256": context.teacher.latency_ms(256)})
+    return accuracy
+
+
+def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
+         jobs: list[dict[str, Any]], folder: Any) -> None:
+    """The finalist runs as Ray trials: a new experiment, or the one an interrupted
+    ``finalize`` left (restored; its finished runs are not trained again)."""
+    from ray import tune
+
+    from kdtune.tune.callbacks import MlflowTrials, Progress
+    from kdtune.tune.sweep import trial_dirname
+    from kdtune.tune.trainable import run_final
+
+    resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
+    trainable = tune.with_resources(tune.with_parameters(run_final, context=context),
+                                    resources)
+    if tune.Tuner.can_restore(str(folder)):
+        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        where = str(folder)
+        tuner = tune.Tuner(
+            trainable, param_space={"job": tune.grid_search(jobs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=space.search.max_concurrent,
+                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=where.rstrip("/").rsplit("/", 1)[1],
+                storage_path=where.rstrip("/").rsplit("/", 1)[0], verbose=0,
+                callbacks=[MlflowTrials(tracker, parent, name, context.settings),
+                           Progress("test_accuracy", "max")],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=0)))
+    results = tuner.fit()
+    if any(r.error is not None for r in results):
+        raise KdtuneError(f"{sum(r.error is not None for r in results)} finalist run(s) "
+                          f"failed; see their MLflow runs (tag kdtune.error); run `kdtune "
+                          f"finalize {name}` again to retry them")
+
+
+def _log_table(tracker: Tracker, parent: str, rows: list[dict[str, Any]]) -> None:
+    """The finalists table as ``finalists.json`` and ``finalists.csv`` on the parent run."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as out:
+        (Path(out) / "finalists.json").write_text(json.dumps(rows, indent=2))
+        pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(Path(out) / "finalists.csv",
+                                                         index=False)
+        tracker.log_artifact(parent, out, "finalize")

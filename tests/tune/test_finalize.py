@@ -1,0 +1,140 @@
+"""``kdtune finalize`` run the way a user runs it (the CLI, the session's Ray, a real MLflow
+store): finalists chosen on validation, re-trained on fresh seeds beside their baselines, the
+test set read only here, the intervals computed from the logged runs, and the finalist runs
+kept apart from the sweep's trials."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdtune.cli import main
+from kdtune.tune.finalize import fresh_seeds, t_interval
+
+from .conftest import BASE_SPACE, SweepRecord, new_store, sqlite_uri, write_space
+
+TOP, SEEDS = 2, 2
+
+
+@pytest.fixture(scope="module")
+def finalized(ray_session: None, mlflow_template: Path, teacher_path: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[SweepRecord, Any, list[str]]:
+    """A finished 4-trial sweep (seed 0), then ``kdtune finalize --top 2 --seeds 2``."""
+    root = tmp_path_factory.mktemp("finalize")
+    space = write_space(root, name="fin", teacher={"path": str(teacher_path)},
+                        fixed={**BASE_SPACE["fixed"], "epochs": 2},
+                        parameters={
+                            "method": {"type": "categorical", "choices": ["none", "vanilla"]},
+                            "hidden": {"type": "categorical", "choices": [[8], [16]]},
+                            "lr": {"type": "categorical", "choices": [0.05, 0.1]}},
+                        search={"sampler": "grid", "num_samples": 4, "max_concurrent": 2,
+                                "seed": 0},
+                        scheduler={"type": "none"})
+    store = new_store(root / "store", mlflow_template)
+    flags = ["--mlflow-uri", sqlite_uri(store), "--storage", str(store / "ray")]
+    assert main(["search", str(space), *flags]) == 0
+    record = SweepRecord("fin", space, sqlite_uri(store), store / "ray", None, "")
+    best_before = record.tracker().best_configs("fin", metrics=["val_accuracy"],
+                                                modes=["max"], top=TOP)
+    return record, best_before, flags
+
+
+def test_finalists_train_on_fresh_seeds_beside_their_baselines(
+        finalized: tuple[SweepRecord, Any, list[str]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    record, best, flags = finalized
+    capsys.readouterr()
+    assert main(["finalize", "fin", "--top", str(TOP), "--seeds", str(SEEDS), *flags,
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tracker = record.tracker()
+    runs = tracker.final_runs("fin")
+    assert (runs["tags.kdtune.stage"] == "final").all()
+    roles = runs["tags.kdtune.role"]
+    kd, alone = runs[roles == "kd"], runs[roles == "student_alone"]
+    assert (roles == "teacher").sum() == 1
+    assert len(kd) == TOP * SEEDS and set(kd["tags.kdtune.finalist"]) == set(best["trial_id"])
+    assert {json.loads(s) for s in runs.loc[roles != "teacher", "params.seed"]} == \
+        set(fresh_seeds([0], SEEDS)) == {1, 2}  # seeds the sweep did not use
+    assert set(alone["params.method"]) == {"none"} and len(alone) % SEEDS == 0
+    assert runs.loc[roles != "teacher", "metrics.test_accuracy"].between(0, 1).all()
+    assert (runs["status"] == "FINISHED").all()
+
+    # the table: the logged numbers, with t-intervals over the seeds
+    rows = {r["finalist"]: r for r in out["finalists"]}
+    assert set(rows) == set(best["trial_id"])
+    teacher = out["teacher_test_accuracy"]
+    assert teacher == runs.loc[roles == "teacher", "metrics.test_accuracy"].iloc[0]
+    for finalist, row in rows.items():
+        mine = kd[kd["tags.kdtune.finalist"] == finalist].sort_values("params.seed")
+        values = list(mine["metrics.test_accuracy"])
+        assert row["seeds"] == SEEDS
+        assert row["test_accuracy"] == pytest.approx(statistics.fmean(values))
+        assert row["ci95"] == pytest.approx(list(t_interval(values)))
+        config = {k: json.loads(mine.iloc[0][f"params.{k}"]) if k != "method"
+                  else mine.iloc[0]["params.method"] for k in ("method", "hidden", "lr")}
+        base = alone[(alone["params.hidden"] == mine.iloc[0]["params.hidden"])
+                     & (alone["params.lr"] == mine.iloc[0]["params.lr"])
+                     ].sort_values("params.seed")
+        assert len(base) == SEEDS, config
+        paired = [a - b for a, b in zip(values, base["metrics.test_accuracy"], strict=True)]
+        assert row["gain"] == pytest.approx(statistics.fmean(paired))
+        if row["gain_ci95"] is not None:
+            low, high = row["gain_ci95"]
+            assert row["significant"] == (not low <= 0 <= high)
+        if "gap_closed" in row:
+            assert row["gap_closed"] == pytest.approx(
+                row["gain"] / (teacher - row["student_alone"]))
+    # the same table on the parent run
+    parent = tracker.sweep_run("fin").info.run_id
+    names = {a.path for a in tracker.client.list_artifacts(parent, "finalize")}
+    assert {"finalize/finalists.json", "finalize/finalists.csv"} <= names
+
+
+def test_the_sweep_is_untouched_and_never_read_the_test_set(
+        finalized: tuple[SweepRecord, Any, list[str]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    record, best, flags = finalized
+    tracker = record.tracker()
+    trials = tracker.trial_runs("fin")
+    assert len(trials) == 4 and "tags.kdtune.stage" not in trials.columns
+    assert "metrics.test_accuracy" not in trials.columns  # search trials never read it
+    after = tracker.best_configs("fin", metrics=["val_accuracy"], modes=["max"], top=TOP)
+    assert list(after["trial_id"]) == list(best["trial_id"])
+    # best refuses to rank by the test set, in one line
+    capsys.readouterr()
+    assert main(["best", "fin", "--metric", "test_accuracy", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "never used to choose" in err
+    # extending the sweep leaves the finalist runs where they are, and they are not counted
+    final_before = set(tracker.final_runs("fin")["run_id"])
+    assert main(["resume", "fin", "--num-samples", "5", *flags]) == 0
+    assert set(tracker.final_runs("fin")["run_id"]) == final_before
+    assert len(tracker.trial_runs("fin")) == 5
+
+
+def test_finalize_again_reports_without_training(
+        finalized: tuple[SweepRecord, Any, list[str]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    record, _, flags = finalized
+    before = set(record.tracker().final_runs("fin")["run_id"])
+    assert main(["finalize", "fin", "--top", str(TOP), "--seeds", str(SEEDS), *flags]) == 0
+    assert "finalists of sweep 'fin'" in capsys.readouterr().out
+    assert set(record.tracker().final_runs("fin")["run_id"]) == before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "1"], "--seeds 1 must be >= 2"),
+    (["--top", "0"], "--top 0 must be >= 1"),
+])
+def test_bad_finalize_input_is_one_line(finalized: tuple[SweepRecord, Any, list[str]],
+                                        argv: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    _, _, flags = finalized
+    assert main(["finalize", "fin", *argv, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
