@@ -44,8 +44,12 @@ def test_latency_is_measured_once_per_architecture() -> None:
     assert cpu_latency_ms(b, (1, 8, 8), 5) > 0 and calls  # another batch size is measured
 
 
-def test_latency_timing_stops_at_its_budget() -> None:
-    """A slow forward is timed 3 times (1 warm-up), not warmup + repeats times."""
+@pytest.mark.parametrize(("budget_s", "passes"), [
+    (0.1, 1 + 3),  # a slow pass: one warm-up, then 3 timed
+    (0.04, 1 + 1),  # a pass longer than the whole budget: timed once after its warm-up
+])
+def test_latency_timing_stops_at_its_budget(budget_s: float, passes: int) -> None:
+    """A slow forward is timed a few times, not warmup + repeats times."""
     from kdtune import metrics
 
     calls: list[int] = []
@@ -56,20 +60,6 @@ def test_latency_timing_stops_at_its_budget() -> None:
             time.sleep(0.05)
             return x
 
-    assert metrics._time_forward(Slow(), (2,), 1, repeats=10, warmup=2, budget_s=0.1) >= 50
-    assert len(calls) == 1 + 3
-
-
-def test_a_pass_longer_than_the_budget_is_timed_once_after_its_warm_up() -> None:
-    from kdtune import metrics
-
-    calls: list[int] = []
-
-    class VerySlow(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            calls.append(1)
-            time.sleep(0.05)
-            return x
-
-    assert metrics._time_forward(VerySlow(), (2,), 1, repeats=10, warmup=2, budget_s=0.04) >= 50
-    assert len(calls) == 1 + 1
+    assert metrics._time_forward(Slow(), (2,), 1, repeats=10, warmup=2,
+                                 budget_s=budget_s) >= 50
+    assert len(calls) == passes
