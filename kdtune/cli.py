@@ -226,7 +226,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
-    from kdtune.tune.finalize import run_finalize, show_finalists
+    from kdtune.finalize import run_finalize, show_finalists
     from kdtune.tune.sweep import Store
 
     store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kdtune.cli import main
-from kdtune.tune.finalize import fresh_seeds, t_interval
+from kdtune.finalize import fresh_seeds, t_interval
 
 from .conftest import BASE_SPACE, SweepRecord, new_store, sqlite_uri, write_space
 
