@@ -33,8 +33,9 @@ from kdtune.tune.trainable import TrialSettings
 
 #: Per-epoch metrics logged with ``step=epoch``.
 EPOCH_METRICS = ("train_loss", "val_accuracy", "val_loss", "lr")
-#: Final metrics logged when a trial ends.
-FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "params", "flops",
+#: Final metrics logged when a trial ends (``*_sd``: spread over the seeds, when several).
+FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "val_accuracy_sd",
+                 "test_accuracy_sd", "params", "flops",
                  "latency_ms_b1", "latency_ms_b256", "speedup", "train_time_s",
                  "teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256", "epoch")
 TAG_NODE = "kdtune.node_id"

@@ -8,6 +8,7 @@ Optuna proposes configs (define-by-run), ASHA stops weak trials, MLflow records 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import subprocess
@@ -36,6 +37,7 @@ from kdtune.tune.space import (
 )
 from kdtune.tune.storage import experiment_snapshot, is_uri, location_exists
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
+from kdtune.versions import package_versions
 
 if TYPE_CHECKING:  # torch is imported beside Ray's start (start_ray)
     from kdtune.data import DataSplits
@@ -43,6 +45,7 @@ if TYPE_CHECKING:  # torch is imported beside Ray's start (start_ray)
 
 ASHA_STATE = "kdtune-asha.json"
 TAG_STORAGE, TAG_SPACE, TAG_SPACE_SHA = "kdtune.storage", "kdtune.space_file", "kdtune.space_sha256"
+TAG_TEACHER_FINGERPRINT, TAG_VERSIONS = "kdtune.teacher_fingerprint", "kdtune.versions"
 PARAM_NUM_SAMPLES, PARAM_SEARCHED = "num_samples", "searched"
 
 
@@ -320,7 +323,8 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     parent = tracker.start_sweep(name, tags={
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
         "kdtune.version": kdtune.__version__, "kdtune.git_sha": git_sha(),
-        "kdtune.ray_address": address or "local"},
+        "kdtune.ray_address": address or "local", TAG_VERSIONS: json.dumps(package_versions()),
+        **({TAG_TEACHER_FINGERPRINT: context.teacher.fingerprint} if context.teacher else {})},
         params={"objective.metrics": ",".join(space.metrics),
                 "objective.modes": ",".join(space.modes), PARAM_NUM_SAMPLES: num_samples,
                 "sampler": space.search.sampler, "scheduler": space.scheduler.type,

@@ -70,6 +70,21 @@ def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(float(m[k]) for m in per_seed) for k in keys}
 
 
+#: Final metrics whose spread over the training seeds is reported as ``<name>_sd``.
+SPREAD_METRICS = ("val_accuracy", "test_accuracy")
+
+
+def final_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
+    """The mean over seeds, plus the sample standard deviation of :data:`SPREAD_METRICS` as
+    ``<name>_sd`` when there are several seeds."""
+    metrics = mean_metrics(per_seed)
+    if len(per_seed) > 1:
+        for name in SPREAD_METRICS:
+            if all(name in m for m in per_seed):
+                metrics[f"{name}_sd"] = statistics.stdev(float(m[name]) for m in per_seed)
+    return metrics
+
+
 def node_id() -> str:
     import ray
 
@@ -98,7 +113,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     planned = runs[0].config.epochs
     where = {"node_id": node_id()}
     if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
-        _report(runs, {**mean_metrics([r.final_metrics(latency=latency) for r in runs]),
+        _report(runs, {**final_metrics([r.final_metrics(latency=latency) for r in runs]),
                        **where}, planned)
         return
     if checkpoint is not None and runs[0].history and \
@@ -111,7 +126,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         metrics = mean_metrics([run.train_epoch() for run in runs])
         metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials ASHA stops
         if runs[0].epoch == planned:
-            metrics.update(mean_metrics([run.final_metrics(latency=latency) for run in runs]))
+            metrics.update(final_metrics([run.final_metrics(latency=latency) for run in runs]))
         in_trainer += time.perf_counter() - start - (waited_s() - waited)  # board: the sweep's
         _report(runs, {**metrics, **where, TRAINER_KEY: in_trainer}, planned)
 
