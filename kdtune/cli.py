@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "torch.export program, with its config and preprocessing")
     p.add_argument("name", help="sweep name")
     p.add_argument("--trial", help="trial id (default: the sweep's best student)")
-    p.add_argument("--format", required=True, choices=("onnx", "pt2"))
+    p.add_argument("--format", required=True, help="onnx or pt2 (a torch.export program)")
     p.add_argument("--out", required=True, help="file to write (.onnx or .pt2); a .json with "
                    "the config and preprocessing goes beside it")
     p.add_argument("--register", metavar="MODEL_NAME",

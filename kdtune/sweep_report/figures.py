@@ -106,7 +106,8 @@ def accuracy_front(data: SweepData) -> Drawn | None:
                        color=colours[method], label=str(method))
         front = pareto_front(xs, ys)
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="black",
-                linewidth=1.2, label="Pareto front")
+                linewidth=1.2, marker="s", markersize=9, markerfacecolor="none",
+                label="Pareto front")
         if teacher_x is not None and teacher_y is not None:
             ax.scatter([teacher_x], [teacher_y], marker="*", s=260, color="gold",
                        edgecolor="black", zorder=5, label=f"teacher ({teacher_what} acc.)")
@@ -114,7 +115,7 @@ def accuracy_front(data: SweepData) -> Drawn | None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="best")
     caption = (f"{len(frame)} finished trials. The front joins the trials no other trial beats "
                "on both accuracy and cost; the star is the teacher"
                + ("" if teacher_what == "validation" else
@@ -193,8 +194,8 @@ def alpha_overlay(sweeps: Sequence[SweepData]) -> Drawn | None:
         ax.set_xlabel("alpha (weight of the hard-label loss; 1 = no distillation)")
         ax.set_ylabel(ACCURACY_LABELS[metric])
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="best")
+    axes[0].legend(fontsize=8, loc="best")
     names = ", ".join(d.name for d, _ in per_sweep)
     seeds = _seed_note([s for _, ss in per_sweep for s in ss])
     return Drawn("alpha_overlay", "Alpha study: the sweeps' accuracy against alpha",

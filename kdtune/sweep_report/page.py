@@ -132,7 +132,7 @@ def _facts(data: SweepData) -> str:
         ("versions", versions),
         ("git commit", tags.get("kdtune.git_sha", "not recorded")),
         ("started", _when(start)),
-        ("wall time", wall),
+        ("wall time of the trials", wall),
         ("trials by state", ", ".join(f"{k} {v}" for k, v in states.items()) or "none yet"),
         ("finalists", str(len(data.finalists)) if len(data.finalists) else "none yet"),
         ("MLflow parent run", parent.info.run_id),

@@ -120,12 +120,13 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _setting_key(row: pd.Series) -> str:
-    """What a run trained, without how it was run (seed, device, paths): runs with the same
-    key are seeds of one configuration."""
+def _setting_key(row: pd.Series, ignore: Iterable[str] = ()) -> str:
+    """What a run trained, without how it was run (seed, device, paths) and without
+    ``ignore``: runs with the same key are seeds of one configuration."""
+    skip = {*NOT_A_SETTING, *ignore}
     params = {c[len("params."):]: row[c] for c in row.index
               if c.startswith("params.") and isinstance(row[c], str)}
-    return json.dumps({k: v for k, v in sorted(params.items()) if k not in NOT_A_SETTING})
+    return json.dumps({k: v for k, v in sorted(params.items()) if k not in skip})
 
 
 # -- aggregates ------------------------------------------------------------------------------
@@ -224,7 +225,8 @@ def alpha_series(data: SweepData, metrics: Iterable[str]) -> list[Series]:
         parts = rows.groupby("_t", sort=True) if split_t else [(None, rows)]
         for t, part in parts:
             label = str(method) + (f", T={_short(t)}" if t is not None else "")
-            line = part["_alpha"].is_unique
+            others = part.apply(lambda r: _setting_key(r, ignore=("alpha",)), axis=1)
+            line = part["_alpha"].is_unique and others.nunique() == 1
             points = [(float(r["_alpha"]), {m: metric_value(part.loc[[i]], m) for m in metrics})
                       for i, r in part.sort_values("_alpha", kind="stable").iterrows()]
             out.append(Series(label, points, line))
