@@ -72,6 +72,8 @@ def sidecar_path(out: Path) -> Path:
 def export_student(name: str, *, fmt: str, out: str | Path, tracking_uri: str,
                    trial: str | None = None, register: str | None = None) -> Exported:
     """Export the chosen student of sweep ``name``; see the module docstring."""
+    import torch
+
     if fmt not in FORMATS:
         raise choose_one("format", fmt, FORMATS)
     target = _check_out(Path(out).expanduser(), fmt)
@@ -85,7 +87,7 @@ def export_student(name: str, *, fmt: str, out: str | Path, tracking_uri: str,
     state = _download_student(tracker, str(row["run_id"]))
     config, data, model = _rebuild(state)
     batch = data.x_val[:CHECK_BATCH]
-    with _torch_no_grad():
+    with torch.no_grad():
         expected = model(batch)
     teacher = teacher_facts(parent, runs)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -185,12 +187,6 @@ def _rebuild(state: dict[str, Any]) -> tuple[Any, DataSplits, nn.Module]:
     model = build_student(config, data)
     model.load_state_dict(state["state_dict"])
     return config, data, model.eval()
-
-
-def _torch_no_grad() -> Any:
-    import torch
-
-    return torch.no_grad()
 
 
 # -- writing and checking ----------------------------------------------------------------------
