@@ -11,6 +11,7 @@ setup:
 demo: setup
 	$(KDTUNE) search search_spaces/digits_quick.yaml
 	$(KDTUNE) best --top 5
+	$(KDTUNE) report
 
 test: setup
 	$(PY) -m ruff check kdtune tests benchmarks

@@ -1,4 +1,4 @@
-"""``kdtune`` command line: train | teacher | demo (and the search commands).
+"""``kdtune`` command line: train | teacher | demo (and the search, export, report commands).
 
 User errors (:class:`~kdtune.errors.KdtuneError`, bad flags) print one line on stderr and exit
 with code 2, without a traceback and without writing anything.
@@ -196,15 +196,7 @@ def _after_sweep(outcome: Any, args: argparse.Namespace) -> int:
 
 def _sweep_name(args: argparse.Namespace, tracking_uri: str) -> str:
     """The sweep a command names, else the newest sweep in the store."""
-    if args.name is not None:
-        return str(args.name)
-    from kdtune.tracking import Tracker, require_store
-
-    require_store(tracking_uri)
-    names = Tracker(tracking_uri).sweep_names()
-    if not names:
-        raise KdtuneError(f"no sweep in {tracking_uri} yet; run `kdtune search` first")
-    return names[0]
+    return str(args.name) if args.name is not None else _newest_sweep(tracking_uri)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -252,6 +244,50 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"optuna-dashboard for sweep {name!r} at http://127.0.0.1:{args.port}/ (Ctrl-C "
           "stops it)", flush=True)
     run_server(study.storage, host="127.0.0.1", port=args.port)
+    return 0
+
+
+def _tracking_uri(flag: str | None) -> str:
+    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``, else the store ./kdtune-runs/mlflow.db."""
+    import os
+
+    from kdtune.tracking import default_store, default_tracking_uri
+
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(default_store())
+
+
+def _newest_sweep(tracking_uri: str) -> str:
+    from kdtune.tracking import Tracker, require_store
+
+    require_store(tracking_uri)
+    names = Tracker(tracking_uri).sweep_names()
+    if not names:
+        raise KdtuneError(f"no sweep in {tracking_uri} yet; run `kdtune search` first")
+    return names[0]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdtune.export import export_student
+
+    done = export_student(args.name, fmt=args.format, out=args.out, trial=args.trial,
+                          register=args.register, tracking_uri=_tracking_uri(args.mlflow_uri))
+    print(f"exported trial {done.trial_id} of sweep {done.sweep!r} (MLflow run {done.run_id}) "
+          f"to {done.path}; config and preprocessing: {done.sidecar}; largest logit "
+          f"difference from the student on a validation batch: {done.max_abs_diff:.2g}")
+    if done.registered:
+        print(f"registered as model {done.registered[0]!r} version {done.registered[1]}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdtune.sweep_report import write_report
+
+    uri = _tracking_uri(args.mlflow_uri)
+    names = args.names or [_newest_sweep(uri)]
+    done = write_report(names, out=args.out, tracking_uri=uri)
+    print(f"report of {', '.join(repr(n) for n in names)}: {done.path} "
+          f"({len(done.figures)} figures, also logged to each sweep's parent run under "
+          f"{done.artifact_dir}/)")
     return 0
 
 
@@ -320,6 +356,28 @@ def build_parser(*, method_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     _add_store_flags(p)
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("export", help="write a sweep's trained student as ONNX or a "
+                       "torch.export program, with its config and preprocessing")
+    p.add_argument("name", help="sweep name")
+    p.add_argument("--trial", help="trial id (default: the sweep's best student)")
+    p.add_argument("--format", required=True, help="onnx or pt2 (a torch.export program)")
+    p.add_argument("--out", required=True, help="file to write (.onnx or .pt2); a .json with "
+                   "the config and preprocessing goes beside it")
+    p.add_argument("--register", metavar="MODEL_NAME",
+                   help="also register it in the MLflow model registry under this name")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else the sqlite store ./kdtune-runs/mlflow.db)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of one or more sweeps")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="sweep names (default: the newest sweep); several overlay their "
+                   "accuracy-vs-alpha curves")
+    p.add_argument("--out", help="HTML file to write (default: kdtune-runs/reports/NAME.html)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else the sqlite store ./kdtune-runs/mlflow.db)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="teacher on digits, then none vs vanilla KD students")
     p.add_argument("--out", default="kdtune-runs/teachers", help="where the teacher goes")

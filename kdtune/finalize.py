@@ -258,6 +258,16 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0)))
     results = tuner.fit()
+    from pathlib import Path
+
+    from kdtune.tune.sweep import log_student
+
+    for result in results:  # the distilled students' weights, for `kdtune export`
+        job = (result.config or {}).get("job", {})
+        run_id = tracker.find_trial(parent, Path(result.path).name.removeprefix("trial_"))
+        if job.get("role") == "kd" and result.checkpoint is not None and run_id is not None \
+                and "student.pt" not in {a.path for a in tracker.client.list_artifacts(run_id)}:
+            log_student(tracker, run_id, result.checkpoint)
     if any(r.error is not None for r in results):
         raise KdtuneError(f"{sum(r.error is not None for r in results)} finalist run(s) "
                           f"failed; see their MLflow runs (tag kdtune.error); run `kdtune "

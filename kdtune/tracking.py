@@ -420,14 +420,18 @@ class Tracker:
         """The finalist runs of a sweep (``kdtune finalize``), as :meth:`trial_runs`."""
         return self._children(sweep, final=True)
 
-    def _children(self, sweep: str, *, final: bool) -> pd.DataFrame:
+    def child_runs(self, sweep: str) -> pd.DataFrame:
+        """Every child run of a sweep: its trials and its finalist runs."""
+        return self._children(sweep, final=None)
+
+    def _children(self, sweep: str, *, final: bool | None) -> pd.DataFrame:
         parent_id = self.find_sweep(sweep)
         if parent_id is None:
             raise self._unknown_sweep(sweep)
         runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'",
                             order_by=["attributes.start_time ASC"])
-        return _runs_frame([r for r in runs
-                            if (r.data.tags.get(TAG_STAGE) == STAGE_FINAL) == final])
+        return _runs_frame([r for r in runs if final is None
+                            or (r.data.tags.get(TAG_STAGE) == STAGE_FINAL) == final])
 
     def all_trial_runs(self) -> pd.DataFrame:
         """Every search trial of every sweep in the experiment, with ``parent_id`` (one

@@ -16,8 +16,10 @@ COST_METRICS = ("params", "flops", "latency_ms_b1", "latency_ms_b256", "speedup"
 #: The teacher's figures, reported beside a student's.
 TEACHER_METRICS = ("teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256")
 #: Metrics of a trial's end, logged once when it ends.
-FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", *COST_METRICS, "train_time_s",
-                 *TEACHER_METRICS, "epoch")
+#: Spread over a trial's training seeds (sample sd), when it trains several.
+SPREAD_METRICS = ("val_accuracy_sd", "test_accuracy_sd")
+FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", *SPREAD_METRICS, *COST_METRICS,
+                 "train_time_s", *TEACHER_METRICS, "epoch")
 #: Metrics a sweep may optimise (``test_accuracy`` is reported, never optimised).
 OBJECTIVE_METRICS = ("val_accuracy", "val_loss", *COST_METRICS, "train_time_s")
 
@@ -27,6 +29,7 @@ MODES = {
     "teacher_test_accuracy": "max",
     "train_loss": "min", "val_loss": "min", "lr": "min", "params": "min", "flops": "min",
     "latency_ms_b1": "min", "latency_ms_b256": "min", "train_time_s": "min", "epoch": "max",
+    "val_accuracy_sd": "min", "test_accuracy_sd": "min",
     "teacher_params": "min", "teacher_latency_ms_b256": "min",
 }
 DIRECTIONS = ("max", "min")
@@ -44,6 +47,8 @@ TAG_SPACE = "kdtune.space_file"
 TAG_SPACE_SHA = "kdtune.space_sha256"
 TAG_STUDY = "kdtune.study_storage"  # the Optuna study's storage URL, credentials removed
 TAG_VERSION = "kdtune.version"
+TAG_VERSIONS = "kdtune.versions"  # JSON: the versions of kdtune, torch, ray, optuna, mlflow
+TAG_TEACHER_FINGERPRINT = "kdtune.teacher_fingerprint"
 TAG_GIT_SHA = "kdtune.git_sha"
 TAG_RAY_ADDRESS = "kdtune.ray_address"
 TAG_NUM_SAMPLES = "kdtune.num_samples"  # the sweep's number of trials (extending raises it)

@@ -28,6 +28,7 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
     if ! "$venv/bin/python" -m pip install --disable-pip-version-check ".[dev]" >"$log" 2>&1; then
         grep -v "^WARNING: Location" "$log" | tail -n 30 >&2
         echo "pip install failed; full log: $log" >&2
+        rm -rf "$venv"  # an incomplete environment must not count as one to keep below
         exit 1
     fi
     "$venv/bin/python" -m pip uninstall -q -y kdtune

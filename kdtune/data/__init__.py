@@ -6,6 +6,13 @@
 from __future__ import annotations
 
 from kdtune.data.augment import Augmentation
-from kdtune.data.datasets import DataSplits, SyntheticSpec, list_datasets, load_dataset
+from kdtune.data.datasets import (
+    DataSplits,
+    Normalisation,
+    SyntheticSpec,
+    list_datasets,
+    load_dataset,
+)
 
-__all__ = ["Augmentation", "DataSplits", "SyntheticSpec", "list_datasets", "load_dataset"]
+__all__ = ["Augmentation", "DataSplits", "Normalisation", "SyntheticSpec", "list_datasets",
+           "load_dataset"]

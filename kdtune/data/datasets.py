@@ -38,10 +38,29 @@ from kdtune.data.splits import (
 )
 from kdtune.errors import KdtuneError, choose_one
 
-__all__ = ["DataSplits", "SyntheticSpec", "list_datasets", "load_dataset"]
+__all__ = ["DataSplits", "Normalisation", "SyntheticSpec", "list_datasets", "load_dataset"]
 
 _KEY_VERSION = 1
 DIGITS_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """What the loader does to raw images: ``(raw / scale - mean[c]) / std[c]`` per channel.
+
+    ``scale`` is the raw value of full intensity (16 for digits, 255 for the uint8 images of
+    torchvision's sets, 1 for synthetic); ``mean`` and ``std`` are per channel, of the images
+    scaled to [0, 1], over the whole training part (train + validation).
+    """
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def apply(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw images (N, C, H, W) as the loader hands them to a model (float32)."""
+        return _normalise(raw, self.scale, torch.tensor(self.mean, dtype=torch.float64),
+                          torch.tensor(self.std, dtype=torch.float64))
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -59,6 +78,7 @@ class DataSplits:
     in_shape: tuple[int, int, int]
     augment: Augmentation | None
     key: str
+    normalisation: Normalisation | None = None
 
     def __repr__(self) -> str:
         return (
@@ -401,4 +421,5 @@ def load_dataset(
         in_shape=(int(c), int(h), int(w)),
         augment=raw.augment,
         key=key,
+        normalisation=Normalisation(float(raw.scale), tuple(mean.tolist()), tuple(std.tolist())),
     )

@@ -11,6 +11,7 @@ adds trials ("segments": the first in ``<storage>/<name>``, later ones in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -46,6 +47,7 @@ from kdtune.tune.study import (
     public_url,
 )
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
+from kdtune.versions import package_versions
 from kdtune.vocabulary import (
     PARAM_OBJECTIVE_METRICS,
     PARAM_OBJECTIVE_MODES,
@@ -59,7 +61,9 @@ from kdtune.vocabulary import (
     TAG_SPACE_SHA,
     TAG_STORAGE,
     TAG_STUDY,
+    TAG_TEACHER_FINGERPRINT,
     TAG_VERSION,
+    TAG_VERSIONS,
 )
 
 if TYPE_CHECKING:  # torch is imported beside Ray's start (start_ray)
@@ -378,7 +382,8 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
         TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
         TAG_STUDY: public_url(store.study_url), TAG_NUM_SAMPLES: num_samples,
         TAG_VERSION: kdtune.__version__, TAG_GIT_SHA: git_sha(),
-        TAG_RAY_ADDRESS: address or "local"},
+        TAG_RAY_ADDRESS: address or "local", TAG_VERSIONS: json.dumps(package_versions()),
+        **({TAG_TEACHER_FINGERPRINT: context.teacher.fingerprint} if context.teacher else {})},
         params={PARAM_OBJECTIVE_METRICS: ",".join(space.metrics),
                 PARAM_OBJECTIVE_MODES: ",".join(space.modes),
                 "sampler": space.search.sampler, "scheduler": space.scheduler.type,
@@ -673,10 +678,7 @@ def _drop_orphans(tracker: Tracker, name: str, sweep_trials: set[str]) -> int:
 
 def _log_best_student(sweep: _Sweep, results: Any) -> None:
     """Attach the best finished trial's student weights to its MLflow run."""
-    import torch
     from ray.tune import ExperimentAnalysis
-
-    from kdtune.teacher import atomic_save
 
     space = sweep.space
     best = sweep.tracker.best_configs(sweep.name, metrics=space.metrics[:1],
@@ -694,14 +696,24 @@ def _log_best_student(sweep: _Sweep, results: Any) -> None:
             break
     if checkpoint is None:
         return
-    with checkpoint.as_directory() as folder_path, tempfile.TemporaryDirectory() as out:
-        seeds = sorted(Path(folder_path).glob(CHECKPOINT_FILE.format(seed="*")))
+    log_student(sweep.tracker, str(row["run_id"]), checkpoint)
+    sweep.console.print(f"best student's weights logged to MLflow run {row['run_id']}")
+
+
+def log_student(tracker: Tracker, run_id: str, checkpoint: Any) -> None:
+    """The student of a trial's last checkpoint (its first seed) as ``student.pt`` (weights
+    and config) on MLflow run ``run_id``."""
+    import torch
+
+    from kdtune.teacher import atomic_save
+
+    with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
+        seeds = sorted(Path(folder).glob(CHECKPOINT_FILE.format(seed="*")))
         state = torch.load(seeds[0], map_location="cpu", weights_only=True)
         student = Path(out) / "student.pt"
         atomic_save({"format": "kdtune-student/1", "config": state["config"],
                      "state_dict": state["model"]}, student)
-        sweep.tracker.log_artifact(str(row["run_id"]), student)
-    sweep.console.print(f"best student's weights logged to MLflow run {row['run_id']}")
+        tracker.log_artifact(run_id, student)
 
 
 def trial_dirname_of(trial_id: str) -> str:

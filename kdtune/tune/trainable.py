@@ -70,6 +70,21 @@ def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(float(m[k]) for m in per_seed) for k in keys}
 
 
+#: Final metrics whose spread over the training seeds is reported as ``<name>_sd``.
+SPREAD_METRICS = ("val_accuracy", "test_accuracy")
+
+
+def final_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
+    """The mean over seeds, plus the sample standard deviation of :data:`SPREAD_METRICS` as
+    ``<name>_sd`` when there are several seeds."""
+    metrics = mean_metrics(per_seed)
+    if len(per_seed) > 1:
+        for name in SPREAD_METRICS:
+            if all(name in m for m in per_seed):
+                metrics[f"{name}_sd"] = statistics.stdev(float(m[name]) for m in per_seed)
+    return metrics
+
+
 def node_id() -> str:
     import ray
 
@@ -118,7 +133,7 @@ def _train(configs: list[TrainConfig], context: SweepContext, *, test: bool) -> 
     in_trainer += time.perf_counter() - start - (waited_s() - waited)
 
     def final() -> dict[str, float]:
-        return mean_metrics([r.final_metrics(latency=latency, test=test) for r in runs])
+        return final_metrics([r.final_metrics(latency=latency, test=test) for r in runs])
 
     if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
         _report(runs, {**final(), **where}, planned)

@@ -110,7 +110,25 @@ def test_shipped_space_loads(path: Path) -> None:
 def test_shipped_files_cover_the_issue() -> None:
     assert {p.stem for p in SHIPPED} == {"digits_quick", "digits_methods", "mnist_mlp",
                                          "cifar10_resnet_blocks", "cifar100_thesis",
-                                         "cifar100_thesis_wrn"}
+                                         "cifar100_thesis_wrn", "alpha_study_good",
+                                         "alpha_study_weak"}
+
+
+def test_alpha_study_pair_differs_in_the_teacher_alone() -> None:
+    """11 alphas from 0 (soft targets alone) to 1 (no KD), 3 seeds, few images per class,
+    every alpha trained to the end; the weak teacher is small and trained for few epochs."""
+    good, weak = (load_space(ROOT / "search_spaces" / f"alpha_study_{k}.yaml")
+                  for k in ("good", "weak"))
+    for space in (good, weak):
+        assert [c["alpha"] for c in expand_grid(space)] == [i / 10 for i in range(11)]
+        assert space.seeds == (0, 1, 2) and space.search.sampler == "grid"
+        assert space.scheduler.type == "none" and space.fixed["train_per_class"] == 10
+        assert space.fixed["dataset"] == "digits" and space.fixed["method"] == "vanilla"
+    assert good.fixed == weak.fixed and good.parameters == weak.parameters
+    strong, small = teacher_config(good), teacher_config(weak)
+    assert strong is not None and small is not None
+    assert strong.hidden == (1200, 1200) and small.hidden == (32,)
+    assert small.epochs < strong.epochs / 10
 
 
 def test_digits_quick_is_the_quick_default() -> None:
@@ -132,7 +150,8 @@ def test_grid_sizes_of_shipped_grids() -> None:
     sizes = {p.stem: len(expand_grid(load_space(p))) for p in SHIPPED
              if load_space(p).search.sampler == "grid"}
     assert sizes == {"mnist_mlp": 12, "cifar10_resnet_blocks": 54, "cifar100_thesis": 117,
-                     "cifar100_thesis_wrn": 117}
+                     "cifar100_thesis_wrn": 117, "alpha_study_good": 11,
+                     "alpha_study_weak": 11}
 
 
 @pytest.mark.parametrize("name", ["cifar100_thesis", "cifar100_thesis_wrn"])

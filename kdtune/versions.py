@@ -1,0 +1,20 @@
+"""The versions of kdtune and the libraries a sweep's numbers depend on, read from the
+installed packages' metadata (nothing is imported)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+#: Packages whose versions a sweep records (tag ``kdtune.versions``) and a report shows.
+RECORDED_PACKAGES = ("kdtune", "torch", "ray", "optuna", "mlflow")
+
+
+def package_versions(packages: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
+    """``{package: version}``; a package that is not installed reads ``"not installed"``."""
+    found = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
