@@ -215,23 +215,23 @@ def alpha_series(data: SweepData, metrics: Iterable[str]) -> list[Series]:
     frame = data.finished
     if frame.empty or "params.alpha" not in frame.columns:
         return []
-    frame = frame.assign(_method=[setting(r, "method") for _, r in frame.iterrows()],
-                         _alpha=[setting(r, "alpha") for _, r in frame.iterrows()],
-                         _t=[setting(r, "temperature") for _, r in frame.iterrows()])
-    frame = frame[[method_reads(m, "alpha") for m in frame["_method"]]]
-    frame = frame[frame["_alpha"].map(_finite)]
-    if frame["_alpha"].nunique() < 2:
+    frame = frame.assign(run_method=[setting(r, "method") for _, r in frame.iterrows()],
+                         run_alpha=[setting(r, "alpha") for _, r in frame.iterrows()],
+                         run_t=[setting(r, "temperature") for _, r in frame.iterrows()])
+    frame = frame[[method_reads(m, "alpha") for m in frame["run_method"]]]
+    frame = frame[frame["run_alpha"].map(_finite)]
+    if frame["run_alpha"].nunique() < 2:
         return []
     out = []
-    for method, rows in frame.groupby("_method", sort=True):
-        split_t = method_reads(method, "temperature") and 1 < rows["_t"].nunique() <= 5
-        parts = rows.groupby("_t", sort=True) if split_t else [(None, rows)]
+    for method, rows in frame.groupby("run_method", sort=True):
+        split_t = method_reads(method, "temperature") and 1 < rows["run_t"].nunique() <= 5
+        parts = rows.groupby("run_t", sort=True) if split_t else [(None, rows)]
         for t, part in parts:
             label = str(method) + (f", T={_short(t)}" if t is not None else "")
             others = part.apply(lambda r: _setting_key(r, ignore=("alpha",)), axis=1)
-            line = part["_alpha"].is_unique and others.nunique() == 1
-            points = [(float(r["_alpha"]), {m: metric_value(part.loc[[i]], m) for m in metrics})
-                      for i, r in part.sort_values("_alpha", kind="stable").iterrows()]
+            line = part["run_alpha"].is_unique and others.nunique() == 1
+            points = [(float(r["run_alpha"]), {m: metric_value(part.loc[[i]], m) for m in metrics})
+                      for i, r in part.sort_values("run_alpha", kind="stable").iterrows()]
             out.append(Series(label, points, line))
     return out
 
