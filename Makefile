@@ -10,7 +10,7 @@ setup:
 
 demo: setup
 	$(KDTUNE) search search_spaces/digits_quick.yaml
-	$(KDTUNE) best --top 5
+	$(KDTUNE) finalize --top 3 --seeds 3
 	$(KDTUNE) report
 
 test: setup
