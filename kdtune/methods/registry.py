@@ -201,6 +201,8 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 _PARAMS: dict[str, Param] = {}
+#: The feature methods' parameters (:mod:`kdtune.methods.features`): the same namespace.
+_FEATURE_PARAMS: dict[str, Param] = {}
 
 
 def register_method(
@@ -234,9 +236,10 @@ def register_method(
     for p in params:
         if p.name in fields:
             raise ValueError(f"method {name!r}: parameter {p.name!r} is a TrainConfig field")
-        if p.name in _PARAMS and _PARAMS[p.name] != p:
+        known = _PARAMS.get(p.name) or _FEATURE_PARAMS.get(p.name)
+        if known is not None and known != p:
             raise ValueError(f"method {name!r}: parameter {p.name!r} is already registered "
-                             f"with another spec ({_PARAMS[p.name]})")
+                             f"with another spec ({known})")
     if len(set(names)) != len(names):
         raise ValueError(f"method {name!r}: a parameter is declared twice in {names}")
 
@@ -293,12 +296,18 @@ def method_params(name: str) -> dict[str, Param]:
 
 
 def all_params() -> dict[str, Param]:
-    """Every registered method parameter, name -> spec, in registration order."""
-    return dict(_PARAMS)
+    """Every registered method parameter (logit methods' first, then feature methods'),
+    name -> spec, in registration order."""
+    return {**_PARAMS, **_FEATURE_PARAMS}
 
 
 def methods_reading(key: str) -> list[str]:
-    """The registered methods that read the config key ``key``."""
+    """The registered methods that read the config key ``key`` (for a feature parameter:
+    the feature methods that read it)."""
+    if key in _FEATURE_PARAMS and key not in _PARAMS:
+        from kdtune.methods.features import get_feature_method, list_feature_methods
+
+        return [n for n in list_feature_methods() if get_feature_method(n).reads(key)]
     return [n for n, s in _METHODS.items() if s.reads(key)]
 
 
