@@ -160,6 +160,7 @@ class MethodSpec:
     formula: str = ""
     paper: str = ""
     adjust: AdjustFn | None = None
+    kind: str = "response · offline"
 
     @property
     def adjusts_teacher(self) -> bool:
@@ -217,6 +218,7 @@ def register_method(
     formula: str = "",
     paper: str = "",
     adjust: AdjustFn | None = None,
+    kind: str = "response · offline",
 ) -> Callable[[L], L]:
     """Register the soft-term function ``fn`` of the method ``name`` (see the module docstring).
 
@@ -226,7 +228,8 @@ def register_method(
     epoch as ``progress``. ``params``: the method's own hyper-parameters; a name another method
     registered with another spec, or one of :class:`~kdtune.config.TrainConfig`'s fields, is an
     error. ``formula``/``paper``: one line each for the README's methods table. ``adjust``: the
-    rule :func:`adjust_teacher_logits` applies (relative KD).
+    rule :func:`adjust_teacher_logits` applies (relative KD). ``kind``: the knowledge and the
+    scheme, for the README (``response · offline``, ``response · self``, ...).
     """
     from kdtune.config import TrainConfig
 
@@ -260,7 +263,7 @@ def register_method(
             name=name, fn=fn, needs_teacher=needs_teacher, uses_alpha=uses_alpha,
             uses_temperature=uses_temperature, batch_level=batch_level,
             uses_progress=uses_progress, params=params, formula=formula, paper=paper,
-            adjust=adjust)
+            adjust=adjust, kind=kind)
         for p in params:
             _PARAMS.setdefault(p.name, p)
         return fn
