@@ -55,6 +55,7 @@ from kdtune.methods import at
 from kdtune.methods import sp
 from kdtune.methods import relational
 from kdtune.methods import pkt
+from kdtune.methods import crd
 # isort: on
 from kdtune.methods.features import (
     FeatureSpec,

@@ -165,8 +165,9 @@ def register_feature_method(
         spec = FeatureSpec(name=name, fn=fn, inputs=inputs, params=params, defaults=defaults,
                            adapt=adapt, maps_only=maps_only, build=build, kind=kind,
                            formula=formula, paper=paper)
+        keywords = {} if build is not None else {k: None for k in spec.loss_params}
         try:
-            inspect.signature(fn).bind([], [], **{k: None for k in spec.loss_params})
+            inspect.signature(fn).bind([], [], **keywords)
         except TypeError:
             raise TypeError(f"feature method {name!r}: the term must take (student_feats, "
                             f"teacher_feats, *, {', '.join(spec.loss_params)})") from None

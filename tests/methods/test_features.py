@@ -171,3 +171,34 @@ def test_config_errors_are_one_line() -> None:
         TrainConfig.from_dict({"feature_method": "at", "p": 5})
     with pytest.raises(KdtuneError, match="needs .N, C, H, W. feature maps"):
         feature_loss("at", [torch.ones(2, 3)], [torch.ones(2, 3)])
+
+
+def test_crd_is_stateful_and_by_hand() -> None:
+    from kdtune.methods.crd import CRDTerm
+
+    with pytest.raises(KdtuneError, match="stateful"):
+        feature_loss("crd", [torch.ones(2, 3)], [torch.ones(2, 3)])
+    spec = get_feature_method("crd")
+    params = spec.resolve({"crd_negatives": 4096})
+    torch.manual_seed(0)
+    term = CRDTerm(spec, [torch.Size([4, 3])], [torch.Size([4, 5])], params, num_train=10)
+    assert term.k == 9  # capped by the set size: every other sample
+    idx = torch.tensor([0, 7])
+    neg = term.negatives(idx)
+    assert neg.shape == (2, 9) and not (neg == idx[:, None]).any()
+    assert ((neg >= 0) & (neg < 10)).all()
+    # NCE with noise probability K/n = 0.9: scores 0.9 everywhere give -log(1/2) per term
+    p = torch.full((3, 10), 0.9)
+    assert term.nce(p).item() == pytest.approx(10 * math.log(2), rel=1e-5)
+    before = term.memory_s.clone()
+    s, t = torch.randn(2, 3), torch.randn(2, 5)
+    loss = term([s], [t], idx)
+    assert math.isfinite(loss.item()) and (term.z > 0).all()
+    z = term.z.clone()
+    term([s], [t], idx)
+    assert torch.equal(term.z, z)  # estimated on the first batch only
+    v_s = torch.nn.functional.normalize(term.embed_s(s), dim=1).detach()
+    once = torch.nn.functional.normalize(before[idx] * 0.5 + v_s * 0.5, dim=1)
+    twice = torch.nn.functional.normalize(once * 0.5 + v_s * 0.5, dim=1)
+    assert torch.allclose(term.memory_s[idx], twice, atol=1e-6)
+    assert torch.equal(term.memory_s[2:7], before[2:7])
