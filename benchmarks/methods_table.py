@@ -41,8 +41,9 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
 KIND_ROWS: list[tuple[str, dict[str, Any]]] = [
     ("none", {"method": "none"}),
     ("vanilla", {"method": "vanilla"}),
+    ("dml (2 peers, no teacher)", {"method": "dml"}),
     *[(f"{prefix}{name}", {"method": method, "feature_method": name})
-      for name in ("fitnet", "sp", "relational", "pkt")
+      for name in ("fitnet", "sp", "relational", "pkt", "crd")
       for prefix, method in (("", "none"), ("vanilla + ", "vanilla"))],
 ]
 
@@ -88,7 +89,7 @@ def kinds_markdown(rows: list[dict[str, Any]]) -> str:
     lines.append("cost per trial against vanilla with cached logits ("
                  f"{base:.2f} s): " + ", ".join(
                      f"{name} {by[f'vanilla + {name}'] / base:.2f}x"
-                     for name in ("fitnet", "sp", "relational", "pkt")))
+                     for name in ("fitnet", "sp", "relational", "pkt", "crd")))
     return "\n".join(lines)
 
 

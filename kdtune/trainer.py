@@ -129,6 +129,7 @@ class TrainingRun:
         channels_last = _wants_channels_last(config, self.model, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        self.parts = self.parts.to(memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.x_train = self.data.x_train.to(self.device, memory_format=self.memory_format)
         self.y_train = self.data.y_train.to(self.device)
@@ -146,7 +147,7 @@ class TrainingRun:
         if teacher is None and self.config.teacher is not None:
             teacher = load_teacher(self.config.teacher)
         if teacher is None:
-            if self.method.needs_teacher:
+            if self.method.needs_teacher_model:
                 raise KdtuneError(f"method {self.config.method!r} needs a teacher: pass "
                                   "--teacher PATH (make one with `kdtune teacher`)")
             if self.feature.needs_teacher:
@@ -163,9 +164,16 @@ class TrainingRun:
         feature shapes. Their initial weights come from their own seeded generator, so the
         student's initialisation and random stream are those of a run without them."""
         parts = nn.ModuleDict()
+        if self.method.peers is not None:
+            cfg, data = self.config, self.data
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 2)
+                parts["logit"] = self.method.peers(
+                    lambda: create_model(cfg.model, data.num_classes, data.in_shape,
+                                         **cfg.model_kwargs()), cfg.method_params)
         inputs = self.feature.inputs
         if inputs is None or self.teacher is None:
-            return parts
+            return parts.to(self.device)
         x = self.data.x_train[:2].to(self.device)
         student = probe_features(self.model, x, inputs)
         teacher = probe_features(self.teacher.model, x, inputs)
@@ -197,7 +205,7 @@ class TrainingRun:
         Cached logits serve only the exact input the student sees: un-augmented logits for
         un-augmented training, per-view logits for the view each sample was given.
         """
-        if self.teacher is None or not self.method.needs_teacher:
+        if self.teacher is None or not self.method.needs_teacher_model:
             return "none", None
         wanted = self.config.teacher_outputs
         if wanted == "live" or self.feature_mode == "live":  # logits come with the features
@@ -243,7 +251,7 @@ class TrainingRun:
         with torch.no_grad(), self.autocast():
             out = self.teacher.model.forward_features(x)
         feats = [out.embedding] if self.feature.inputs == "embedding" else out.stages
-        logits = out.logits.float() if self.method.needs_teacher else None
+        logits = out.logits.float() if self.method.needs_teacher_model else None
         return logits, [f.float() for f in feats]
 
     def autocast(self) -> Any:
@@ -257,6 +265,7 @@ class TrainingRun:
         self.model.train()
         self.parts.train()
         term = self.parts["feature"] if "feature" in self.parts else None
+        peers = self.parts["logit"] if "logit" in self.parts else None
         weight = float(cfg.method_params.get("feature_weight") or 0.0)
         own = {p.name for p in self.method.params}
         logit_params = {k: v for k, v in cfg.method_params.items() if k in own}
@@ -277,9 +286,17 @@ class TrainingRun:
                 s_logits = s_out.logits
                 s_feats = (s_out.stages if self.feature.inputs == "stages"
                            else [s_out.embedding])
-            loss = training_loss(cfg.method, s_logits.float(), t_logits, y, alpha=cfg.alpha,
-                                 temperature=cfg.temperature, params=logit_params,
-                                 kd_scale=kd_scale, progress=self.epoch)
+            def logit_loss(z: torch.Tensor, target: torch.Tensor | None,
+                           y: torch.Tensor = y) -> torch.Tensor:
+                return training_loss(cfg.method, z.float(), target, y, alpha=cfg.alpha,
+                                     temperature=cfg.temperature, params=logit_params,
+                                     kd_scale=kd_scale, progress=self.epoch)
+
+            if peers is not None:  # an online method: the peers' logits are the targets
+                with self.autocast():
+                    loss = peers(x, s_logits.float(), logit_loss)
+            else:
+                loss = logit_loss(s_logits, t_logits)
             if term is not None:
                 loss = loss + (kd_scale * weight) * term(s_feats, t_feats, idx)
             self.optimizer.zero_grad(set_to_none=True)
@@ -298,9 +315,18 @@ class TrainingRun:
                                      f"lower the learning rate (lr {cfg.lr:g})")
         metrics = {"epoch": self.epoch, "train_loss": train_loss, "val_accuracy": val_acc,
                    "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                   "elapsed_s": self.elapsed}
+                   "elapsed_s": self.elapsed, **self.parts_metrics(val_acc)}
         self.history.append(metrics)
         return metrics
+
+    def parts_metrics(self, val_accuracy: float) -> dict[str, float]:
+        """Extra validation metrics of the methods' parts (dml: ``best_peer_val_accuracy``)."""
+        out: dict[str, float] = {}
+        x_val, y_val = self.data.x_val.to(self.device), self.data.y_val.to(self.device)
+        for part in self.parts.values():
+            if hasattr(part, "metrics"):
+                out.update(part.metrics(x_val, y_val, val_accuracy))
+        return out
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -379,7 +405,7 @@ class TrainingRun:
         test_acc, _ = evaluate(model, data.x_test.to(self.device), data.y_test.to(self.device))
         metrics: dict[str, float] = {
             "val_accuracy": val_acc, "val_loss": val_loss, "test_accuracy": test_acc,
-            "train_time_s": self.elapsed, "epochs": self.epoch,
+            "train_time_s": self.elapsed, "epochs": self.epoch, **self.parts_metrics(val_acc),
             **self.cost_metrics(measure_latency=measure_latency, latency=latency)}
         if self.teacher is not None:
             metrics["teacher_test_accuracy"] = self.teacher.test_accuracy(data)

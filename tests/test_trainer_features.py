@@ -164,3 +164,54 @@ def test_warm_up_scales_the_feature_term(synth: DataSplits, conv_teacher: Path) 
     plain = TrainingRun(student(conv_teacher, method="none", epochs=1), data=synth)
     base = plain.train_epoch()["train_loss"]
     assert losses[0]["train_loss"] > losses[4]["train_loss"] > base
+
+
+def test_dml_peers_train_together_resume_bit_identical_and_are_not_the_student(
+        synth: DataSplits, tmp_path: Path) -> None:
+    cfg = TrainConfig(dataset="synthetic", model="resnet", blocks=(1, 0, 0, 0), width=4,
+                      method="dml", method_params={"dml_peers": 3}, alpha=0.5, temperature=2,
+                      augment=True, epochs=3, batch_size=32, device="cpu", seed=4)
+    runs: list[TrainingRun] = []
+    full = train(cfg, [lambda m, run: runs.append(run)], data=synth, measure_latency=False)
+    run = runs[-1]
+    assert run.teacher is None and len(run.parts["logit"].peers) == 2
+    assert full.metrics["best_peer_val_accuracy"] >= full.metrics["val_accuracy"]
+    assert all("best_peer_val_accuracy" in h for h in full.history)
+    alone = TrainingRun(cfg.replace(method="none"), data=synth)
+    assert run.cost_metrics(measure_latency=False) == alone.cost_metrics(measure_latency=False)
+    ckpt = tmp_path / "dml.pt"
+
+    def stop_at_1(metrics: Mapping[str, float], run: TrainingRun) -> None:
+        run.save_checkpoint(ckpt)
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, [stop_at_1], data=synth, measure_latency=False)
+    torch.manual_seed(5)
+    after: list[TrainingRun] = []
+    resumed = train(cfg, [lambda m, run: after.append(run)], data=synth, resume_from=ckpt,
+                    measure_latency=False)
+    for a, b in ((full.model, resumed.model), (run.parts, after[-1].parts)):
+        sa, sb = _state(a), _state(b)
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert full.metrics["best_peer_val_accuracy"] == resumed.metrics["best_peer_val_accuracy"]
+
+
+def test_dml_step_is_the_sum_of_the_peers_losses() -> None:
+    from kdtune.methods import training_loss
+    from kdtune.methods.dml import Peers
+
+    torch.manual_seed(0)
+    peers = Peers(lambda: torch.nn.Linear(4, 3), 2)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    z0 = torch.randn(5, 3)
+
+    def loss(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return training_loss("dml", z, target, y, alpha=0.3, temperature=2.0)
+
+    z1, z2 = peers.peers[0](x), peers.peers[1](x)
+    expected = sum((loss(a, b.detach()) + loss(a, c.detach())) / 2
+                   for a, b, c in ((z0, z1, z2), (z1, z0, z2), (z2, z0, z1)))
+    assert torch.allclose(peers(x, z0, loss), expected)
+    vanilla = training_loss("vanilla", z0, z1, y, alpha=0.3, temperature=2.0)
+    assert torch.allclose(loss(z0, z1), vanilla)  # the one-peer term is vanilla's KL

@@ -49,6 +49,7 @@ from kdtune.methods import earth_mover
 from kdtune.methods import dkd
 from kdtune.methods import dist
 from kdtune.methods import tf_kd
+from kdtune.methods import dml
 from kdtune.methods import features
 from kdtune.methods import fitnet
 from kdtune.methods import at

@@ -41,6 +41,8 @@ from kdtune.errors import KdtuneError, choose_one
 LossFn = Callable[..., "Tensor | None"]
 """``fn(student_logits, teacher_logits, labels, *, [temperature], <params>, [progress])``."""
 AdjustFn = Callable[[Tensor, Tensor], Tensor]
+PeersFn = Callable[[Callable[[], nn.Module], Mapping[str, Any]], nn.Module]
+"""``peers(make_student, params) -> module``: an online method's peers (see register_method)."""
 """``adjust(teacher_logits, labels) -> new teacher logits`` (float32 in, a new tensor out)."""
 L = TypeVar("L", bound=LossFn)
 
@@ -161,6 +163,13 @@ class MethodSpec:
     paper: str = ""
     adjust: AdjustFn | None = None
     kind: str = "response · offline"
+    peers: PeersFn | None = None
+
+    @property
+    def needs_teacher_model(self) -> bool:
+        """Whether the trainer needs a teacher: the method reads target logits and they do not
+        come from its own peers (an online method's targets are its peers' logits)."""
+        return self.needs_teacher and self.peers is None
 
     @property
     def adjusts_teacher(self) -> bool:
@@ -219,6 +228,7 @@ def register_method(
     paper: str = "",
     adjust: AdjustFn | None = None,
     kind: str = "response · offline",
+    peers: PeersFn | None = None,
 ) -> Callable[[L], L]:
     """Register the soft-term function ``fn`` of the method ``name`` (see the module docstring).
 
@@ -229,7 +239,12 @@ def register_method(
     registered with another spec, or one of :class:`~kdtune.config.TrainConfig`'s fields, is an
     error. ``formula``/``paper``: one line each for the README's methods table. ``adjust``: the
     rule :func:`adjust_teacher_logits` applies (relative KD). ``kind``: the knowledge and the
-    scheme, for the README (``response · offline``, ``response · self``, ...).
+    scheme, for the README (``response · offline``, ``response · self``, ...). ``peers``: an
+    online method (no teacher): ``peers(make_student, params)`` builds the module of the other
+    students, trained with the student; the trainer calls it as ``module(x, student_logits,
+    loss)`` for the whole step's loss, where ``loss(z_k, z_j)`` is :func:`training_loss` of
+    peer ``k``'s logits against peer ``j``'s as target logits (detached), and, when it has
+    one, ``module.metrics(x_val, y_val)`` for extra epoch metrics.
     """
     from kdtune.config import TrainConfig
 
@@ -263,7 +278,7 @@ def register_method(
             name=name, fn=fn, needs_teacher=needs_teacher, uses_alpha=uses_alpha,
             uses_temperature=uses_temperature, batch_level=batch_level,
             uses_progress=uses_progress, params=params, formula=formula, paper=paper,
-            adjust=adjust, kind=kind)
+            adjust=adjust, kind=kind, peers=peers)
         for p in params:
             _PARAMS.setdefault(p.name, p)
         return fn

@@ -794,7 +794,7 @@ class _Loader:
                               fixed.get("feature_method", _default("feature_method")))
             fspec = fspecs[feature]
             where = "parameters.method.choices" if "method" in rep else "fixed.method"
-            for needs, what in ((spec.needs_teacher, f"method {method}"),
+            for needs, what in ((spec.needs_teacher_model, f"method {method}"),
                                 (fspec.needs_teacher, f"feature method {feature}")):
                 if needs and teacher is None:
                     raise self.err("teacher", f"missing; {what} needs a teacher: add "

@@ -110,7 +110,8 @@ def test_shipped_space_loads(path: Path) -> None:
 def test_shipped_files_cover_the_issue() -> None:
     assert {p.stem for p in SHIPPED} == {"digits_quick", "digits_methods", "mnist_mlp",
                                          "cifar10_resnet_blocks", "cifar100_thesis",
-                                         "cifar100_thesis_wrn"}
+                                         "cifar100_thesis_wrn", "digits_kinds",
+                                         "cifar100_kinds_wrn", "cifar100_kinds_resnet"}
 
 
 def test_digits_quick_is_the_quick_default() -> None:
