@@ -87,7 +87,7 @@ def _add_kd_flags(p: argparse.ArgumentParser, *, methods: bool) -> None:
         return
     from kdtune.config import TrainConfig
     from kdtune.methods import all_params, list_feature_methods, list_methods, methods_reading
-    from kdtune.methods.registry import _FEATURE_PARAMS
+    from kdtune.methods.registry import feature_params
 
     default = TrainConfig.__dataclass_fields__["method"].default
     g.add_argument("--method", default=S,
@@ -98,7 +98,7 @@ def _add_kd_flags(p: argparse.ArgumentParser, *, methods: bool) -> None:
                         "(default none)")
     g = p.add_argument_group("method parameters (each read by the methods it names)")
     for name, param in all_params().items():
-        shown = ("default per feature method" if name in _FEATURE_PARAMS else "required"
+        shown = ("default per feature method" if name in feature_params() else "required"
                  ) if param.required else f"default {param.default}"
         help_ = f"{', '.join(methods_reading(name))}: {param.help} ({param.allowed()}; {shown})"
         if param.type is bool:

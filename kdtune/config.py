@@ -278,8 +278,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise choose_one("model", cfg.model, list_models())
     spec = get_method(cfg.method)
     fspec = get_feature_method(cfg.feature_method)
-    own = {p.name for p in spec.params}
-    theirs = {p.name for p in fspec.params}
+    own = [p.name for p in spec.params]
+    theirs = [p.name for p in fspec.params]
     given = dict(cfg.method_params)
     for key, value in given.items():
         if key not in own and key not in theirs and value is not None:

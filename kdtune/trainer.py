@@ -264,8 +264,8 @@ class TrainingRun:
         kd_scale = warmup_scale(self.epoch + 1, cfg.kd_warmup)
         self.model.train()
         self.parts.train()
-        term = self.parts["feature"] if "feature" in self.parts else None
-        peers = self.parts["logit"] if "logit" in self.parts else None
+        parts = dict(self.parts.items())
+        term, peers = parts.get("feature"), parts.get("logit")
         weight = float(cfg.method_params.get("feature_weight") or 0.0)
         own = {p.name for p in self.method.params}
         logit_params = {k: v for k, v in cfg.method_params.items() if k in own}

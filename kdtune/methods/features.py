@@ -28,6 +28,7 @@ The trainer never reads a method's name: it asks the spec what it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,7 +140,6 @@ def register_feature_method(
     :class:`FeatureTerm` (a stateful method; its ``fn`` is then not reachable through
     :func:`feature_loss`). ``kind``: the README's kind column."""
     from kdtune.config import TrainConfig
-    import dataclasses
 
     params = tuple(params)
     defaults = dict(defaults or {})

@@ -319,6 +319,11 @@ def all_params() -> dict[str, Param]:
     return {**_PARAMS, **_FEATURE_PARAMS}
 
 
+def feature_params() -> dict[str, Param]:
+    """The feature methods' parameters (``feature_weight``, ``stages``, ...), name -> spec."""
+    return dict(_FEATURE_PARAMS)
+
+
 def methods_reading(key: str) -> list[str]:
     """The registered methods that read the config key ``key`` (for a feature parameter:
     the feature methods that read it)."""

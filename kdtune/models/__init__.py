@@ -26,4 +26,5 @@ from kdtune.models.registry import (
     register_model,
 )
 
-__all__ = ["Features", "count_params", "create_model", "list_models", "model_options", "register_model"]
+__all__ = ["Features", "count_params", "create_model", "list_models", "model_options",
+           "register_model"]

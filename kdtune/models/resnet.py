@@ -14,9 +14,9 @@ from torch import nn
 
 from kdtune.errors import KdtuneError
 from kdtune.models.registry import (
+    Features,
     check_choice,
     check_int,
-    Features,
     check_int_list,
     register_model,
 )

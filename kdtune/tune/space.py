@@ -768,7 +768,7 @@ class _Loader:
             list_feature_methods,
             list_methods,
         )
-        from kdtune.methods.registry import _FEATURE_PARAMS
+        from kdtune.methods.registry import feature_params
 
         structural = {ref for p in parameters for ref, _ in p.when}
         branches = _expand([p for p in parameters if p.name in structural], lambda: self.err(
@@ -810,7 +810,7 @@ class _Loader:
                                       f"parameters with when: {{method: [{method}]}} or under "
                                       "fixed")
             for p in active:
-                if p.name in _FEATURE_PARAMS or (p.name == "kd_warmup" and fspec.reads(p.name)):
+                if p.name in feature_params() or (p.name == "kd_warmup" and fspec.reads(p.name)):
                     if fspec.reads(p.name):
                         continue
                     users = [c for c in (feature_p.choices if feature_p and feature_p.choices

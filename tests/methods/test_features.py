@@ -161,7 +161,7 @@ def test_stage_selection_pairs_from_the_last_backwards() -> None:
 
 
 def test_config_errors_are_one_line() -> None:
-    with pytest.raises(KdtuneError, match="unknown feature method 'fitnets'.*'fitnet'"):
+    with pytest.raises(KdtuneError, match=r"unknown feature method 'fitnets'.*'fitnet'"):
         TrainConfig.from_dict({"feature_method": "fitnets"})
     with pytest.raises(KdtuneError, match="does not take 'feature_weight'"):
         TrainConfig.from_dict({"feature_weight": 3})
@@ -169,7 +169,7 @@ def test_config_errors_are_one_line() -> None:
         TrainConfig.from_dict({"feature_method": "pkt", "p": 2})
     with pytest.raises(KdtuneError, match="p 5 must be an integer in"):
         TrainConfig.from_dict({"feature_method": "at", "p": 5})
-    with pytest.raises(KdtuneError, match="needs .N, C, H, W. feature maps"):
+    with pytest.raises(KdtuneError, match=r"needs \(N, C, H, W\) feature maps"):
         feature_loss("at", [torch.ones(2, 3)], [torch.ones(2, 3)])
 
 
