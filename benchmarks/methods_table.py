@@ -1,11 +1,15 @@
-"""The README's digits table of KD methods at their defaults (measured; not run in CI).
+"""The README's digits tables of KD methods at their defaults (measured; not run in CI).
 
 Teacher: kdtune demo's MLP 1200-1200 (dropout 0.2, 30 epochs, all training images). Students:
 MLP 64 on 10 images per class, 60 epochs, batch 32, alpha 0.1, T 4 (the demo's student), over
 3 seeds; each method with its own parameters at their defaults. Prints a markdown table of the
-mean and standard deviation of validation and test accuracy.
+mean and standard deviation of validation and test accuracy. ``--kinds``: the feature and
+relation terms (feature_method) alone (method none) and with vanilla, at their defaults, with
+each row's training seconds per run, and a line setting the cost of a feature trial (teacher
+features: live stage outputs for fitnet/sp, cached embeddings for relational/pkt) against the
+cached-logit vanilla trial of the same pair.
 
-    .venv/bin/python -m benchmarks.methods_table [--seeds 3] [--json]
+    .venv/bin/python -m benchmarks.methods_table [--seeds 3] [--kinds] [--json]
 """
 
 from __future__ import annotations
@@ -32,8 +36,19 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("dkd, kd_warmup 20", {"method": "dkd", "kd_warmup": 20}),
 ]
 
+#: The feature/relation terms on the MLP pair (at needs conv feature maps), alone and with
+#: vanilla, at their defaults.
+KIND_ROWS: list[tuple[str, dict[str, Any]]] = [
+    ("none", {"method": "none"}),
+    ("vanilla", {"method": "vanilla"}),
+    ("dml (2 peers, no teacher)", {"method": "dml"}),
+    *[(f"{prefix}{name}", {"method": method, "feature_method": name})
+      for name in ("fitnet", "sp", "relational", "pkt", "crd")
+      for prefix, method in (("", "none"), ("vanilla + ", "vanilla"))],
+]
 
-def measure(seeds: int) -> list[dict[str, Any]]:
+
+def measure(seeds: int, rows: list[tuple[str, dict[str, Any]]] = ROWS) -> list[dict[str, Any]]:
     from kdtune.teacher import load_teacher
     from kdtune.teacher_store import obtain_teacher
     from kdtune.trainer import load_data, train
@@ -42,7 +57,7 @@ def measure(seeds: int) -> list[dict[str, Any]]:
         path, _, _ = obtain_teacher(TEACHER, out=folder)
         teacher, data = load_teacher(path), load_data(STUDENT)
         out = []
-        for label, changes in ROWS:
+        for label, changes in rows:
             runs = [train(STUDENT.replace(**changes, seed=seed, teacher=str(path)),
                           teacher=teacher, data=data, measure_latency=False).metrics
                     for seed in range(seeds)]
@@ -50,6 +65,7 @@ def measure(seeds: int) -> list[dict[str, Any]]:
             for key in ("val_accuracy", "test_accuracy"):
                 values = [r[key] for r in runs]
                 row[key], row[f"{key}_sd"] = statistics.fmean(values), statistics.stdev(values)
+            row["train_time_s"] = statistics.fmean(r["train_time_s"] for r in runs)
             out.append(row)
     return out
 
@@ -61,14 +77,32 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def kinds_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| logit term + feature term | val accuracy (sd) | test accuracy (sd) | "
+             "train s/run |", "|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['val_accuracy']:.4f} ({r['val_accuracy_sd']:.4f}) | "
+              f"{r['test_accuracy']:.4f} ({r['test_accuracy_sd']:.4f}) | "
+              f"{r['train_time_s']:.2f} |" for r in rows]
+    by = {r["method"]: r["train_time_s"] for r in rows}
+    base = by["vanilla"]
+    lines.append("")
+    lines.append("cost per trial against vanilla with cached logits ("
+                 f"{base:.2f} s): " + ", ".join(
+                     f"{name} {by[f'vanilla + {name}'] / base:.2f}x"
+                     for name in ("fitnet", "sp", "relational", "pkt", "crd")))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--kinds", action="store_true",
+                        help="the feature and relation terms, alone and with vanilla")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = measure(args.seeds)
-    print(markdown(rows))
+    rows = measure(args.seeds, KIND_ROWS if args.kinds else ROWS)
+    print(kinds_markdown(rows) if args.kinds else markdown(rows))
     if args.json:
         print(json.dumps(rows))
 

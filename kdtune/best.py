@@ -154,22 +154,32 @@ def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any
     for p in param_cols:
         value = r[f"params.{p}"]
         row[p] = decode_param(value) if isinstance(value, str) else None
-    for p in _unused_by_method(row.get("method")):  # resolved defaults the method ignores
+    unused = _unused_by_method(row.get("method"), row.get("feature_method"))
+    for p in unused:  # resolved defaults the methods ignore
         if p in row:
             row[p] = None
     return row
 
 
-def _unused_by_method(method: Any) -> tuple[str, ...]:
+def _unused_by_method(method: Any, feature_method: Any = None) -> tuple[str, ...]:
     """The method-dependent keys (alpha, temperature, kd_warmup, every method parameter) that
-    ``method`` does not read, per the method registry."""
-    from kdtune.methods import all_params, get_method, list_methods
+    neither ``method`` nor ``feature_method`` reads, per the method registries."""
+    from kdtune.methods import all_params, get_feature_method, get_method, list_methods
+    from kdtune.methods.features import list_feature_methods
     from kdtune.methods.registry import KD_FIELDS
 
     if method not in list_methods():
         return ()
     spec = get_method(method)
-    return tuple(k for k in (*KD_FIELDS, *all_params()) if not spec.reads(k))
+    if feature_method not in list_feature_methods():
+        feature_method = "none"
+    fspec = get_feature_method(feature_method)
+    def unused(k: str) -> bool:
+        if k == "kd_warmup":  # ramps both terms
+            return not spec.reads(k) and not fspec.reads(k)
+        return not spec.reads(k) or not fspec.reads(k)
+
+    return tuple(k for k in (*KD_FIELDS, *all_params()) if unused(k))
 
 
 def write_config(row: Any, path: str | Path) -> Path:

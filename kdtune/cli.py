@@ -83,16 +83,23 @@ def _add_kd_flags(p: argparse.ArgumentParser, *, methods: bool) -> None:
                    "when augmenting) once; live: run the teacher on every batch")
     if not methods:
         g.add_argument("--method", default=S)
+        g.add_argument("--feature-method", default=S)
         return
     from kdtune.config import TrainConfig
-    from kdtune.methods import all_params, list_methods, methods_reading
+    from kdtune.methods import all_params, list_feature_methods, list_methods, methods_reading
+    from kdtune.methods.registry import feature_params
 
     default = TrainConfig.__dataclass_fields__["method"].default
     g.add_argument("--method", default=S,
-                   help=f"one of: {', '.join(list_methods())} (default {default})")
+                   help=f"the logit term, one of: {', '.join(list_methods())} "
+                        f"(default {default})")
+    g.add_argument("--feature-method", default=S,
+                   help=f"the feature/relation term, one of: {', '.join(list_feature_methods())} "
+                        "(default none)")
     g = p.add_argument_group("method parameters (each read by the methods it names)")
     for name, param in all_params().items():
-        shown = "required" if param.required else f"default {param.default}"
+        shown = ("default per feature method" if name in feature_params() else "required"
+                 ) if param.required else f"default {param.default}"
         help_ = f"{', '.join(methods_reading(name))}: {param.help} ({param.allowed()}; {shown})"
         if param.type is bool:
             g.add_argument(param.flag, dest=name, action=argparse.BooleanOptionalAction,

@@ -58,9 +58,11 @@ class TrainConfig:
     method: str = "vanilla"
     alpha: float = 0.5
     temperature: float = 4.0
-    kd_warmup: int = 0  # epochs over which the distillation term ramps up from 0 (0: none)
-    # the method's own hyper-parameters (flat keys in from_dict/to_dict), with its defaults
-    # filled in on construction
+    kd_warmup: int = 0  # epochs over which the distillation terms ramp up from 0 (0: none)
+    # the feature/relation term (kdtune.methods.features); none: no feature term
+    feature_method: str = "none"
+    # the method's and the feature method's own hyper-parameters (flat keys in
+    # from_dict/to_dict), with their defaults filled in on construction
     method_params: Mapping[str, Any] = field(default_factory=dict, hash=False)
     teacher: str | None = None
     # where teacher logits come from: auto (cached when they can be, else live), cached
@@ -140,12 +142,15 @@ class TrainConfig:
         return cls.from_dict(data, where=str(path))
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes``. A new ``method`` without ``method_params`` keeps the
-        parameters it also declares and drops the others (the new method's defaults fill in)."""
-        if "method" in changes and "method_params" not in changes:
-            from kdtune.methods import method_params
+        """A copy with ``changes``. A new ``method`` or ``feature_method`` without
+        ``method_params`` keeps the parameters the pair also declares and drops the others
+        (the new methods' defaults fill in)."""
+        switched = "method" in changes or "feature_method" in changes
+        if switched and "method_params" not in changes:
+            from kdtune.methods import feature_method_params, method_params
 
-            own = method_params(changes["method"])
+            own = {**method_params(changes.get("method", self.method)),
+                   **feature_method_params(changes.get("feature_method", self.feature_method))}
             changes["method_params"] = {k: v for k, v in self.method_params.items() if k in own}
         return dataclasses.replace(self, **changes)
 
@@ -264,7 +269,7 @@ def _split_ints(value: int | str, where: str) -> list[int]:
 def _validate(cfg: TrainConfig) -> None:
     """Range checks that need no data. Model and dataset names are checked here too."""
     from kdtune.data import list_datasets
-    from kdtune.methods import get_method
+    from kdtune.methods import get_feature_method, get_method
     from kdtune.models import list_models
 
     if cfg.dataset not in list_datasets():
@@ -272,7 +277,20 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.model not in list_models():
         raise choose_one("model", cfg.model, list_models())
     spec = get_method(cfg.method)
-    object.__setattr__(cfg, "method_params", spec.resolve(cfg.method_params))
+    fspec = get_feature_method(cfg.feature_method)
+    own = [p.name for p in spec.params]
+    theirs = [p.name for p in fspec.params]
+    given = dict(cfg.method_params)
+    for key, value in given.items():
+        if key not in own and key not in theirs and value is not None:
+            if not theirs:  # no feature term: the method's own message
+                spec.resolve(given)
+            raise KdtuneError(
+                f"neither method {cfg.method!r} nor feature method {cfg.feature_method!r} "
+                f"takes {key!r}; their parameters: {', '.join([*own, *theirs]) or '(none)'}")
+    resolved = {**spec.resolve({k: v for k, v in given.items() if k in own}),
+                **fspec.resolve({k: v for k, v in given.items() if k in theirs})}
+    object.__setattr__(cfg, "method_params", resolved)
     if cfg.schedule not in SCHEDULES:
         raise choose_one("schedule", cfg.schedule, SCHEDULES)
     if cfg.teacher_outputs not in TEACHER_OUTPUTS:

@@ -33,6 +33,9 @@ from kdtune.metrics import cpu_latency_ms, evaluate, predict
 from kdtune.models import create_model
 
 FORMAT = "kdtune-teacher/1"
+#: Largest table of teacher outputs computed once and kept (the per-view logits a sweep ships
+#: to every trial, fp16; a trial's cached embeddings, float32), in bytes.
+MAX_TABLE_BYTES = 2 * 1024**3
 
 
 #: Test accuracy by (teacher fingerprint, data key), per process (see Teacher.test_accuracy).
@@ -190,6 +193,25 @@ def train_logits(teacher: Teacher, data: DataSplits, *, root: Path | None = None
         return predict(teacher.model, data.x_train.to(device)).cpu()
 
     return _outputs(teacher, data.key, (len(data.x_train), data.num_classes), compute, root)
+
+
+def train_embeddings(teacher: Teacher, data: DataSplits, *, root: Path | None = None,
+                     batch_size: int = 1024) -> torch.Tensor:
+    """Teacher embeddings (the pre-logit vectors of ``forward_features``; eval mode, float32,
+    CPU) on the un-augmented training set, cached like :func:`train_logits`."""
+    model = teacher.model
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        width = model.forward_features(data.x_train[:1].to(device)).embedding.shape[1]
+
+    def compute() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model.forward_features(data.x_train[i:i + batch_size].to(device))
+                              .embedding.float().cpu()
+                              for i in range(0, len(data.x_train), batch_size)])
+
+    return _outputs(teacher, f"{data.key}-embedding", (len(data.x_train), width), compute, root)
 
 
 def view_key(data: DataSplits, augment: Augmentation) -> str:

@@ -21,15 +21,17 @@ from torch import nn
 from kdtune.config import TrainConfig
 from kdtune.data import DataSplits, load_dataset
 from kdtune.errors import KdtuneError
-from kdtune.methods import get_method, training_loss
+from kdtune.methods import get_feature_method, get_method, training_loss
 from kdtune.metrics import LatencyFn, count_flops, count_params, cpu_latency_ms, evaluate
 from kdtune.models import create_model
 from kdtune.teacher import (
+    MAX_TABLE_BYTES,
     Teacher,
     atomic_save,
     check_compatible,
     data_spec,
     load_teacher,
+    train_embeddings,
     view_key,
     view_logits,
 )
@@ -70,6 +72,17 @@ def build_student(config: TrainConfig, data: DataSplits) -> nn.Module:
     return create_model(config.model, data.num_classes, data.in_shape, **config.model_kwargs())
 
 
+def probe_features(model: nn.Module, x: torch.Tensor, inputs: str) -> list[torch.Size]:
+    """Shapes of what ``model.forward_features`` gives for ``inputs`` (``stages`` or
+    ``embedding``) on ``x`` (eval mode, no gradient; the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+    model.train(was_training)
+    return [f.shape for f in (feats.stages if inputs == "stages" else [feats.embedding])]
+
+
 def warmup_scale(epoch: int, kd_warmup: int) -> float:
     """``min(1, epoch / kd_warmup)`` at the 1-based ``epoch``: the weight of the distillation
     terms (CE keeps its weight); ``kd_warmup`` 0 means no warm-up (1)."""
@@ -86,12 +99,21 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer
 
 
 class TrainingRun:
-    """One student (or teacher) being trained; restartable from a checkpoint."""
+    """One student (or teacher) being trained; restartable from a checkpoint.
+
+    The loss is ``alpha * CE + (1 - alpha) * logit_term + feature_weight * feature_term``
+    (:func:`~kdtune.methods.training_loss` composes the first two; the feature method's
+    term module, ``parts["feature"]``, gives the third). ``parts`` holds the methods' extra
+    trainable modules (adapters, embedding heads): trained with the student by the same
+    optimiser and schedule, saved in checkpoints, and not part of the student (its size,
+    FLOPs, latency and saved model count the student alone).
+    """
 
     def __init__(self, config: TrainConfig, *, teacher: Teacher | None = None,
                  data: DataSplits | None = None) -> None:
         self.config = config
         self.method = get_method(config.method)
+        self.feature = get_feature_method(config.feature_method)
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -101,14 +123,18 @@ class TrainingRun:
         self.augment = self.data.augment if config.augment is not False else None
         if config.augment and self.augment is None:
             raise KdtuneError(f"dataset {config.dataset!r} has no augmentation; drop --augment")
+        self.parts = self._build_parts()
+        self.feature_mode, self.teacher_embeddings = self._feature_source()
         self.teacher_mode, self.teacher_logits = self._teacher_source()
         channels_last = _wants_channels_last(config, self.model, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        self.parts = self.parts.to(memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.x_train = self.data.x_train.to(self.device, memory_format=self.memory_format)
         self.y_train = self.data.y_train.to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr,
+        trained = [*self.model.parameters(), *self.parts.parameters()]
+        self.optimizer = torch.optim.SGD(trained, lr=config.lr,
                                          momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = make_scheduler(config, self.optimizer)
@@ -121,13 +147,56 @@ class TrainingRun:
         if teacher is None and self.config.teacher is not None:
             teacher = load_teacher(self.config.teacher)
         if teacher is None:
-            if self.method.needs_teacher:
+            if self.method.needs_teacher_model:
                 raise KdtuneError(f"method {self.config.method!r} needs a teacher: pass "
                                   "--teacher PATH (make one with `kdtune teacher`)")
+            if self.feature.needs_teacher:
+                raise KdtuneError(f"feature method {self.config.feature_method!r} needs a "
+                                  "teacher: pass --teacher PATH (make one with `kdtune "
+                                  "teacher`)")
             return None
         check_compatible(teacher, data_spec(self.data, self.config.split_seed,
                                             self.config.val_fraction))
         return teacher.to(self.device)
+
+    def _build_parts(self) -> nn.ModuleDict:
+        """The methods' extra trainable modules, built for the student's and the teacher's
+        feature shapes. Their initial weights come from their own seeded generator, so the
+        student's initialisation and random stream are those of a run without them."""
+        parts = nn.ModuleDict()
+        if self.method.peers is not None:
+            cfg, data = self.config, self.data
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 2)
+                parts["logit"] = self.method.peers(
+                    lambda: create_model(cfg.model, data.num_classes, data.in_shape,
+                                         **cfg.model_kwargs()), cfg.method_params)
+        inputs = self.feature.inputs
+        if inputs is None or self.teacher is None:
+            return parts.to(self.device)
+        x = self.data.x_train[:2].to(self.device)
+        student = probe_features(self.model, x, inputs)
+        teacher = probe_features(self.teacher.model, x, inputs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed + 1)
+            parts["feature"] = self.feature.make_term(student, teacher, self.config.method_params,
+                                                      len(self.data.x_train))
+        return parts.to(self.device)
+
+    def _feature_source(self) -> tuple[str, torch.Tensor | None]:
+        """Where the teacher's features come from: ``none`` (no feature term), ``cached``
+        (embeddings of the un-augmented training set, computed once, when the table fits
+        under :data:`~kdtune.teacher.MAX_TABLE_BYTES`) or ``live`` (stage maps, augmented
+        inputs: a teacher pass on the batch, which gives its logits in the same forward)."""
+        if "feature" not in self.parts or self.teacher is None:
+            return "none", None
+        if (self.feature.inputs == "embedding" and self.augment is None
+                and self.config.teacher_outputs != "live"):
+            width = probe_features(self.teacher.model, self.data.x_train[:1].to(self.device),
+                                   "embedding")[0][1]
+            if len(self.data.x_train) * width * 4 <= MAX_TABLE_BYTES:
+                return "cached", train_embeddings(self.teacher, self.data).to(self.device)
+        return "live", None
 
     def _teacher_source(self) -> tuple[str, torch.Tensor | None]:
         """Where teacher logits come from: ``none``, ``cached`` (un-augmented training set),
@@ -136,10 +205,10 @@ class TrainingRun:
         Cached logits serve only the exact input the student sees: un-augmented logits for
         un-augmented training, per-view logits for the view each sample was given.
         """
-        if self.teacher is None or not self.method.needs_teacher:
+        if self.teacher is None or not self.method.needs_teacher_model:
             return "none", None
         wanted = self.config.teacher_outputs
-        if wanted == "live":
+        if wanted == "live" or self.feature_mode == "live":  # logits come with the features
             return "live", None
         if self.augment is None:
             return "cached", cached_teacher_logits(self.teacher, self.data).to(self.device)
@@ -171,6 +240,20 @@ class TrainingRun:
         with torch.no_grad(), self.autocast():
             return self.teacher.model(x).float()
 
+    def teacher_features(self, idx: torch.Tensor, x: torch.Tensor, views: torch.Tensor | None
+                         ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Teacher logits (``None`` when the method reads none) and the features the feature
+        method reads, for exactly the inputs ``x`` the student sees."""
+        if self.feature_mode == "cached" and views is None:
+            assert self.teacher_embeddings is not None
+            return self.teacher_outputs(idx, x, views), [self.teacher_embeddings[idx]]
+        assert self.teacher is not None
+        with torch.no_grad(), self.autocast():
+            out = self.teacher.model.forward_features(x)
+        feats = [out.embedding] if self.feature.inputs == "embedding" else out.stages
+        logits = out.logits.float() if self.method.needs_teacher_model else None
+        return logits, [f.float() for f in feats]
+
     def autocast(self) -> Any:
         enabled = self.device.type == "cuda" and self.config.amp
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -180,18 +263,42 @@ class TrainingRun:
         cfg, start = self.config, time.perf_counter()
         kd_scale = warmup_scale(self.epoch + 1, cfg.kd_warmup)
         self.model.train()
+        self.parts.train()
+        parts = dict(self.parts.items())
+        term, peers = parts.get("feature"), parts.get("logit")
+        weight = float(cfg.method_params.get("feature_weight") or 0.0)
+        own = {p.name for p in self.method.params}
+        logit_params = {k: v for k, v in cfg.method_params.items() if k in own}
         total, count = torch.zeros((), device=self.device), 0
         for idx in self.batches():
             x, y, views = self.x_train[idx], self.y_train[idx], None
             if self.augment is not None:
                 views = self.augment.sample_views(len(idx), self.generator).to(self.device)
                 x = self.augment.apply(x, views)
-            t_logits = self.teacher_outputs(idx, x, views)
-            with self.autocast():
-                s_logits = self.forward(x)
-            loss = training_loss(cfg.method, s_logits.float(), t_logits, y, alpha=cfg.alpha,
-                                 temperature=cfg.temperature, params=cfg.method_params,
-                                 kd_scale=kd_scale, progress=self.epoch)
+            if term is None:
+                t_logits = self.teacher_outputs(idx, x, views)
+                with self.autocast():
+                    s_logits = self.forward(x)
+            else:
+                t_logits, t_feats = self.teacher_features(idx, x, views)
+                with self.autocast():
+                    s_out = self.model.forward_features(x)
+                s_logits = s_out.logits
+                s_feats = (s_out.stages if self.feature.inputs == "stages"
+                           else [s_out.embedding])
+            def logit_loss(z: torch.Tensor, target: torch.Tensor | None,
+                           y: torch.Tensor = y) -> torch.Tensor:
+                return training_loss(cfg.method, z.float(), target, y, alpha=cfg.alpha,
+                                     temperature=cfg.temperature, params=logit_params,
+                                     kd_scale=kd_scale, progress=self.epoch)
+
+            if peers is not None:  # an online method: the peers' logits are the targets
+                with self.autocast():
+                    loss = peers(x, s_logits.float(), logit_loss)
+            else:
+                loss = logit_loss(s_logits, t_logits)
+            if term is not None:
+                loss = loss + (kd_scale * weight) * term(s_feats, t_feats, idx)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -208,15 +315,25 @@ class TrainingRun:
                                      f"lower the learning rate (lr {cfg.lr:g})")
         metrics = {"epoch": self.epoch, "train_loss": train_loss, "val_accuracy": val_acc,
                    "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                   "elapsed_s": self.elapsed}
+                   "elapsed_s": self.elapsed, **self.parts_metrics(val_acc)}
         self.history.append(metrics)
         return metrics
+
+    def parts_metrics(self, val_accuracy: float) -> dict[str, float]:
+        """Extra validation metrics of the methods' parts (dml: ``best_peer_val_accuracy``)."""
+        out: dict[str, float] = {}
+        x_val, y_val = self.data.x_val.to(self.device), self.data.y_val.to(self.device)
+        for part in self.parts.values():
+            if hasattr(part, "metrics"):
+                out.update(part.metrics(x_val, y_val, val_accuracy))
+        return out
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
                  "epoch": self.epoch, "elapsed": self.elapsed, "history": self.history,
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "model": self.model.state_dict(), "parts": self.parts.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
                  "scheduler": _plain_scheduler_state(self.scheduler),
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -230,6 +347,7 @@ class TrainingRun:
             raise KdtuneError("checkpoint was written by a run with another config; "
                               "refusing to resume it")
         self.model.load_state_dict(state["model"])
+        self.parts.load_state_dict(state.get("parts", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         sched = dict(state["scheduler"])
         if "milestones" in sched:
@@ -288,7 +406,7 @@ class TrainingRun:
                                          data.y_val.to(self.device))
         metrics: dict[str, float] = {
             "val_accuracy": val_acc, "val_loss": val_loss,
-            "train_time_s": self.elapsed, "epochs": self.epoch,
+            "train_time_s": self.elapsed, "epochs": self.epoch, **self.parts_metrics(val_acc),
             **self.cost_metrics(measure_latency=measure_latency, latency=latency)}
         if test:
             metrics["test_accuracy"], _ = evaluate(model, data.x_test.to(self.device),

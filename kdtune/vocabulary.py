@@ -16,10 +16,12 @@ COST_METRICS = ("params", "flops", "latency_ms_b1", "latency_ms_b256", "speedup"
 #: The teacher's figures, reported beside a student's.
 TEACHER_METRICS = ("teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256")
 #: Metrics of a trial's end, logged once when it ends.
+#: Metrics a method's extra parts report (dml: the best of its peers).
+PART_METRICS = ("best_peer_val_accuracy",)
 #: Spread over a trial's training seeds (sample sd), when it trains several.
 SPREAD_METRICS = ("val_accuracy_sd", "test_accuracy_sd")
 FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", *SPREAD_METRICS, *COST_METRICS,
-                 "train_time_s", *TEACHER_METRICS, "epoch")
+                 "train_time_s", *TEACHER_METRICS, *PART_METRICS, "epoch")
 #: Metrics a sweep may optimise (``test_accuracy`` is reported, never optimised).
 OBJECTIVE_METRICS = ("val_accuracy", "val_loss", *COST_METRICS, "train_time_s")
 
@@ -29,7 +31,7 @@ MODES = {
     "teacher_test_accuracy": "max",
     "train_loss": "min", "val_loss": "min", "lr": "min", "params": "min", "flops": "min",
     "latency_ms_b1": "min", "latency_ms_b256": "min", "train_time_s": "min", "epoch": "max",
-    "val_accuracy_sd": "min", "test_accuracy_sd": "min",
+    "val_accuracy_sd": "min", "test_accuracy_sd": "min", "best_peer_val_accuracy": "max",
     "teacher_params": "min", "teacher_latency_ms_b256": "min",
 }
 DIRECTIONS = ("max", "min")

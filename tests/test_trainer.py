@@ -153,7 +153,8 @@ def test_final_metrics_without_teacher(tiny_student, digits: DataSplits) -> None
             "latency_ms_b256", "train_time_s"} <= m.keys()
 
 
-@pytest.mark.parametrize("method", [m for m in list_methods() if get_method(m).needs_teacher])
+@pytest.mark.parametrize("method", [m for m in list_methods()
+                                    if get_method(m).needs_teacher_model])
 def test_method_needing_a_teacher_without_one(method: str, digits: DataSplits) -> None:
     cfg = TrainConfig(method=method, method_params=valid_params(method), hidden=(16,), epochs=1)
     with pytest.raises(KdtuneError, match=f"method {method!r} needs a teacher"):

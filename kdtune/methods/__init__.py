@@ -8,7 +8,13 @@
 
 One module per family registers its methods on import (the order below is the registration
 order): ``vanilla`` (none, vanilla, spherical), ``relative`` (rkd_v1..rkd_v4),
-``two_temperature``, ``earth_mover``, ``dkd``, ``dist``, ``tf_kd``. Then every entry point of
+``two_temperature``, ``earth_mover``, ``dkd``, ``dist``, ``tf_kd``; then the feature methods
+(:mod:`kdtune.methods.features`: ``fitnet``, ``at``, ``sp``, ``relational``, ``pkt``), the
+``feature_method`` term of the objective ``alpha * CE + (1 - alpha) * logit_term +
+feature_weight * feature_term``::
+
+    loss = feature_loss(name, student_feats, teacher_feats, **params)  # lists -> scalar
+ Then every entry point of
 the group ``kdtune.methods`` is loaded: a package outside kdtune registers its methods the same
 way from the module its entry point names. A new method is one decorated function; see
 :mod:`kdtune.methods.registry`.
@@ -43,7 +49,23 @@ from kdtune.methods import earth_mover
 from kdtune.methods import dkd
 from kdtune.methods import dist
 from kdtune.methods import tf_kd
+from kdtune.methods import dml
+from kdtune.methods import features
+from kdtune.methods import fitnet
+from kdtune.methods import at
+from kdtune.methods import sp
+from kdtune.methods import relational
+from kdtune.methods import pkt
+from kdtune.methods import crd
 # isort: on
+from kdtune.methods.features import (
+    FeatureSpec,
+    feature_loss,
+    feature_method_params,
+    get_feature_method,
+    list_feature_methods,
+    register_feature_method,
+)
 
 #: The entry-point group a package registers its methods under.
 ENTRY_POINT_GROUP = "kdtune.methods"
@@ -72,21 +94,35 @@ PLUGINS = load_plugins()
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PLUGINS",
+    "FeatureSpec",
     "MethodSpec",
     "Param",
     "adjust_teacher_logits",
     "all_params",
+    "at",
+    "crd",
     "dist",
     "distillation_loss",
     "dkd",
+    "dml",
     "earth_mover",
+    "feature_loss",
+    "feature_method_params",
+    "features",
+    "fitnet",
+    "get_feature_method",
     "get_method",
+    "list_feature_methods",
     "list_methods",
     "load_plugins",
     "method_params",
     "methods_reading",
+    "pkt",
+    "register_feature_method",
     "register_method",
+    "relational",
     "relative",
+    "sp",
     "tf_kd",
     "training_loss",
     "two_temperature",

@@ -41,6 +41,8 @@ from kdtune.errors import KdtuneError, choose_one
 LossFn = Callable[..., "Tensor | None"]
 """``fn(student_logits, teacher_logits, labels, *, [temperature], <params>, [progress])``."""
 AdjustFn = Callable[[Tensor, Tensor], Tensor]
+PeersFn = Callable[[Callable[[], nn.Module], Mapping[str, Any]], nn.Module]
+"""``peers(make_student, params) -> module``: an online method's peers (see register_method)."""
 """``adjust(teacher_logits, labels) -> new teacher logits`` (float32 in, a new tensor out)."""
 L = TypeVar("L", bound=LossFn)
 
@@ -160,6 +162,14 @@ class MethodSpec:
     formula: str = ""
     paper: str = ""
     adjust: AdjustFn | None = None
+    kind: str = "response · offline"
+    peers: PeersFn | None = None
+
+    @property
+    def needs_teacher_model(self) -> bool:
+        """Whether the trainer needs a teacher: the method reads target logits and they do not
+        come from its own peers (an online method's targets are its peers' logits)."""
+        return self.needs_teacher and self.peers is None
 
     @property
     def adjusts_teacher(self) -> bool:
@@ -201,6 +211,8 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 _PARAMS: dict[str, Param] = {}
+#: The feature methods' parameters (:mod:`kdtune.methods.features`): the same namespace.
+_FEATURE_PARAMS: dict[str, Param] = {}
 
 
 def register_method(
@@ -215,6 +227,8 @@ def register_method(
     formula: str = "",
     paper: str = "",
     adjust: AdjustFn | None = None,
+    kind: str = "response · offline",
+    peers: PeersFn | None = None,
 ) -> Callable[[L], L]:
     """Register the soft-term function ``fn`` of the method ``name`` (see the module docstring).
 
@@ -224,7 +238,13 @@ def register_method(
     epoch as ``progress``. ``params``: the method's own hyper-parameters; a name another method
     registered with another spec, or one of :class:`~kdtune.config.TrainConfig`'s fields, is an
     error. ``formula``/``paper``: one line each for the README's methods table. ``adjust``: the
-    rule :func:`adjust_teacher_logits` applies (relative KD).
+    rule :func:`adjust_teacher_logits` applies (relative KD). ``kind``: the knowledge and the
+    scheme, for the README (``response · offline``, ``response · self``, ...). ``peers``: an
+    online method (no teacher): ``peers(make_student, params)`` builds the module of the other
+    students, trained with the student; the trainer calls it as ``module(x, student_logits,
+    loss)`` for the whole step's loss, where ``loss(z_k, z_j)`` is :func:`training_loss` of
+    peer ``k``'s logits against peer ``j``'s as target logits (detached), and, when it has
+    one, ``module.metrics(x_val, y_val)`` for extra epoch metrics.
     """
     from kdtune.config import TrainConfig
 
@@ -234,9 +254,10 @@ def register_method(
     for p in params:
         if p.name in fields:
             raise ValueError(f"method {name!r}: parameter {p.name!r} is a TrainConfig field")
-        if p.name in _PARAMS and _PARAMS[p.name] != p:
+        known = _PARAMS.get(p.name) or _FEATURE_PARAMS.get(p.name)
+        if known is not None and known != p:
             raise ValueError(f"method {name!r}: parameter {p.name!r} is already registered "
-                             f"with another spec ({_PARAMS[p.name]})")
+                             f"with another spec ({known})")
     if len(set(names)) != len(names):
         raise ValueError(f"method {name!r}: a parameter is declared twice in {names}")
 
@@ -257,7 +278,7 @@ def register_method(
             name=name, fn=fn, needs_teacher=needs_teacher, uses_alpha=uses_alpha,
             uses_temperature=uses_temperature, batch_level=batch_level,
             uses_progress=uses_progress, params=params, formula=formula, paper=paper,
-            adjust=adjust)
+            adjust=adjust, kind=kind, peers=peers)
         for p in params:
             _PARAMS.setdefault(p.name, p)
         return fn
@@ -293,12 +314,23 @@ def method_params(name: str) -> dict[str, Param]:
 
 
 def all_params() -> dict[str, Param]:
-    """Every registered method parameter, name -> spec, in registration order."""
-    return dict(_PARAMS)
+    """Every registered method parameter (logit methods' first, then feature methods'),
+    name -> spec, in registration order."""
+    return {**_PARAMS, **_FEATURE_PARAMS}
+
+
+def feature_params() -> dict[str, Param]:
+    """The feature methods' parameters (``feature_weight``, ``stages``, ...), name -> spec."""
+    return dict(_FEATURE_PARAMS)
 
 
 def methods_reading(key: str) -> list[str]:
-    """The registered methods that read the config key ``key``."""
+    """The registered methods that read the config key ``key`` (for a feature parameter:
+    the feature methods that read it)."""
+    if key in _FEATURE_PARAMS and key not in _PARAMS:
+        from kdtune.methods.features import get_feature_method, list_feature_methods
+
+        return [n for n in list_feature_methods() if get_feature_method(n).reads(key)]
     return [n for n, s in _METHODS.items() if s.reads(key)]
 
 

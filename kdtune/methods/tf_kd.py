@@ -24,7 +24,7 @@ def virtual_teacher(labels: Tensor, num_classes: int, peak: float) -> Tensor:
 
 
 @register_method(
-    "tf_kd", needs_teacher=False,
+    "tf_kd", needs_teacher=False, kind="response · self",
     params=[Param("tf_peak", float, 0.9, low=0, high=1,
                   help="the virtual teacher's probability on the label")],
     formula="`KL_T(v, z_s)`, `v` = `tf_peak` on the label, `(1 − tf_peak)/(C − 1)` elsewhere",

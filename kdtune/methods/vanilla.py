@@ -74,7 +74,7 @@ def maybe_standardize(student_logits: Tensor, teacher_logits: Tensor, on: bool
 
 
 @register_method("none", needs_teacher=False, uses_alpha=False, uses_temperature=False,
-                 formula="`CE(z_s, y)`: the student alone, no teacher", paper="–")
+                 kind="–", formula="`CE(z_s, y)`: the student alone, no teacher", paper="–")
 def none(student_logits: Tensor, teacher_logits: None, labels: Tensor) -> None:
     """No soft term: the student learns from the labels alone (CE with weight 1)."""
     return None

@@ -7,12 +7,18 @@
 
 Add a model by decorating a builder ``f(num_classes, in_shape, **options) -> nn.Module`` with
 ``@register_model("name")`` in a module imported below; the tests pick it up automatically.
+
+Every model also has ``forward_features(x) -> Features(logits, stages, embedding)``: the
+logits, the per-stage outputs and the pre-logit embedding of one forward pass (used by the
+feature distillation methods). ``model(x)`` itself is the plain forward used for inference,
+latency, FLOPs and export.
 """
 
 from __future__ import annotations
 
 from kdtune.models import mlp, resnet, wrn  # noqa: F401  (imported to register the models)
 from kdtune.models.registry import (
+    Features,
     count_params,
     create_model,
     list_models,
@@ -20,4 +26,5 @@ from kdtune.models.registry import (
     register_model,
 )
 
-__all__ = ["count_params", "create_model", "list_models", "model_options", "register_model"]
+__all__ = ["Features", "count_params", "create_model", "list_models", "model_options",
+           "register_model"]

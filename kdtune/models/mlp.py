@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
-from kdtune.models.registry import check_dropout, check_int_list, register_model
+from kdtune.models.registry import Features, check_dropout, check_int_list, register_model
 
 
 class MLP(nn.Sequential):
@@ -25,6 +26,21 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """Logits, each hidden layer's activation (after its ReLU and dropout: what the next
+        layer reads) and the embedding (the last one; the flattened input without hidden
+        layers)."""
+        stages: list[torch.Tensor] = []
+        layers = list(self)
+        for i, layer in enumerate(layers[:-1]):
+            x = layer(x)
+            ends_layer = isinstance(layer, nn.Dropout) or (
+                isinstance(layer, nn.ReLU)
+                and not (i + 1 < len(layers) and isinstance(layers[i + 1], nn.Dropout)))
+            if ends_layer:
+                stages.append(x)
+        return Features(layers[-1](x), stages, x)
 
 
 @register_model("mlp")

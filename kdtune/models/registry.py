@@ -10,11 +10,26 @@ from __future__ import annotations
 import inspect
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import torch
 from torch import nn
 
 from kdtune.errors import KdtuneError, choose_one
+
+
+class Features(NamedTuple):
+    """What ``model.forward_features(x)`` returns, from one forward pass.
+
+    ``logits`` ``(N, classes)``: exactly what ``model(x)`` gives. ``stages``: the per-stage
+    outputs, first to last (an MLP's hidden activations ``(N, width)``; a ResNet's or a WRN's
+    stage outputs ``(N, C, H, W)``). ``embedding`` ``(N, D)``: the pooled vector the linear
+    classifier reads.
+    """
+
+    logits: torch.Tensor
+    stages: list[torch.Tensor]
+    embedding: torch.Tensor
 
 Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)

@@ -14,6 +14,7 @@ from torch import nn
 
 from kdtune.errors import KdtuneError
 from kdtune.models.registry import (
+    Features,
     check_choice,
     check_int,
     check_int_list,
@@ -128,6 +129,17 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """Logits, each stage's output (its last block's output, after the block's ReLU) and
+        the embedding (the globally pooled last stage)."""
+        x = self.stem(x)
+        stages = []
+        for stage in self.stages:
+            x = stage(x)
+            stages.append(x)
+        embedding = torch.flatten(self.pool(x), 1)
+        return Features(self.fc(embedding), stages, embedding)
 
 
 def check_blocks(blocks: object) -> list[int]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdtune.errors import KdtuneError
-from kdtune.models.registry import check_dropout, check_int, register_model
+from kdtune.models.registry import Features, check_dropout, check_int, register_model
 
 
 class WideBlock(nn.Module):
@@ -74,6 +74,18 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn(self.groups(self.stem(x))))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """Logits, each group's output and the embedding. A group's output is its last
+        block's residual sum, pre-activation (no BN-ReLU: the next group's first block, or the
+        final BN-ReLU, applies it); the embedding is the pooled ``relu(bn(last group))``."""
+        x = self.stem(x)
+        stages = []
+        for group in self.groups:
+            x = group(x)
+            stages.append(x)
+        embedding = torch.flatten(self.pool(self.relu(self.bn(x))), 1)
+        return Features(self.fc(embedding), stages, embedding)
 
 
 @register_model("wrn")

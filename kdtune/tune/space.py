@@ -65,7 +65,8 @@ NOT_FIXED = {"teacher": "give the teacher in the top-level teacher: section",
 #: Fields the ``teacher`` section may not set.
 NOT_TEACHER = {**{k: "the teacher takes it from fixed" for k in DATA_KEYS},
                **{k: "the teacher is trained alone (method none)"
-                  for k in ("method", "alpha", "temperature", "kd_warmup", "teacher")},
+                  for k in ("method", "feature_method", "alpha", "temperature", "kd_warmup",
+                            "teacher")},
                "out": "the search layer chooses where the teacher is saved"}
 MAX_CONFIGS = 100_000  # cap on grid expansion and on the branches checked at load time
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -724,11 +725,11 @@ class _Loader:
     def check_alone(self, name: str, value: Any, key: str) -> None:
         """Validate one field's value with every other field valid (range checks); a method
         parameter against its own spec in the method registry."""
-        from kdtune.methods import all_params, get_method, list_methods
+        from kdtune.methods import all_params, get_feature_method, get_method, list_methods
 
-        if name == "method":
+        if name in ("method", "feature_method"):
             try:
-                get_method(value)
+                (get_method if name == "method" else get_feature_method)(value)
             except KdtuneError as exc:
                 raise self.err(key, str(exc)) from None
             return
@@ -761,7 +762,13 @@ class _Loader:
         A branch fixes the parameters that others depend on; in each, a config is built from
         representative values (first choice / low), then once per other choice and ``high``.
         """
-        from kdtune.methods import get_method, list_methods
+        from kdtune.methods import (
+            get_feature_method,
+            get_method,
+            list_feature_methods,
+            list_methods,
+        )
+        from kdtune.methods.registry import feature_params
 
         structural = {ref for p in parameters for ref, _ in p.when}
         branches = _expand([p for p in parameters if p.name in structural], lambda: self.err(
@@ -773,6 +780,8 @@ class _Loader:
                                f"{p.name} is never active (its conditions exclude each other)")
         specs = {m: get_method(m) for m in list_methods()}
         method_p = next((p for p in parameters if p.name == "method"), None)
+        fspecs = {m: get_feature_method(m) for m in list_feature_methods()}
+        feature_p = next((p for p in parameters if p.name == "feature_method"), None)
         for branch in branches:
             active = [p for p in parameters if p.is_active(branch)]
             rep = dict(branch)
@@ -781,11 +790,16 @@ class _Loader:
                     rep[p.name] = p.choices[0] if p.choices is not None else p.low
             method = rep.get("method", fixed.get("method", _default("method")))
             spec = specs[method]
+            feature = rep.get("feature_method",
+                              fixed.get("feature_method", _default("feature_method")))
+            fspec = fspecs[feature]
             where = "parameters.method.choices" if "method" in rep else "fixed.method"
-            if spec.needs_teacher and teacher is None:
-                raise self.err("teacher", f"missing; method {method} needs a teacher: add "
-                                          "teacher: {path: FILE} or the teacher's TrainConfig "
-                                          "fields (model, hidden, epochs, ...)")
+            for needs, what in ((spec.needs_teacher_model, f"method {method}"),
+                                (fspec.needs_teacher, f"feature method {feature}")):
+                if needs and teacher is None:
+                    raise self.err("teacher", f"missing; {what} needs a teacher: add "
+                                              "teacher: {path: FILE} or the teacher's "
+                                              "TrainConfig fields (model, hidden, epochs, ...)")
             missing = [q.name for q in spec.params
                        if q.required and q.name not in fixed and q.name not in rep]
             if missing:
@@ -796,6 +810,14 @@ class _Loader:
                                       f"parameters with when: {{method: [{method}]}} or under "
                                       "fixed")
             for p in active:
+                if p.name in feature_params() or (p.name == "kd_warmup" and fspec.reads(p.name)):
+                    if fspec.reads(p.name):
+                        continue
+                    users = [c for c in (feature_p.choices if feature_p and feature_p.choices
+                                         else fspecs) if fspecs[c].reads(p.name)]
+                    raise self.err(f"parameters.{p.name}", f"active with feature method "
+                                   f"{feature}, which does not use {p.name}; add when: "
+                                   f"{{feature_method: [{', '.join(users)}]}}")
                 if not spec.reads(p.name):
                     users = [c for c in (method_p.choices if method_p and method_p.choices
                                          else specs) if specs[c].reads(p.name)]

@@ -154,7 +154,8 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
     return SweepContext(settings=settings, data=data, teacher=teacher)
 
 
-#: Largest per-view logit table a sweep computes and ships to every trial (fp16 bytes).
+#: Largest per-view logit table a sweep computes and ships to every trial (fp16 bytes); the
+#: same cap as ``kdtune.teacher.MAX_TABLE_BYTES`` (not imported here: that imports torch).
 MAX_VIEW_TABLE_BYTES = 2 * 1024**3
 
 

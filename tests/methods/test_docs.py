@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdtune.methods import list_methods, method_params
-from kdtune.methods.docs import methods_table, table_in
+from kdtune.methods.docs import (
+    FEATURE_BEGIN,
+    FEATURE_END,
+    feature_methods_table,
+    methods_table,
+    table_in,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -16,6 +22,13 @@ def test_readme_methods_table_is_generated_from_the_registry() -> None:
         "README's methods table is out of date: run `python -m kdtune.methods.docs README.md`")
 
 
+def test_readme_feature_methods_table_is_generated_from_the_registry() -> None:
+    written = table_in(README.read_text(), FEATURE_BEGIN, FEATURE_END)
+    assert written == feature_methods_table(), (
+        "README's feature methods table is out of date: run `python -m kdtune.methods.docs "
+        "README.md`")
+
+
 def test_the_table_names_every_method_and_its_defaults() -> None:
     rows = [line.split(" | ") for line in table_in(README.read_text()).splitlines()[2:]]
     assert [r[0].strip("| `") for r in rows] == list_methods()
@@ -23,4 +36,4 @@ def test_the_table_names_every_method_and_its_defaults() -> None:
         for name, p in method_params(method).items():
             shown = "required" if p.required else (
                 f"default `{str(p.default).lower() if p.type is bool else p.default}`")
-            assert f"`{name}` ({shown}; {p.allowed()})" in row[3]
+            assert f"`{name}` ({shown}; {p.allowed()})" in row[4]

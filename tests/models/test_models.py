@@ -236,3 +236,37 @@ def test_register_model_adds_a_model() -> None:
             register_model("_tiny_test_model")(tiny)
     finally:
         registry._MODELS.pop("_tiny_test_model")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", list_models())
+def test_forward_features_in_one_pass(name: str, shape: tuple[int, int, int]) -> None:
+    """Logits equal to the plain forward, one stage output per stage, the embedding the
+    classifier reads; maps for conv nets, vectors for MLPs."""
+    torch.manual_seed(0)
+    model = create_model(name, NUM_CLASSES, shape).eval()
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        plain = model(x)
+    assert torch.equal(feats.logits, plain)
+    assert feats.stages, "every default model has at least one stage"
+    for f in feats.stages:
+        assert f.shape[0] == 2 and f.dim() == (4 if _is_conv(model) else 2)
+        assert torch.isfinite(f).all()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert feats.embedding.shape == (2, head.in_features)
+    assert torch.allclose(head(feats.embedding), plain, atol=1e-6)
+    if _is_conv(model):  # channels of the last stage = the embedding's width
+        assert feats.stages[-1].shape[1] == feats.embedding.shape[1]
+        assert feats.stages[-1].shape[2] <= shape[1]
+
+
+def test_mlp_stages_are_the_hidden_activations() -> None:
+    model = create_model("mlp", 3, (1, 8, 8), hidden=[5, 4], dropout=0.1).eval()
+    feats = model.forward_features(torch.randn(6, 1, 8, 8))
+    assert [tuple(f.shape) for f in feats.stages] == [(6, 5), (6, 4)]
+    assert (feats.stages[0] >= 0).all() and feats.embedding is feats.stages[-1]
+    linear = create_model("mlp", 3, (1, 8, 8), hidden=[])
+    out = linear.forward_features(torch.randn(2, 1, 8, 8))
+    assert out.stages == [] and out.embedding.shape == (2, 64)

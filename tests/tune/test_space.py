@@ -111,7 +111,8 @@ def test_shipped_files_cover_the_issue() -> None:
     assert {p.stem for p in SHIPPED} == {"digits_quick", "digits_methods", "mnist_mlp",
                                          "cifar10_resnet_blocks", "cifar100_thesis",
                                          "cifar100_thesis_wrn", "alpha_study_good",
-                                         "alpha_study_weak"}
+                                         "alpha_study_weak", "digits_kinds",
+                                         "cifar100_kinds_wrn", "cifar100_kinds_resnet"}
 
 
 def test_alpha_study_pair_differs_in_the_teacher_alone() -> None:
@@ -555,3 +556,29 @@ def test_a_partial_grid_is_a_seeded_sample_in_grid_order(tmp_path: Path) -> None
     assert grid_points(space, 6) == part  # seeded by search.seed
     other = load_space(write(tmp_path, grid(search__seed=1), "other.yaml"))
     assert grid_points(other, 6) != part
+
+
+def test_feature_method_and_its_parameters_are_validated(tmp_path: Path) -> None:
+    """``feature_method`` is searched beside ``method``; its parameters need a when: on it,
+    kd_warmup is read by a feature term even with method none, and a feature term needs a
+    teacher."""
+    kinds = {"parameters__feature_method": {"type": "categorical", "choices": ["none", "sp"]},
+             "parameters__feature_weight": {"type": "logfloat", "low": 1, "high": 1000,
+                                            "when": {"feature_method": ["sp"]}},
+             "parameters__kd_warmup": {"type": "categorical", "choices": [0, 2],
+                                       "when": {"feature_method": ["sp"]}}}
+    space = load_space(write(tmp_path, edit(**kinds)))
+    cfg = trial_config(space, {"method": "none", "feature_method": "sp", "feature_weight": 5.0,
+                               "kd_warmup": 2, "hidden": [16], "lr": 0.1})
+    assert cfg.feature_method == "sp" and cfg.method_params["feature_weight"] == 5.0
+    assert cfg.method_params["stages"] == "last"
+    bad = {**kinds, "parameters__feature_weight": {"type": "float", "low": 1, "high": 10}}
+    with pytest.raises(KdtuneError, match=r"parameters.feature_weight: active with feature "
+                                          r"method none.*when: \{feature_method: \[sp\]\}"):
+        load_space(write(tmp_path, edit(**bad)))
+    alone = edit(**kinds, parameters__method={"type": "categorical", "choices": ["none"]},
+                 teacher=DELETE)
+    for key in ("alpha", "temperature", "t_right", "t_wrong"):
+        alone["parameters"].pop(key)
+    with pytest.raises(KdtuneError, match="teacher: missing; feature method sp needs a teacher"):
+        load_space(write(tmp_path, alone))
