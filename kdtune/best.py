@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,11 @@ def show_importance(name: str, *, tracking_uri: str, study_storage: str | None =
         raise KdtuneError(f"sweep {name!r} has {len(completed)} completed trial(s); "
                           "importances need at least 2")
     per_metric = {}
-    for i, metric in enumerate(metrics):
-        target = (lambda t, i=i: t.values[i]) if len(metrics) > 1 else None
-        per_metric[metric] = get_param_importances(study.study, target=target)
+    with warnings.catch_warnings():  # few trials per value: the table is only as good
+        warnings.simplefilter("ignore", UserWarning)
+        for i, metric in enumerate(metrics):
+            target = (lambda t, i=i: t.values[i]) if len(metrics) > 1 else None
+            per_metric[metric] = get_param_importances(study.study, target=target)
     params = list(dict.fromkeys(p for imp in per_metric.values() for p in imp))
     if not params:
         raise KdtuneError(f"sweep {name!r}: no parameter is set in every completed trial, so "

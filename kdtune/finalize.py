@@ -233,6 +233,7 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
     """The finalist runs as Ray trials: a new experiment, or the one an interrupted
     ``finalize`` left (restored; its finished runs are not trained again)."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from kdtune.tune.callbacks import MlflowTrials, Progress
     from kdtune.tune.sweep import trial_dirname
@@ -254,7 +255,8 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
                 name=where.rstrip("/").rsplit("/", 1)[1],
                 storage_path=where.rstrip("/").rsplit("/", 1)[0], verbose=0,
                 callbacks=[MlflowTrials(tracker, parent, name, context.settings),
-                           Progress("test_accuracy", "max")],
+                           Progress("test_accuracy", "max"), JsonLoggerCallback(),
+                           CSVLoggerCallback()],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0)))
     results = tuner.fit()

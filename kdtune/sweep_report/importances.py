@@ -7,6 +7,7 @@ two completed trials). ``write_report(importances=...)`` passes them in directly
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 from kdtune.errors import KdtuneError
@@ -29,5 +30,7 @@ def parameter_importances(tracker: Tracker, name: str) -> Mapping[str, float] | 
     if len(completed) < 2:
         return None
     multi = len(study.study.directions) > 1
-    return dict(get_param_importances(study.study,
-                                      target=(lambda t: t.values[0]) if multi else None))
+    with warnings.catch_warnings():  # few trials per value: Optuna warns; the figure shows it
+        warnings.simplefilter("ignore", UserWarning)
+        return dict(get_param_importances(study.study,
+                                          target=(lambda t: t.values[0]) if multi else None))
