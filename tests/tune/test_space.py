@@ -343,7 +343,7 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("top-key", edit(searchh={}), "searchh: unknown key 'searchh'"),
     ("search-key", edit(search__num_sample=3),
      "search.num_sample: unknown key 'num_sample'; allowed: num_samples, max_concurrent, "
-     "sampler, seed (did you mean 'num_samples'?)"),
+     "sampler, seed, warm_start (did you mean 'num_samples'?)"),
     ("fixed-key", edit(fixed__epoch=3), "fixed.epoch: unknown key 'epoch'"),
     ("fixed-type", edit(fixed__epochs="many"), "fixed.epochs: expected an integer, got 'many'"),
     ("fixed-value", edit(fixed__dataset="digitz"),
@@ -477,14 +477,15 @@ def test_trial_config_rejects_bad_params() -> None:
 ])
 def test_asha_ranks_by_the_scheduler_metric(tmp_path: Path, scheduler: dict[str, Any],
                                             objective: Any, expected: tuple[str, str]) -> None:
+    from kdtune.tune.study import SweepStudy
     from kdtune.tune.sweep import make_scheduler
 
     sampler = "nsga2" if isinstance(objective, list) else "tpe"
     space = load_space(write(tmp_path, edit(scheduler={"type": "asha", **scheduler},
                                             objective=objective, search__sampler=sampler)))
     assert (space.scheduler.metric, space.scheduler.mode) == expected
-    asha = make_scheduler(space, tmp_path / "experiment")
-    assert (asha.metric, asha._mode) == expected
+    asha = make_scheduler(space, SweepStudy(f"sqlite:///{tmp_path / 'optuna.db'}", "s"))
+    assert (asha.metrics[0], asha.modes[0]) == expected
 
 
 def test_a_partial_grid_is_a_seeded_sample_in_grid_order(tmp_path: Path) -> None:
