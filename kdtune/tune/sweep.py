@@ -551,7 +551,11 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     store = Store.resolve(mlflow_uri, storage, study_storage)
     from kdtune.tracking import require_store
 
-    require_store(store.tracking_uri)
+    try:
+        require_store(store.tracking_uri)
+    except KdtuneError as exc:
+        raise KdtuneError(f"{exc} (a `kdtune search` stopped before it registered its sweep "
+                          "left nothing to resume: run it again)") from None
     if store.tracking_uri.startswith(("http://", "https://")):
         check_reachable(store.tracking_uri, "the MLflow tracking server")
     tracker = Tracker(store.tracking_uri)
