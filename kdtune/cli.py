@@ -343,6 +343,23 @@ def _join_negative_lists(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_lists(sys.argv[1:] if argv is None else argv))
+    try:
+        return _run(args)
+    finally:
+        if argv is None:  # the kdtune command: a Ctrl-C while it shuts down ends it quietly
+            _quiet_exit_on_ctrl_c()
+
+
+def _quiet_exit_on_ctrl_c() -> None:
+    """On the way out (Ray shutting down, writer threads joined): Ctrl-C ends the process at
+    once, without a traceback."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
+
+def _run(args: argparse.Namespace) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     from kdtune.urls import redact
 

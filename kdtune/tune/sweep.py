@@ -764,8 +764,10 @@ class Interrupts:
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if self.previous is not None:
+        if self.previous is not None and not self.count:
             signal.signal(signal.SIGINT, self.previous)
+        # after a Ctrl-C the handler stays: the next one ends the process at once, even in
+        # the clean-up on the way out
         if kind is KeyboardInterrupt:  # a plain Ctrl-C (not one that already says what next)
             raise Interrupted(f"interrupted: {self.hint}") from None
 
