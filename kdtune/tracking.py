@@ -177,7 +177,13 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            import os
+
             from mlflow.tracking import MlflowClient
+
+            # MLflow prints a link per run ended on a server, with the URI's credentials;
+            # kdtune says where the runs are itself
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client

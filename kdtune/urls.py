@@ -53,6 +53,17 @@ def recall(url: str) -> str:
     return _GIVEN.get(url, url)
 
 
+def sqlalchemy_url(url: str) -> str:
+    """``url`` with a PostgreSQL driver that is installed: SQLAlchemy's default for
+    ``postgresql://`` is psycopg 3; kdtune ships psycopg2 and uses it when psycopg 3 is absent."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None and \
+            importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def check_tracking_uri(uri: str, flag: str = "--mlflow-uri") -> str:
     """``uri`` if it is a tracking URI MLflow can use; else a one-line error."""
     shown = redact(uri)
@@ -194,8 +205,9 @@ def call_with_retries(fn: Callable[..., T], *args: Any, transient: Callable[[Bas
             if not transient(exc) or time.monotonic() - start + delay > budget:
                 raise
             if not told:
-                reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip()
-                                else type(exc).__name__)
+                cause = exc.__cause__ or exc  # a storage's wrapper: the database's own words
+                reason = redact(str(cause).strip().splitlines()[0] if str(cause).strip()
+                                else type(cause).__name__)
                 print(f"kdtune: {what} does not answer ({reason[:200]}); retrying for up to "
                       f"{budget:.0f} s", file=sys.stderr, flush=True)
                 told = True

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError
-from kdtune.urls import call_with_retries, file_lock, recall, redact, remember
+from kdtune.urls import (
+    call_with_retries,
+    file_lock,
+    recall,
+    redact,
+    remember,
+    sqlalchemy_url,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -79,8 +86,8 @@ def open_storage(url: str) -> BaseStorage:
         if url.startswith("sqlite:///"):
             with file_lock(Path(url.removeprefix("sqlite:///").split("?", 1)[0])):
                 return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-        return retrying_storage(optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url)),
-                                public_url(url))
+        return retrying_storage(optuna.storages.RDBStorage(
+            sqlalchemy_url(url), engine_kwargs=_engine_kwargs(url)), public_url(url))
     except Exception as exc:  # SQLAlchemy's errors: an unknown dialect, no server, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdtuneError(f"study storage {public_url(url)}: cannot open it: "
