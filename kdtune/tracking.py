@@ -319,11 +319,6 @@ class Tracker:
             self._log(run.info.run_id, params=params)
         return run.info.run_id
 
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        """Log params on a run (a param keeps its first value: logging it again is a no-op
-        when the value is the same)."""
-        self._log(run_id, params=params)
-
     def end_sweep(self, run_id: str, status: str = "FINISHED") -> None:
         """Mark a sweep's parent run as ended (FINISHED, KILLED or FAILED)."""
         self.client.set_terminated(run_id, status=_check_status(status))

@@ -163,14 +163,15 @@ class Store:
 
 # -- the pieces -------------------------------------------------------------------------------
 def prepare_context(space: SearchSpace, store: Store, console: Console,
-                    num_samples: int) -> SweepContext:
-    """Load the data and the teacher once on the driver, with the teacher's outputs."""
+                    num_samples: int, teacher: Teacher | None = None) -> SweepContext:
+    """Load the data and the teacher (unless given, loaded from ``space``'s checkpoint) once
+    on the driver, with the teacher's outputs."""
     from kdtune.teacher import check_compatible, data_spec, load_teacher
     from kdtune.trainer import load_data
 
     data_config = TrainConfig.from_dict({k: space.fixed[k] for k in DATA_KEYS if k in space.fixed})
     data = load_data(data_config)
-    teacher, teacher_path = None, None
+    teacher_path = None
     if space.teacher is not None:
         teacher_path = space.teacher.path
         if teacher_path is None:
@@ -181,7 +182,8 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
                                              callbacks=[epoch_printer()])
             teacher_path = str(path)
             console.print(f"teacher: {path}" + (" (reused: same config)" if reused else ""))
-        teacher = load_teacher(teacher_path)
+        if teacher is None:
+            teacher = load_teacher(teacher_path)
         check_compatible(teacher, data_spec(data, data_config.split_seed,
                                             data_config.val_fraction), source="teacher")
         _precompute_teacher_outputs(space, data, teacher, num_samples, console)
@@ -391,11 +393,17 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     """Start a new sweep; every input is validated before Ray starts.
 
     The sweep is registered (its name claimed under a :class:`DriverLock`, its study and its
-    parent MLflow run created) once Ray runs and the cluster can run its trials, before the
-    teacher: from then on ``kdtune resume`` continues it, whenever the driver stops."""
+    parent MLflow run created) once Ray runs, the cluster can run its trials and the data and
+    the teacher are ready: from then on ``kdtune resume`` continues it, whenever the driver
+    stops; an error before (bad input of any kind) leaves nothing registered."""
     console = console or Console(highlight=False)
     space = load_space(space_file)
     num_samples = _num_samples(space, num_samples)
+    teacher = None
+    if space.teacher is not None and space.teacher.path is not None:
+        from kdtune.teacher import load_teacher
+
+        teacher = load_teacher(space.teacher.path)  # weights only: a bad file is one line
     store = Store.resolve(mlflow_uri, storage, study_storage)
     store.check_servers()
     tracker = Tracker(store.tracking_uri)
@@ -418,17 +426,14 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
             warm = warm_start_configs(space, tracker, console)
             start_ray(address, console)
             check_resources(space, console)
+            context = prepare_context(space, store, console, num_samples, teacher)
             opening.result()
         name, study, parent, lock = _register(space, store, tracker, name, num_samples, warm,
-                                              address)
+                                              address, context.settings.teacher_path)
         interrupts.hint = f"continue with `kdtune resume {name}`"
         try:
             console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
             experiment_dir = store.experiment_dir(name)
-            context = prepare_context(space, store, console, num_samples)
-            call_with_retries(tracker.log_params, parent,
-                              {PARAM_TEACHER: context.settings.teacher_path},
-                              transient=transient_tracking_error, what="MLflow")
             tracker.log_artifact(parent, space.source)
             context.latency_board = board_name(parent)
             sweep = _Sweep(name, space, store, tracker, study, parent, context, experiment_dir,
@@ -439,8 +444,8 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
 
 
 def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | None,
-              num_samples: int, warm: list[dict[str, Any]], address: str | None
-              ) -> tuple[str, SweepStudy, str, DriverLock]:
+              num_samples: int, warm: list[dict[str, Any]], address: str | None,
+              teacher_path: str | None) -> tuple[str, SweepStudy, str, DriverLock]:
     """Claim the sweep's name and create its study and parent run; return them with the
     driver lock held. Without ``name``: the space's name or the next free ``name-2``, ...
     (two drivers started at once get two names); a name is free when no sweep has it, no Ray
@@ -492,7 +497,8 @@ def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | No
                 params={PARAM_OBJECTIVE_METRICS: ",".join(space.metrics),
                         PARAM_OBJECTIVE_MODES: ",".join(space.modes),
                         "sampler": space.search.sampler, "scheduler": space.scheduler.type,
-                        PARAM_SEARCHED: ",".join(p.name for p in space.parameters)})
+                        PARAM_SEARCHED: ",".join(p.name for p in space.parameters),
+                        PARAM_TEACHER: teacher_path})
         except BaseException:
             lock.release()
             raise
@@ -628,8 +634,6 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
     start_ray(address, console)  # before the context: its view table may use the cluster
     check_resources(space, console)
     context = prepare_context(space, store, console, total)
-    if PARAM_TEACHER not in run.data.params:  # the driver stopped before it logged it
-        tracker.log_params(run.info.run_id, {PARAM_TEACHER: context.settings.teacher_path})
     runs = tracker.trial_runs(name)
     context.latency_board = board_name(run.info.run_id)
     seed_board(context.latency_board, runs, context.data)
