@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -32,79 +31,59 @@ LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
 pytestmark = pytest.mark.slow
 
 
-def test_two_searches_at_once_in_one_folder(store_template: Path, teacher_path: Path,
-                                            tmp_path: Path, ray_tmp: Path) -> None:
+def test_concurrent_drivers_and_ctrl_c(store_template: Path, teacher_path: Path,
+                                       tmp_path: Path, ray_tmp: Path) -> None:
     space = write_space(tmp_path, teacher_path, name="twice",
-                        fixed={"dataset": "digits", "model": "mlp", "epochs": 3,
-                               "batch_size": 64, "seeds": [0]},
-                        search={"num_samples": 2, "max_concurrent": 1, "sampler": "random",
+                        fixed={"dataset": "digits", "model": "mlp", "epochs": 6,
+                               "batch_size": 32, "seeds": [0]},
+                        search={"num_samples": 3, "max_concurrent": 1, "sampler": "random",
                                 "seed": 1})
-    drivers = []
-    for k in range(2):
-        tmp = ray_tmp / f"d{k}"
+    store = tmp_path / "kdtune-runs"  # the default store of the folder both start in
+    uri, study = f"sqlite:///{store / 'mlflow.db'}", f"sqlite:///{store / 'optuna.db'}"
+
+    def epochs(name: str) -> int:
+        from tests.faults.test_driver_killed import epochs_logged
+
+        return epochs_logged(uri, name)
+
+    def driver(argv: list[str], label: str) -> Driver:
+        tmp = ray_tmp / label
         tmp.mkdir()
-        drivers.append(Driver(["search", str(space)], tmp_path, kdtune_env(tmp),
-                              tmp_path / f"search-{k}.log", tmp))
-    codes = [d.finish(timeout=400) for d in drivers]
-    assert codes == [0, 0], [d.output[-3000:] for d in drivers]
-    outputs = "".join(d.output for d in drivers)
-    assert "sweep 'twice' finished: 2 trials" in outputs
-    assert "sweep 'twice-2' finished: 2 trials" in outputs
-    assert "Traceback" not in outputs
-    store = tmp_path / "kdtune-runs"
+        return Driver(argv, tmp_path, kdtune_env(tmp), tmp_path / f"{label}.log", tmp)
+
+    # -- two searches at once in one new folder; Ctrl-C once on the second -----------------
+    searches = [driver(["search", str(space)], f"search-{k}") for k in range(2)]
+    try:
+        searches[0].wait_for(lambda: "sweep 'twice-2'" in searches[0].output + searches[1].output,
+                             300, "both sweeps registered")
+        second = next(d for d in searches if "sweep 'twice-2'" in d.output)
+        first = next(d for d in searches if d is not second)
+        second.wait_for(lambda: epochs("twice-2") >= 1, 300, "a trained epoch")
+        # every server of the local Ray this driver started listens on 127.0.0.1 only
+        addresses = listening_addresses(processes_of(second.proc.pid, str(second.ray_tmp)))
+        assert addresses and all(a.startswith(LOOPBACK) for a in addresses), addresses
+        second.interrupt()
+        code = second.finish(timeout=120)
+        assert first.finish(timeout=400) == 0, first.output[-3000:]
+    finally:
+        for d in searches:
+            d.cleanup()
+    assert code == 130, second.output[-3000:]
+    said = [ln for ln in second.output.splitlines() if "kdtune resume twice-2" in ln]
+    assert len(said) == 1 and "stopped (Ctrl-C)" in said[0], second.output[-3000:]
+    assert "sweep 'twice' finished: 3 trials" in first.output
+    assert "Traceback" not in first.output + second.output
     with sqlite3.connect(store / "mlflow.db") as db:  # created once: one kdtune experiment
         assert db.execute("SELECT count(*) FROM experiments WHERE name = 'kdtune'"
                           ).fetchone() == (1,)
-    uri, study = f"sqlite:///{store / 'mlflow.db'}", f"sqlite:///{store / 'optuna.db'}"
-    for name in ("twice", "twice-2"):
-        verdict = check_record(uri, study, name, 2, 3)
-        assert verdict.survived, (name, verdict.problems)
-
-
-def test_ctrl_c_once_twice_and_two_resumes_at_once(store_template: Path, teacher_path: Path,
-                                                   tmp_path: Path, ray_tmp: Path) -> None:
-    space = write_space(tmp_path, teacher_path, name="ctrlc",
-                        fixed={"dataset": "digits", "model": "mlp", "epochs": 6,
-                               "batch_size": 32, "seeds": [0]},
-                        search={"num_samples": 4, "max_concurrent": 2, "sampler": "tpe",
-                                "seed": 4})
-    store = tmp_path / "store"
-    uri, study = f"sqlite:///{store / 'mlflow.db'}", f"sqlite:///{store / 'optuna.db'}"
-    flags = ["--mlflow-uri", uri, "--storage", str(store / "ray")]
-    env = kdtune_env(ray_tmp)
-
-    def epochs() -> int:
-        from tests.faults.test_driver_killed import epochs_logged
-
-        return epochs_logged(uri, "ctrlc")
-
-    # -- Ctrl-C once, while trials run -----------------------------------------------------
-    search = Driver(["search", str(space), *flags], tmp_path, env, tmp_path / "search.log",
-                    ray_tmp)
-    try:
-        search.wait_for(lambda: epochs() >= 2, 300, "a trained epoch")
-        # every server of the local Ray this driver started listens on 127.0.0.1 only
-        addresses = listening_addresses(processes_of(search.proc.pid, str(ray_tmp)))
-        assert addresses and all(a.startswith(LOOPBACK) for a in addresses), addresses
-        search.interrupt()
-        code = search.finish(timeout=120)
-    finally:
-        search.cleanup()
-    assert code == 130, search.output[-3000:]
-    assert "Traceback" not in search.output
-    said = [ln for ln in search.output.splitlines() if "kdtune resume ctrlc" in ln]
-    assert len(said) == 1 and "stopped (Ctrl-C)" in said[0], search.output[-3000:]
+    verdict = check_record(uri, study, "twice", 3, 6)
+    assert verdict.survived, verdict.problems
     from kdtune.tracking import Tracker
 
-    assert Tracker(uri).sweep_run("ctrlc").info.status == "RUNNING"
+    assert Tracker(uri).sweep_run("twice-2").info.status == "RUNNING"
 
     # -- two resumes at once: one runs it, the other refuses in one line --------------------
-    resumes = []
-    for k in range(2):
-        tmp = ray_tmp / f"r{k}"
-        tmp.mkdir()
-        resumes.append(Driver(["resume", "ctrlc", *flags], tmp_path, kdtune_env(tmp),
-                              tmp_path / f"resume-{k}.log", tmp))
+    resumes = [driver(["resume", "twice-2"], f"resume-{k}") for k in range(2)]
     try:
         deadline = time.monotonic() + 120
         while all(r.running() for r in resumes) and time.monotonic() < deadline:
@@ -116,8 +95,8 @@ def test_ctrl_c_once_twice_and_two_resumes_at_once(store_template: Path, teacher
         assert len(lines) == 1 and "being run by another kdtune" in lines[0], lines
         runner = next(r for r in resumes if r is not refused[0])
         # -- Ctrl-C twice: at once ---------------------------------------------------------
-        done = epochs()
-        runner.wait_for(lambda: epochs() > done, 300, "an epoch after the resume")
+        done = epochs("twice-2")
+        runner.wait_for(lambda: epochs("twice-2") > done, 300, "an epoch after the resume")
         runner.interrupt()
         time.sleep(0.05)
         runner.interrupt()
@@ -127,17 +106,13 @@ def test_ctrl_c_once_twice_and_two_resumes_at_once(store_template: Path, teacher
             r.cleanup()
     assert code == 130, runner.output[-3000:]
     assert "stopped at once" in runner.output, runner.output[-3000:]
-    said = [ln for ln in runner.output.splitlines() if "kdtune resume ctrlc" in ln]
+    said = [ln for ln in runner.output.splitlines() if "kdtune resume twice-2" in ln]
     assert len(said) == 1, runner.output[-3000:]
     assert "Traceback" not in runner.output
 
     # -- resume finishes it -------------------------------------------------------------------
-    tmp = ray_tmp / "last"
-    tmp.mkdir()
-    last = Driver(["resume", "ctrlc", *flags], tmp_path, kdtune_env(tmp),
-                  tmp_path / "resume-last.log", tmp)
+    last = driver(["resume", "twice-2"], "resume-last")
     assert last.finish(timeout=400) == 0, last.output[-3000:]
-    assert "finished: 4 trials" in last.output
-    verdict = check_record(uri, study, "ctrlc", 4, 6)
+    assert "finished: 3 trials" in last.output
+    verdict = check_record(uri, study, "twice-2", 3, 6)
     assert verdict.survived, verdict.problems
-    assert not os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")  # the test process untouched
