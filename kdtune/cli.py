@@ -356,7 +356,7 @@ def _quiet_exit_on_ctrl_c() -> None:
     import signal
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _run(args: argparse.Namespace) -> int:

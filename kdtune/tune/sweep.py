@@ -799,7 +799,8 @@ class Interrupts:
             raise KeyboardInterrupt
         print(f"kdtune: stopped at once (second Ctrl-C); {self.hint}", file=sys.stderr,
               flush=True)
-        os._exit(130)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # end by the signal itself: no clean-up
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def ray_tune_logs(path: Path) -> Any:

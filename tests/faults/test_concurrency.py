@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_concurrent_drivers_and_ctrl_c(store_template: Path, teacher_path: Path,
     finally:
         for r in resumes:
             r.cleanup()
-    assert code == 130, runner.output[-3000:]
+    assert code in (130, -signal.SIGINT), runner.output[-3000:]  # ended by the signal itself
     assert "stopped at once" in runner.output, runner.output[-3000:]
     said = [ln for ln in runner.output.splitlines() if "kdtune resume twice-2" in ln]
     assert len(said) == 1, runner.output[-3000:]
