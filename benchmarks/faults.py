@@ -209,6 +209,7 @@ def outage(bench: Bench, row: Row, seconds: float, which: str) -> None:
                                 "seed": 2})
     mlflow = MlflowServer(folder / "mlflow-server")
     mlflow.start()
+    pg: Postgres | None = None
     try:
         with postgres_dir() as pg_folder, ray_temp() as tmp:
             pg = Postgres(pg_folder)
@@ -230,8 +231,10 @@ def outage(bench: Bench, row: Row, seconds: float, which: str) -> None:
             finally:
                 driver.cleanup()
             verdict = check_record(mlflow.uri, pg.url, "outage", 3, epochs)
-            pg.stop()
+            pg.close()
     finally:
+        if pg is not None:
+            pg.close()
         mlflow.stop()
     row.add(code == 0 and verdict.survived, verdict.lost, verdict.duplicated,
             "; ".join(verdict.problems) or f"exit {code}")

@@ -306,6 +306,11 @@ class Postgres:
         done = self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
         assert done.returncode == 0, done.stderr[-2000:] + self.log()
 
+    def close(self) -> None:
+        """Stop the server if it runs (clean-up after a failure)."""
+        if (self.dir / "data" / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+
     def log(self) -> str:
         path = self.dir / "pg.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""

@@ -157,3 +157,25 @@ def test_every_torch_load_loads_weights_only() -> None:
                 calls.append((path.name, node.lineno,
                               isinstance(weights, ast.Constant) and weights.value is True))
     assert calls and all(ok for *_, ok in calls), calls
+
+
+def test_on_an_autoscaling_cluster_such_a_trial_is_a_warning(
+        faults_ray: None, teacher_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from kdtune.errors import KdtuneError
+    from kdtune.tune.space import load_space
+    from kdtune.tune.sweep import check_resources
+
+    space = load_space(write_space(tmp_path, teacher_path, resources={"cpus": 64, "gpus": 1}))
+    shown = io.StringIO()
+    monkeypatch.setenv("KDTUNE_AUTOSCALING", "1")
+    check_resources(space, Console(file=shown, width=300))  # the trials will wait for a node
+    assert shown.getvalue().startswith("warning: resources: a trial asks for 64 CPU(s) and 1 "
+                                       "GPU(s)"), shown.getvalue()
+    monkeypatch.setenv("KDTUNE_AUTOSCALING", "0")
+    with pytest.raises(KdtuneError, match="no node of the Ray cluster has them"):
+        check_resources(space, Console(file=shown))

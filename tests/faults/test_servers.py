@@ -47,8 +47,6 @@ def _no_postgres() -> bool:
 def test_servers_lost_mid_sweep_and_back(store_template: Path, teacher_path: Path,
                                          tmp_path: Path, ray_tmp: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from mlflow.tracking import MlflowClient
-
     space = write_space(tmp_path, teacher_path, name="outage",
                         fixed={"dataset": "digits", "model": "mlp", "epochs": EPOCHS,
                                "batch_size": 32, "seeds": [0]},
@@ -57,67 +55,74 @@ def test_servers_lost_mid_sweep_and_back(store_template: Path, teacher_path: Pat
     mlflow = MlflowServer(tmp_path / "mlflow-server")
     with postgres_dir() as pg_folder, ThreadPoolExecutor(max_workers=1) as pool:
         pg = Postgres(pg_folder)
-        starting = pool.submit(mlflow.start)  # both servers come up side by side
-        pg.init()
-        starting.result()
-        tracking = mlflow.uri.replace("http://", f"http://kd:{MLFLOW_PASSWORD}@")
-        storage = tmp_path / "ray"
-        flags = ["--mlflow-uri", tracking, "--storage", str(storage), "--study-storage",
-                 pg.url]
-        driver = Driver(["search", str(space), *flags], tmp_path, kdtune_env(ray_tmp),
-                        tmp_path / "search.log", ray_tmp)
-        client = MlflowClient(mlflow.uri)
         try:
-            def logged() -> int:
-                try:
-                    runs = client.search_runs(
-                        [e.experiment_id for e in client.search_experiments()],
-                        "tags.`kdtune.kind` = 'trial'")
-                    return sum(len(client.get_metric_history(r.info.run_id, "val_accuracy"))
-                               for r in runs)
-                except Exception:
-                    return 0
-
-            driver.wait_for(lambda: logged() >= 2, 300, "two logged epochs")
-            mlflow.stop()
-            pg.stop()
-            time.sleep(OUTAGE_S)
-            assert driver.running(), driver.output[-3000:]
-            pg.start()
-            mlflow.start()
-            code = driver.finish(timeout=600)
+            starting = pool.submit(mlflow.start)  # both servers come up side by side
+            pg.init()
+            starting.result()
+            lost_and_back(mlflow, pg, space, tmp_path, ray_tmp, capsys)
         finally:
-            driver.cleanup()
-            out_of_band = pg.log()
-        output = driver.output
-        assert code == 0, output[-4000:] + out_of_band
-        assert "finished: 2 trials" in output, output[-4000:]
-        assert "Traceback" not in output, output[-4000:]
-        assert "does not answer" in output and "answers again" in output, output[-4000:]
+            pg.close()
+            mlflow.stop()
 
-        # every epoch and every final metric is there, through the restarted server
-        verdict = check_record(mlflow.uri, pg.url, "outage", 2, EPOCHS)
-        assert verdict.survived, verdict.problems
 
-        # the passwords appear nowhere
-        secrets = (MLFLOW_PASSWORD, pg.password)
-        assert not any(s in output for s in secrets), output[-3000:]
-        experiment = client.get_experiment_by_name("kdtune")
-        for run in client.search_runs([experiment.experiment_id]):
-            shown = " ".join([*run.data.params.values(), *run.data.tags.values()])
-            assert not any(s in shown for s in secrets), run.info.run_id
-        for path in storage.rglob("*"):
-            if path.is_file() and path.suffix in (".log", ".json", ".csv", ".txt"):
-                text = path.read_text(errors="replace")
-                assert not any(s in text for s in secrets), path
-        capsys.readouterr()
-        assert main(["best", "outage", "--mlflow-uri", tracking, "--study-storage", pg.url,
-                     "--importance"]) == 0
-        assert main(["best", "outage", "--mlflow-uri", tracking]) == 0
-        shown = capsys.readouterr()
-        assert not any(s in shown.out + shown.err for s in secrets)
+def lost_and_back(mlflow: MlflowServer, pg: Postgres, space: Path, tmp_path: Path,
+                  ray_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    tracking = mlflow.uri.replace("http://", f"http://kd:{MLFLOW_PASSWORD}@")
+    storage = tmp_path / "ray"
+    flags = ["--mlflow-uri", tracking, "--storage", str(storage), "--study-storage", pg.url]
+    driver = Driver(["search", str(space), *flags], tmp_path, kdtune_env(ray_tmp),
+                    tmp_path / "search.log", ray_tmp)
+    client = MlflowClient(mlflow.uri)
+
+    def logged() -> int:
+        try:
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      "tags.`kdtune.kind` = 'trial'")
+            return sum(len(client.get_metric_history(r.info.run_id, "val_accuracy"))
+                       for r in runs)
+        except Exception:
+            return 0
+
+    try:
+        driver.wait_for(lambda: logged() >= 2, 300, "two logged epochs")
+        mlflow.stop()
         pg.stop()
-    mlflow.stop()
+        time.sleep(OUTAGE_S)
+        assert driver.running(), driver.output[-3000:]
+        pg.start()
+        mlflow.start()
+        code = driver.finish(timeout=600)
+    finally:
+        driver.cleanup()
+    output = driver.output
+    assert code == 0, output[-4000:] + pg.log()
+    assert "finished: 2 trials" in output, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    assert "does not answer" in output and "answers again" in output, output[-4000:]
+
+    # every epoch and every final metric is there, through the restarted server
+    verdict = check_record(mlflow.uri, pg.url, "outage", 2, EPOCHS)
+    assert verdict.survived, verdict.problems
+
+    # the passwords appear nowhere
+    secrets = (MLFLOW_PASSWORD, pg.password)
+    assert not any(s in output for s in secrets), output[-3000:]
+    experiment = client.get_experiment_by_name("kdtune")
+    for run in client.search_runs([experiment.experiment_id]):
+        shown = " ".join([*run.data.params.values(), *run.data.tags.values()])
+        assert not any(s in shown for s in secrets), run.info.run_id
+    for path in storage.rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".json", ".csv", ".txt"):
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets), path
+    capsys.readouterr()
+    assert main(["best", "outage", "--mlflow-uri", tracking, "--study-storage", pg.url,
+                 "--importance"]) == 0
+    assert main(["best", "outage", "--mlflow-uri", tracking]) == 0
+    shown_out = capsys.readouterr()
+    assert not any(s in shown_out.out + shown_out.err for s in secrets)
 
 
 def test_servers_unreachable_at_start_are_one_line_before_ray(
