@@ -121,11 +121,19 @@ def test_nothing_to_seed_starts_no_board(ray_session: None, asha_sweep: SweepRec
     from kdtune.trainer import load_data
 
     runs = asha_sweep.tracker().trial_runs("asha")
-    killed = runs[runs["status"] == "KILLED"]  # stopped by ASHA: no final metrics
+    without = runs.drop(columns=[c for c in runs.columns if "latency" in c])
     name = new_name()
-    assert seed_board(name, killed, load_data(TrainConfig(dataset="digits"))) == 0
+    assert seed_board(name, without, load_data(TrainConfig(dataset="digits"))) == 0
     with pytest.raises(ValueError):
         ray.get_actor(name, namespace="kdtune")
+
+
+def test_trials_stopped_early_report_their_latency_too(asha_sweep: SweepRecord) -> None:
+    """A trial measures its cost before epoch 1, so a run ASHA stopped carries it as well."""
+    runs = asha_sweep.tracker().trial_runs("asha")
+    killed = runs[runs["status"] == "KILLED"]
+    assert len(killed) and killed["metrics.latency_ms_b1"].notna().all()
+    assert (killed["metrics.params"] > 0).all()
 
 
 def test_the_driver_ends_the_board(ray_session: None) -> None:
