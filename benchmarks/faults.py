@@ -291,7 +291,7 @@ def ctrl_c_and_concurrency(bench: Bench, once: Row, twice: Row, resumes: Row,
         try:
             runner.wait_for(lambda: epochs_logged(uri, victim_name) > done, 300, "an epoch")
             runner.interrupt()
-            time.sleep(0.05)
+            runner.wait_for(lambda: "kdtune: stopping" in runner.output, 60, "Ctrl-C")
             runner.interrupt()
             code_twice = runner.finish(timeout=120)
         except AssertionError:

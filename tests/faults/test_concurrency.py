@@ -99,7 +99,9 @@ def test_concurrent_drivers_and_ctrl_c(store_template: Path, teacher_path: Path,
         done = epochs("twice-2")
         runner.wait_for(lambda: epochs("twice-2") > done, 300, "an epoch after the resume")
         runner.interrupt()
-        time.sleep(0.05)
+        # the second once the first was taken (two signals before Python runs its handler
+        # are one): while the sweep stops gracefully, or while the process shuts down
+        runner.wait_for(lambda: "kdtune: stopping" in runner.output, 60, "the first Ctrl-C")
         runner.interrupt()
         code = runner.finish(timeout=120)
     finally:
