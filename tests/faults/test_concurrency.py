@@ -107,10 +107,11 @@ def test_concurrent_drivers_and_ctrl_c(store_template: Path, teacher_path: Path,
     finally:
         for r in resumes:
             r.cleanup()
-    assert code in (130, -signal.SIGINT), runner.output[-3000:]  # ended by the signal itself
-    assert "stopped at once" in runner.output, runner.output[-3000:]
+    # the second Ctrl-C ended the process by the signal itself, while it stopped the sweep or
+    # shut down: nothing after it ran; one line says how to go on
+    assert code == -signal.SIGINT, (code, runner.output[-3000:])
     said = [ln for ln in runner.output.splitlines() if "kdtune resume twice-2" in ln]
-    assert len(said) == 1, runner.output[-3000:]
+    assert len(said) == 1, (code, runner.output[-3000:])
     assert "Traceback" not in runner.output
 
     # -- resume finishes it -------------------------------------------------------------------
