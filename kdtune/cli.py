@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +24,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _ListFlag(argparse.Action):
+    """A list flag as a user types it: ``--hidden 1200 1200``, ``--hidden 1200-1200`` or
+    ``--blocks 1,1,0,0`` (several words are joined with commas)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        words = [values] if isinstance(values, str) else list(values)
+        setattr(namespace, self.dest, ",".join(words) if len(words) > 1 else words[0])
 
 
 # -- flags shared by `train` and `teacher` --------------------------------------------------
@@ -42,9 +53,11 @@ def _add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
                    help="random crop + flip (default: on for CIFAR, off otherwise)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=S, help="mlp, resnet, wrn or a preset (resnet20, ...)")
-    g.add_argument("--hidden", default=S, help="MLP widths, e.g. 1200-1200")
+    g.add_argument("--hidden", default=S, nargs="+", action=_ListFlag,
+                   help="MLP widths, e.g. 1200-1200 or 1200 1200")
     g.add_argument("--dropout", type=float, default=S)
-    g.add_argument("--blocks", default=S, help="ResNet blocks per stage, e.g. 1,1,0,0")
+    g.add_argument("--blocks", default=S, nargs="+", action=_ListFlag,
+                   help="ResNet blocks per stage, e.g. 1,1,0,0 or 1 1 0 0")
     g.add_argument("--block", default=S, help="basic or bottleneck")
     g.add_argument("--stem-stride", type=int, default=S, help="1, 2 or 4")
     g.add_argument("--width", type=int, default=S, help="ResNet base channels")
@@ -166,7 +179,15 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
                    "./kdtune-runs/optuna.db; resume and best: the one the sweep recorded)")
 
 
+def _local_ray_on_loopback(args: argparse.Namespace) -> None:
+    """A Ray that kdtune starts itself (no --address) listens on 127.0.0.1 only. Ray reads the
+    setting when it is imported, so this comes before anything imports Ray."""
+    if not args.address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    _local_ray_on_loopback(args)
     from kdtune.tune.sweep import run_sweep
 
     if args.num_samples is not None and args.num_samples < 1:
@@ -178,6 +199,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    _local_ray_on_loopback(args)
     from kdtune.tune.sweep import resume_sweep
 
     if args.num_samples is not None and args.num_samples < 1:
@@ -193,8 +215,10 @@ def _after_sweep(outcome: Any, args: argparse.Namespace) -> int:
 
     if not outcome.finished:
         return 1
+    from kdtune.urls import redact
+
     show_best(outcome.name, tracking_uri=outcome.tracking_uri, top=5)
-    uri = outcome.tracking_uri
+    uri = redact(outcome.tracking_uri)
     browse = (f"open {uri}" if uri.startswith(("http://", "https://"))
               else f"browse with `mlflow ui --backend-store-uri {uri}`")
     print(f"MLflow: {uri} (parent run {outcome.parent_run_id}); {browse}")
@@ -211,6 +235,10 @@ def cmd_best(args: argparse.Namespace) -> int:
     from kdtune.tune.sweep import Store
 
     store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)
+    if store.tracking_uri.startswith(("http://", "https://")):
+        from kdtune.urls import check_reachable
+
+        check_reachable(store.tracking_uri, "the MLflow tracking server")
     if args.list:
         show_sweeps(tracking_uri=store.tracking_uri, fmt=args.format)
         return 0
@@ -422,6 +450,7 @@ def _join_negative_lists(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interactive = argv is None
     argv = _join_negative_lists(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
@@ -430,15 +459,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kdtune: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    finally:
+        if interactive:  # the kdtune command: a Ctrl-C while it shuts down ends it quietly
+            _quiet_exit_on_ctrl_c()
+
+
+def _quiet_exit_on_ctrl_c() -> None:
+    """On the way out (Ray shutting down, writer threads joined): Ctrl-C ends the process at
+    once, without a traceback."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
+    from kdtune.urls import redact
+
     try:
         return func(args)
     except KdtuneError as exc:
-        print(f"kdtune {args.command}: error: {exc}", file=sys.stderr)
+        print(f"kdtune {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"kdtune {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"kdtune {args.command}: {redact(str(exc)) or 'interrupted'}", file=sys.stderr)
         return 130
+    except FloatingPointError as exc:  # the training loss diverged
+        print(f"kdtune {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line here, the traceback in a file
+        where = _write_traceback(args.command)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"kdtune {args.command}: internal error: {type(exc).__name__}"
+              f"{': ' + redact(first)[:300] if first else ''} (traceback in {where})",
+              file=sys.stderr)
+        return 1
+
+
+def _write_traceback(command: str) -> str:
+    """Write the current exception's traceback (credentials removed) to a log file."""
+    import tempfile
+    import time
+    import traceback
+
+    from kdtune.cache import cache_root
+    from kdtune.urls import redact
+
+    text = redact(traceback.format_exc())
+    try:
+        folder = cache_root() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"kdtune-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(text)
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix=f"kdtune-{command}-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return name
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,7 @@ def choose_one(kind: str, value: object, allowed: Iterable[object]) -> KdtuneErr
     if close:
         msg += f" (did you mean {close[0]!r}?)"
     return KdtuneError(msg)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user stopped a command (Ctrl-C); the message says what to do next."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.urls import file_lock, recall, redact, remember
 from kdtune.vocabulary import (
     DIRECTIONS,
     MODES,
@@ -76,6 +77,20 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     if not rest or rest == ":memory:":
         return None
     return Path(rest).resolve()
+
+
+def transient_tracking_error(exc: BaseException) -> bool:
+    """An MLflow call that failed because the tracking server (or the SQLite file) did not
+    answer -- worth retrying -- rather than because of what it was asked."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        if exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):
+            return True
+        message = str(exc)
+        return exc.error_code == "INTERNAL_ERROR" and (
+            message.startswith("API request to") or "database is locked" in message)
+    return isinstance(exc, OSError)  # requests' connection errors are OSErrors
 
 
 def require_store(tracking_uri: str) -> None:
@@ -146,20 +161,31 @@ class Tracker:
     """kdtune's view of one MLflow experiment; cheap to create, safe in any process."""
 
     def __init__(self, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> None:
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = remember(tracking_uri)
         self.experiment = experiment
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the client (Ray ships trackers to workers; each makes its own)."""
-        return {**self.__dict__, "_client": None}
+        """Pickle without the client and without the URI's password (Ray keeps the pickle in
+        its experiment state; the resuming process was given the full URI)."""
+        return {**self.__dict__, "_client": None, "tracking_uri": redact(self.tracking_uri)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.tracking_uri = recall(self.tracking_uri)
 
     # -- plumbing -------------------------------------------------------------------------
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            import os
+
             from mlflow.tracking import MlflowClient
+
+            # MLflow prints a link per run ended on a server, with the URI's credentials;
+            # kdtune says where the runs are itself
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
@@ -185,11 +211,19 @@ class Tracker:
         """
         if self._experiment_id is not None:
             return self._experiment_id
+
+
+        db = sqlite_path(self.tracking_uri)
+        if db is not None:  # two drivers starting in one new folder create the store once
+            with file_lock(db):
+                return self._ensure_experiment(db)
+        return self._ensure_experiment(None)
+
+    def _ensure_experiment(self, db: Path | None) -> str:
         from mlflow.exceptions import MlflowException
 
         from kdtune.sqlite_store import copy_template, save_template
 
-        db = sqlite_path(self.tracking_uri)
         artifact_location, created = None, False
         if db is not None:
             # a new store: a copy of the migrated empty template, else MLflow creates it
@@ -376,12 +410,27 @@ class Tracker:
         return run_id
 
     def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int,
-                  tags: Mapping[str, str] = {}) -> None:
+                  tags: Mapping[str, str] = {}, timestamp: int | None = None) -> None:
         """Log one epoch's metrics at ``step`` (and ``tags``) in a single ``log_batch`` call."""
-        self._log(run_id, metrics=metrics, tags=tags, step=step)
+        self._log(run_id, metrics=metrics, tags=tags, step=step, timestamp=timestamp)
+
+    def log_epochs(self, run_id: str, epochs: Sequence[tuple[int, Mapping[str, float]]], *,
+                   tags: Mapping[str, str] = {}, timestamp: int | None = None) -> None:
+        """Log several epochs' metrics (``(step, metrics)`` pairs) in one ``log_batch`` call.
+
+        With the same ``timestamp``, logging the same epochs again adds nothing: MLflow keeps
+        one row per (metric, step, timestamp, value)."""
+        from mlflow.entities import Metric, RunTag
+
+        ts = int(time.time() * 1000) if timestamp is None else timestamp
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), ts, int(step)) for step, metrics in epochs
+                     for k, v in metrics.items() if v is not None],
+            tags=[RunTag(k, _tag_value(v)) for k, v in tags.items()])
 
     def end_trial(self, run_id: str, status: str, *, metrics: Mapping[str, float] = {},
-                  tags: Mapping[str, str] = {}) -> None:
+                  tags: Mapping[str, str] = {}, timestamp: int | None = None) -> None:
         """Log final metrics and tags in one batch and close the run.
 
         Final metrics are logged at the run's last step with a later timestamp, so they are
@@ -391,7 +440,7 @@ class Tracker:
         """
         status = _check_status(status)
         if metrics or tags:
-            step, ts = 0, int(time.time() * 1000)
+            step, ts = 0, int(time.time() * 1000) if timestamp is None else timestamp
             if metrics:
                 logged = self.client.get_metric_history(run_id, "val_accuracy")
                 if logged:

@@ -17,6 +17,7 @@
 #   KDTUNE_DASHBOARD_PORT  dashboard port                         (default: a free port)
 #   KDTUNE_START_TIMEOUT   seconds to wait for each service       (default 180)
 #   KDTUNE_PYTHON          Python with ray and mlflow installed   (default: the repo's .venv)
+#   KDTUNE_SERVICES        what start.sh starts: "ray mlflow", or "mlflow" alone (default both)
 
 KDTUNE_LOCAL_HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KDTUNE_REPO_ROOT="$(cd "$KDTUNE_LOCAL_HERE/../.." && pwd)"
@@ -37,6 +38,7 @@ kdtune_defaults() {
     : "${KDTUNE_WORKER_PORTS:=100}"
     : "${KDTUNE_DASHBOARD:=0}"
     : "${KDTUNE_START_TIMEOUT:=180}"
+    : "${KDTUNE_SERVICES:=ray mlflow}"
     if [ -z "${KDTUNE_PYTHON:-}" ]; then
         if [ -x "$KDTUNE_REPO_ROOT/.venv/bin/python" ]; then
             KDTUNE_PYTHON="$KDTUNE_REPO_ROOT/.venv/bin/python"

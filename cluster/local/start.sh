@@ -48,8 +48,9 @@ LOOPBACK="$KDTUNE_LOCAL_HERE/ray_loopback.py"
 # Every Ray port is explicit so that the two nodes (and any other Ray on this machine) never
 # collide: 13 free single ports plus a range of 2 x KDTUNE_WORKER_PORTS free consecutive
 # ports for the workers of both nodes, none inside another or equal to the fixed ports.
+# (SO_REUSEADDR as the servers set it: a port just freed by stop.sh is free)
 for port in "$KDTUNE_RAY_PORT" "$KDTUNE_MLFLOW_PORT"; do
-    if ! "$PY" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+    if ! "$PY" -c "import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
         log "port $port on 127.0.0.1 is in use (set KDTUNE_RAY_PORT / KDTUNE_MLFLOW_PORT)"
         exit 1
     fi
@@ -151,7 +152,9 @@ MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$PY" -m mlflow server \
 MLFLOW_PID=$!
 write_state
 
-# -- Ray: head, then the second node -------------------------------------------------------
+# -- Ray: head, then the second node (KDTUNE_SERVICES=mlflow: none) --------------------------
+ray_wanted() { case " $KDTUNE_SERVICES " in *" ray "*) return 0 ;; *) return 1 ;; esac; }
+if ray_wanted; then
 # wait_ray NAME PID LOG: until `ray start --block` says the node runs (or it died).
 wait_ray() {
     local name="$1" pid="$2" logfile="$3" i
@@ -201,6 +204,7 @@ wait_ray "node 2" "$RAY_NODE2_PID" "$LOG_DIR/ray-node2.log"
 "$PY" "$LOOPBACK" nodes --address "$RAY_ADDRESS_VALUE" --expect 2 --timeout 60 \
     > "$LOG_DIR/nodes.txt" 2>&1 || fail "the Ray cluster does not show 2 alive nodes"
 sed 's/^/[kdtune-cluster]   /' "$LOG_DIR/nodes.txt" >&2
+fi
 
 # -- wait for MLflow -----------------------------------------------------------------------
 "$PY" - "$MLFLOW_URI/health" "$MLFLOW_PID" "$KDTUNE_START_TIMEOUT" <<'EOF' || fail "MLflow server did not answer $MLFLOW_URI/health"
@@ -233,7 +237,11 @@ EOF
     printf 'export RAY_AUTH_TOKEN_PATH=%q\n' "$TOKEN_FILE"
 } > "$KDTUNE_CLUSTER_DIR/env.sh"
 
-log "ready: Ray $RAY_ADDRESS_VALUE (2 nodes), MLflow $MLFLOW_URI"
+if ray_wanted; then
+    log "ready: Ray $RAY_ADDRESS_VALUE (2 nodes), MLflow $MLFLOW_URI"
+else
+    log "ready: MLflow $MLFLOW_URI (no Ray: KDTUNE_SERVICES=$KDTUNE_SERVICES)"
+fi
 log "use it:  source $KDTUNE_CLUSTER_DIR/env.sh"
 log "         kdtune search SPACE --address \$RAY_ADDRESS --mlflow-uri \$MLFLOW_TRACKING_URI --storage DIR"
 log "stop it: KDTUNE_CLUSTER_DIR=$KDTUNE_CLUSTER_DIR $KDTUNE_LOCAL_HERE/stop.sh"

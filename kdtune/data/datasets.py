@@ -298,6 +298,19 @@ def list_datasets() -> list[str]:
     return list(_LOADERS)
 
 
+def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
+    """``(num_classes, (C, H, W))`` of dataset ``name`` without loading it (``synthetic``:
+    its defaults)."""
+    if name == "digits":
+        return 10, (1, 8, 8)
+    if name in _TORCHVISION:
+        return _TORCHVISION[name].num_classes, _TORCHVISION[name].in_shape
+    if name == "synthetic":
+        spec = SyntheticSpec()
+        return spec.num_classes, spec.in_shape
+    raise choose_one("dataset", name, list_datasets())
+
+
 # --------------------------------------------------------------------------------- assembly
 
 _CHUNK = 4096

@@ -8,16 +8,26 @@ crash continues the same MLflow run and nothing is duplicated.
 A trial waits for the driver after every epoch (Ray hands it the next step only once the
 result is processed), so the writes go through one writer thread: a trial's run is created
 and its epochs are logged while Ray goes on. Each epoch is written before Ray registers that
-epoch's checkpoint (``on_checkpoint`` waits for the writer): a snapshot Ray saves never names a
-checkpoint whose epoch MLflow lacks, and a run is closed before Ray counts its trial ended.
+epoch's checkpoint (``on_checkpoint`` waits for the writer), and a run is closed before Ray
+counts its trial ended.
+
+A tracking server that stops answering does not stop the sweep: each write is retried with
+backoff (:func:`kdtune.urls.call_with_retries`) and its timestamp is fixed when it is queued,
+so a write sent twice adds nothing. While the writer is behind (``on_checkpoint`` waited
+:data:`WAIT_S` seconds in vain), ``on_checkpoint`` no longer waits: trials go on and their
+epochs queue up in order. A trial that continues from a checkpoint sends the metrics of every
+epoch its checkpoint holds (:data:`~kdtune.tune.trainable.HISTORY_KEY`), and the epochs its run
+lacks are written from them, so a driver killed while MLflow was behind leaves no gap either.
+A trial's end still waits for its run to be closed.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +37,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from kdtune.tracking import Tracker
+from kdtune.tracking import Tracker, transient_tracking_error
 from kdtune.tune.searcher import stopped_early
-from kdtune.tune.trainable import EPOCH_KEY, PLANNED_KEY, TrialSettings
+from kdtune.tune.trainable import (
+    EPOCH_KEY,
+    FAILURE_KEY,
+    HISTORY_KEY,
+    PLANNED_KEY,
+    TRACEBACK_KEY,
+    TrialSettings,
+)
+from kdtune.urls import call_with_retries, redact
 from kdtune.vocabulary import (
     EPOCH_METRICS,
     FINAL_METRICS,
@@ -37,14 +55,18 @@ from kdtune.vocabulary import (
     TAG_ERROR,
     TAG_FINALIST,
     TAG_NODE,
+    TAG_RETRIES,
     TAG_ROLE,
     TAG_RUNG,
     TAG_STAGE,
     TAG_SWEEP,
+    TAG_TRACEBACK,
 )
 
 #: MLflow statuses of a trial that ended for good (a FAILED trial that Ray restores retries).
 ENDED = ("FINISHED", "KILLED")
+#: Seconds ``on_checkpoint`` waits for the writer before it lets trials go on without it.
+WAIT_S = 10.0
 
 
 def describe(settings: TrialSettings, trial_config: Mapping[str, Any]
@@ -84,10 +106,11 @@ class MlflowTrials(Callback):
         self.closed: set[str] = set()  # trial ids whose run ended before a restore
         self._writer: ThreadPoolExecutor | None = None
         self._pending: deque[Future[object]] = deque()
+        self._behind = False  # on_checkpoint gave up waiting; trials go on without it
 
     def __getstate__(self) -> dict[str, Any]:  # run ids are looked up again after a restore
         return {**self.__dict__, "run_ids": {}, "last_step": {}, "closed": set(),
-                "_writer": None, "_pending": deque()}
+                "_writer": None, "_pending": deque(), "_behind": False}
 
     # -- the writer thread ------------------------------------------------------------------
     def _submit(self, write: Callable[..., object], *args: Any) -> None:
@@ -95,18 +118,38 @@ class MlflowTrials(Callback):
             self._pending.popleft().result()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdtune-mlflow")
-        self._pending.append(self._writer.submit(write, *args))
+        self._pending.append(self._writer.submit(self._retried, write, *args))
 
-    def flush(self) -> None:
-        """Wait until every queued write is in MLflow; raise the first that failed."""
+    def _retried(self, write: Callable[..., object], *args: Any) -> object:
+        return call_with_retries(write, *args, transient=transient_tracking_error,
+                                 what=f"MLflow at {redact(self.tracker.tracking_uri)}")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued write is in MLflow (at most ``timeout`` seconds); raise the
+        first that failed. False if writes are still queued when the time is up."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = wait([self._pending[0]], timeout=left)
+            if not done:
+                return False
             self._pending.popleft().result()
+        return True
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info: Any) -> None:
         # Ray registers the checkpoint (and deletes the previous one) right after this
         try:
-            self.flush()
+            if self._behind:  # trials go on; wait again once the writer caught up
+                if self.flush(timeout=0):
+                    self._behind = False
+                    _notice(f"MLflow at {redact(self.tracker.tracking_uri)} has every "
+                            "record again")
+                return
+            if not self.flush(timeout=WAIT_S):
+                self._behind = True
+                _notice(f"MLflow at {redact(self.tracker.tracking_uri)} is slow or away: "
+                        "trials go on, their records follow when it answers")
         except Exception as exc:  # Ray only logs what this raises: keep it for the next call
             failed: Future[object] = Future()
             failed.set_exception(exc)
@@ -124,14 +167,18 @@ class MlflowTrials(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        self._submit(self._log_result, _TrialView.of(trial), dict(result))
+        self._submit(self._log_result, _TrialView.of(trial), dict(result), _now_ms())
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._submit(self._end, _TrialView.of(trial), dict(trial.last_result or {}))
+        self._submit(self._end, _TrialView.of(trial), dict(trial.last_result or {}), _now_ms())
         self.flush()  # closed before Ray's next snapshot counts the trial ended
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # the trial's worker or node died: Ray starts it again from its last checkpoint
+        self._submit(self._retried_tag, _TrialView.of(trial), int(trial.num_failures))
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._submit(self._fail, _TrialView.of(trial), _last_error(trial))
+        self._submit(self._fail, _TrialView.of(trial), *_error_of(trial))
         self.flush()
 
     # -- the writes (writer thread) -----------------------------------------------------------
@@ -154,40 +201,55 @@ class MlflowTrials(Callback):
                 tags={TAG_SWEEP: self.sweep, **tags})
         return self.run_ids[trial.trial_id]
 
-    def _log_result(self, trial: _TrialView, result: Mapping[str, Any]) -> None:
+    def _log_result(self, trial: _TrialView, result: Mapping[str, Any], ts: int) -> None:
         run_id = self.run_id(trial)
         if trial.trial_id not in self.closed:
-            self._log_epoch(run_id, result)
+            self._log_epochs(run_id, result, ts)
 
-    def _log_epoch(self, run_id: str, result: Mapping[str, Any]) -> None:
+    def _log_epochs(self, run_id: str, result: Mapping[str, Any], ts: int) -> None:
+        """The result's epoch, and the epochs before it that the run lacks (from the history
+        a trial sends after it continued from a checkpoint)."""
         if EPOCH_KEY not in result:
             return
-        step = int(result[EPOCH_KEY])
-        if step <= self.last_step.get(run_id, 0):  # replayed after a restore
+        last = self.last_step.get(run_id, 0)
+        epochs = {int(h[EPOCH_KEY]): h for h in result.get(HISTORY_KEY) or ()}
+        epochs[int(result[EPOCH_KEY])] = result
+        new = [(step, {k: m[k] for k in EPOCH_METRICS if k in m})
+               for step, m in sorted(epochs.items()) if step > last]
+        if not new:  # replayed after a restore
             return
-        metrics = {k: result[k] for k in EPOCH_METRICS if k in result}
-        tags = {TAG_NODE: result["node_id"]} if result.get("node_id") and step == 1 else {}
-        self.tracker.log_epoch(run_id, metrics, step=step, tags=tags)
-        self.last_step[run_id] = step
+        tags = {TAG_NODE: result["node_id"]} if result.get("node_id") and last == 0 else {}
+        self.tracker.log_epochs(run_id, new, tags=tags, timestamp=ts)
+        self.last_step[run_id] = new[-1][0]
 
-    def _end(self, trial: _TrialView, result: Mapping[str, Any]) -> None:
+    def _end(self, trial: _TrialView, result: Mapping[str, Any], ts: int) -> None:
         run_id = self.run_id(trial)
         if trial.trial_id in self.closed:
             return
-        self._log_epoch(run_id, result)  # normally logged already by on_trial_result
+        self._log_epochs(run_id, result, ts)  # normally logged already by on_trial_result
+        if FAILURE_KEY in result:  # the trial failed by itself: not retried
+            self.tracker.end_trial(run_id, "FAILED", timestamp=ts, tags={
+                TAG_ERROR: result[FAILURE_KEY], TAG_TRACEBACK: result.get(TRACEBACK_KEY, "")})
+            return
         # per-epoch metrics are already in the history at the last step: not again
         final = {k: result[k] for k in FINAL_METRICS if k in result and k not in EPOCH_METRICS}
         tags = {TAG_NODE: result["node_id"]} if result.get("node_id") else {}
         if stopped_early(result):
             tags[TAG_RUNG] = str(int(result[EPOCH_KEY]))
-            self.tracker.end_trial(run_id, "KILLED", metrics=final, tags=tags)
+            self.tracker.end_trial(run_id, "KILLED", metrics=final, tags=tags, timestamp=ts)
         else:
-            self.tracker.end_trial(run_id, "FINISHED", metrics=final, tags=tags)
+            self.tracker.end_trial(run_id, "FINISHED", metrics=final, tags=tags, timestamp=ts)
 
-    def _fail(self, trial: _TrialView, error: str) -> None:
+    def _retried_tag(self, trial: _TrialView, failures: int) -> None:
         run_id = self.run_id(trial)
         if trial.trial_id not in self.closed:
-            self.tracker.end_trial(run_id, "FAILED", tags={TAG_ERROR: error})
+            self.tracker.client.set_tag(run_id, TAG_RETRIES, str(failures))
+
+    def _fail(self, trial: _TrialView, error: str, trace: str) -> None:
+        run_id = self.run_id(trial)
+        if trial.trial_id not in self.closed:
+            self.tracker.end_trial(run_id, "FAILED", tags={TAG_ERROR: error,
+                                                           TAG_TRACEBACK: trace})
 
 
 @dataclass(frozen=True)
@@ -203,14 +265,23 @@ class _TrialView:
         return cls(trial.trial_id, dict(trial.config))
 
 
-def _last_error(trial: Any) -> str:
-    """The last line of the trial's error (the exception), or a generic note."""
+def _error_of(trial: Any) -> tuple[str, str]:
+    """The last line of the trial's error (the exception) and the whole error text."""
     try:
         with open(trial.error_file) as f:
-            lines = [ln for ln in f.read().splitlines() if ln.strip()]
-        return lines[-1][:2000] if lines else "trial failed"
+            text = f.read()
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return (lines[-1][:2000] if lines else "trial failed"), text
     except (OSError, TypeError):
-        return "trial failed (no error file)"
+        return "trial failed (no error file)", ""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _notice(message: str) -> None:
+    print(f"kdtune: {message}", file=sys.stderr, flush=True)
 
 
 class Progress(Callback):
@@ -279,19 +350,25 @@ class Progress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         status = f"STOPPED@{int(result.get(EPOCH_KEY, 0))}" if stopped_early(result) else "DONE"
+        if FAILURE_KEY in result:
+            status = "FAILED"
         self._update(trial, status, result)
-        self._line(trial.trial_id)
+        self._line(trial.trial_id, result.get(FAILURE_KEY))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trial, "RETRY")
+        self._line(trial.trial_id, "its worker died; it continues from its last checkpoint")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._update(trial, "FAILED")
-        self._line(trial.trial_id)
+        self._line(trial.trial_id, _error_of(trial)[0])
 
-    def _line(self, trial_id: str) -> None:
+    def _line(self, trial_id: str, note: str | None = None) -> None:
         if self.live is None:
             row = self.rows[trial_id]
             value = f"{row['value']:.4f}" if "value" in row else "-"
             self.console.print(f"trial {trial_id} {row['status']:<11} {self.metric}={value}  "
-                               f"{row['config']}")
+                               f"{row['config']}" + (f"  ({note})" if note else ""))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.live is not None:

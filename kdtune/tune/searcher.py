@@ -28,7 +28,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from kdtune.tune.study import ATTR_RAY_ID, ATTR_REPEAT_OF, SweepStudy
-from kdtune.tune.trainable import EPOCH_KEY, PLANNED_KEY
+from kdtune.tune.trainable import EPOCH_KEY, FAILURE_KEY, PLANNED_KEY
+from kdtune.urls import redact
 
 if TYPE_CHECKING:
     from kdtune.tune.space import SearchSpace
@@ -141,7 +142,7 @@ class StudySearcher(Searcher):
         if not error and result:
             self.on_trial_result(trial_id, result)  # Ray passes the last result only here
         s.running.discard(trial_id)
-        if error or not result:
+        if error or not result or FAILURE_KEY in result:  # a failure of any kind: FAIL
             s.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
             return
         if stopped_early(result):
@@ -156,7 +157,7 @@ class StudySearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         """Ray's snapshot of the searcher: where the study is (the state is in the study)."""
         with open(checkpoint_path, "w") as f:
-            json.dump({"url": self.sweep_study.url, "name": self.sweep_study.name}, f)
+            json.dump({"url": redact(self.sweep_study.url), "name": self.sweep_study.name}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         self._session = None  # read the study again

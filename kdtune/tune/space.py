@@ -45,7 +45,7 @@ TOP_KEYS = ("name", "fixed", "teacher", "parameters", "objective", "search", "sc
 SEARCH_KEYS = ("num_samples", "max_concurrent", "sampler", "seed", "warm_start")
 WARM_START_KEYS = ("from", "top")
 SCHEDULER_KEYS = ("type", "metric", "grace_period", "reduction_factor", "max_t")
-RESOURCE_KEYS = ("cpus", "gpus")
+RESOURCE_KEYS = ("cpus", "gpus", "max_retries")
 OBJECTIVE_KEYS = ("metric", "mode")
 PARAM_KEYS = {
     "categorical": ("type", "choices", "when"),
@@ -141,10 +141,15 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class Resources:
-    """Per-trial Ray resources; fractional GPUs allowed, always with at least one CPU."""
+    """Per-trial Ray resources; fractional GPUs allowed, always with at least one CPU.
+
+    ``max_retries``: how many times a trial whose worker process or node died continues from
+    its last checkpoint (a failure of the trial itself is never retried).
+    """
 
     cpus: float
     gpus: float
+    max_retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -305,6 +310,7 @@ class _Loader:
         self.shown = str(path)
         self.path = Path(path).expanduser().absolute()
         self.types = TrainConfig.key_types()
+        self.models_checked: set[tuple[str, str, str]] = set()
 
     def err(self, key: str, msg: str) -> KdtuneError:
         return KdtuneError(f"{self.shown}: {key}: {msg}")
@@ -444,6 +450,7 @@ class _Loader:
         except KdtuneError as exc:
             raise self.err("teacher", str(exc)) from None
         self.check_model_options(cfg, lambda k: f"teacher.{k}" if k in config else f"fixed.{k}")
+        self.check_model_values(cfg, "teacher")
         return TeacherSettings(path=None, config=config)
 
     def parse_parameters(self, data: Any, fixed: Mapping[str, Any]) -> tuple[Parameter, ...]:
@@ -719,7 +726,9 @@ class _Loader:
         if gpus == 0 and fixed.get("device") == "cuda":
             raise self.err("resources.gpus", "0, but fixed.device is cuda; give each trial a "
                                              "GPU share (e.g. gpus: 0.25) or use device auto")
-        return Resources(cpus=cpus, gpus=gpus)
+        retries = self.number(data.get("max_retries", 2), "resources.max_retries",
+                              integer=True, minimum=0)
+        return Resources(cpus=cpus, gpus=gpus, max_retries=retries)
 
     # -- cross-checks ----------------------------------------------------------------------
     def check_alone(self, name: str, value: Any, key: str) -> None:
@@ -845,6 +854,29 @@ class _Loader:
         else:
             self.check_model_options(
                 cfg, lambda k: f"parameters.{k}" if k in params else f"fixed.{k}")
+        self.check_model_values(cfg, key, params)
+
+    def check_model_values(self, cfg: TrainConfig, key: str,
+                           params: Mapping[str, Any] | None = None) -> None:
+        """Build the model of ``cfg`` on PyTorch's meta device (no memory, no weights): the
+        model's own checks refuse values such as a hidden width of 0 here, not in a trial."""
+        model_key = (cfg.dataset, cfg.model, repr(sorted(cfg.model_kwargs().items())))
+        if model_key in self.models_checked:
+            return
+        import torch
+
+        from kdtune.data.datasets import dataset_shape
+        from kdtune.models import create_model
+
+        num_classes, in_shape = dataset_shape(cfg.dataset)
+        try:
+            with torch.device("meta"):
+                create_model(cfg.model, num_classes, in_shape, **cfg.model_kwargs())
+        except KdtuneError as exc:
+            shown = ", ".join(f"{k}={_plain(v)}" for k, v in (params or {}).items())
+            trial = "" if params is None else f" (in the trial {{{shown}}})"
+            raise self.err(key, f"{exc}{trial}") from None
+        self.models_checked.add(model_key)
 
 
 # -- small helpers -----------------------------------------------------------------------------

@@ -12,12 +12,24 @@ from here: Ray pickles only the storage URL and the study name (:class:`SweepStu
 
 from __future__ import annotations
 
-import re
+import contextlib
+import os
+import socket
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError
+from kdtune.urls import (
+    call_with_retries,
+    file_lock,
+    recall,
+    redact,
+    remember,
+    sqlalchemy_url,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -43,7 +55,12 @@ def default_study_url(store_root: Path) -> str:
 
 def public_url(url: str) -> str:
     """``url`` without the password (``user:secret@host`` -> ``user:***@host``)."""
-    return re.sub(r"(?<=://)([^:/@]+):[^@/]*@", r"\1:***@", url)
+    return redact(url)
+
+
+def is_server(url: str) -> bool:
+    """Whether the study storage is a database server (not an SQLite file or a journal)."""
+    return "://" in url and not url.startswith("sqlite")
 
 
 def open_storage(url: str) -> BaseStorage:
@@ -66,34 +83,97 @@ def open_storage(url: str) -> BaseStorage:
         Path(url.removeprefix("sqlite:///").split("?", 1)[0]).parent.mkdir(parents=True,
                                                                            exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        if url.startswith("sqlite:///"):
+            with file_lock(Path(url.removeprefix("sqlite:///").split("?", 1)[0])):
+                return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        return retrying_storage(optuna.storages.RDBStorage(
+            sqlalchemy_url(url), engine_kwargs=_engine_kwargs(url)), public_url(url))
     except Exception as exc:  # SQLAlchemy's errors: an unknown dialect, no server, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdtuneError(f"study storage {public_url(url)}: cannot open it: {reason}; give an "
-                          "SQLAlchemy URL (sqlite:///PATH, postgresql://USER@HOST/DB) or a "
-                          "journal file path") from None
+        raise KdtuneError(f"study storage {public_url(url)}: cannot open it: "
+                          f"{redact(reason)}; give an SQLAlchemy URL (sqlite:///PATH, "
+                          "postgresql://USER@HOST/DB) or a journal file path") from None
+
+
+def transient_db_error(exc: BaseException) -> bool:
+    """A lost or refused connection to a database server (worth retrying), not bad data."""
+    import optuna
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.DisconnectionError)
+
+
+def _retrying(method: str) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return call_with_retries(lambda: getattr(self.inner, method)(*args, **kwargs),
+                                 transient=transient_db_error, what=self.what)
+
+    call.__name__ = method
+    return call
+
+
+def _retrying_storage_class() -> type:
+    from optuna.storages import BaseStorage
+
+    methods = ("create_new_study", "delete_study", "set_study_user_attr",
+               "set_study_system_attr", "get_study_id_from_name", "get_study_name_from_id",
+               "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+               "get_all_studies", "create_new_trial", "set_trial_param",
+               "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+               "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+               "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
+               "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
+               "get_trial_system_attrs", "remove_session", "check_trial_is_updatable")
+    namespace: dict[str, Any] = {m: _retrying(m) for m in methods}
+
+    def init(self: Any, inner: Any, what: str) -> None:
+        self.inner, self.what = inner, f"the study storage {what}"
+
+    namespace["__init__"] = init
+    namespace["__doc__"] = ("An Optuna storage on a database server whose every call waits "
+                            "and retries while the server does not answer.")
+    return type("RetryingStorage", (BaseStorage,), namespace)
+
+
+def retrying_storage(inner: BaseStorage, what: str) -> BaseStorage:
+    """``inner`` (an RDB storage on a server) behind retries: a server restarting for a minute
+    makes the driver wait instead of failing the sweep."""
+    global _RETRYING_CLASS
+    if _RETRYING_CLASS is None:
+        _RETRYING_CLASS = _retrying_storage_class()
+    return _RETRYING_CLASS(inner, what)
+
+
+_RETRYING_CLASS: type | None = None
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite:"):
         return {"connect_args": {"timeout": 60}}  # the driver's threads share the file
-    return {}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a restarted server: connect again
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
 
 
 class SweepStudy:
     """A handle on a sweep's study; pickles as its storage URL and study name alone."""
 
     def __init__(self, url: str, name: str) -> None:
-        self.url, self.name = url, name
+        self.url, self.name = remember(url), name
         self._storage: BaseStorage | None = None
         self._study: optuna.Study | None = None
         self._study_id: int | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "name": self.name}
+    def __getstate__(self) -> dict[str, Any]:  # no password in Ray's experiment state
+        return {"url": public_url(self.url), "name": self.name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["name"])
+        self.__init__(recall(state["url"]), state["name"])
 
     # -- opening ---------------------------------------------------------------------------
     @property
@@ -136,6 +216,11 @@ class SweepStudy:
         for key, value in attrs.items():
             self._study.set_user_attr(key, value)
 
+    def delete(self) -> None:
+        """Delete the study (one left without a sweep by a driver killed while registering)."""
+        self.storage.delete_study(self.storage.get_study_id_from_name(self.name))
+        self._study = self._study_id = None
+
     # -- reading ---------------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
@@ -168,3 +253,122 @@ class SweepStudy:
 
     def trial(self, number: int) -> FrozenTrial:
         return self.storage.get_trial(self._storage_id(number))
+
+
+#: Suffix of the study that marks a sweep as being run by a driver (:class:`DriverLock`).
+LOCK_SUFFIX = "/driver"
+#: Seconds between a driver's heartbeats on its lock; a lock whose driver runs on another
+#: machine is taken as abandoned after :data:`LOCK_STALE_S` without one.
+LOCK_HEARTBEAT_S, LOCK_STALE_S = 20.0, 90.0
+
+
+class SweepBusy(KdtuneError):
+    """Another live driver runs the sweep."""
+
+
+class DriverLock:
+    """One driver at a time per sweep: an Optuna study named ``<sweep>/driver`` in the sweep's
+    study storage, created (an atomic operation of every Optuna storage) by the driver that
+    runs the sweep and deleted when it ends.
+
+    It holds the driver's host, pid and the start time of that process, and a heartbeat the
+    driver renews every :data:`LOCK_HEARTBEAT_S` seconds. A lock whose driver is gone (same
+    host and that process no longer runs, or no heartbeat for :data:`LOCK_STALE_S` seconds) is
+    taken over; a live one makes :meth:`acquire` raise :class:`SweepBusy`.
+    """
+
+    def __init__(self, study: SweepStudy) -> None:
+        self.study = study
+        self.name = study.name + LOCK_SUFFIX
+        self.lock_id: int | None = None
+        self._stop = threading.Event()
+
+    def acquire(self) -> None:
+        import optuna
+        from optuna.study import StudyDirection
+
+        storage = self.study.storage
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(),
+              "heartbeat": time.time()}
+        for _ in range(20):
+            try:
+                lock_id = storage.create_new_study([StudyDirection.MINIMIZE], self.name)
+            except optuna.exceptions.DuplicatedStudyError:
+                self._clear_abandoned(storage)
+                continue
+            storage.set_study_user_attr(lock_id, "driver", me)
+            self.lock_id = lock_id
+            thread = threading.Thread(target=self._beat, name="kdtune-lock", daemon=True)
+            thread.start()
+            return
+        raise SweepBusy(f"sweep {self.study.name!r}: could not take its driver lock")
+
+    def _clear_abandoned(self, storage: BaseStorage) -> None:
+        """Delete the lock if its driver is gone; raise :class:`SweepBusy` if it runs."""
+        try:
+            lock_id = storage.get_study_id_from_name(self.name)
+            holder = storage.get_study_user_attrs(lock_id).get("driver")
+        except KeyError:  # released meanwhile
+            return
+        if holder is None:  # just created by another driver, which sets its attributes next
+            time.sleep(2)
+            try:
+                holder = storage.get_study_user_attrs(lock_id).get("driver")
+            except KeyError:
+                return
+            if holder is None:  # a driver killed between the two steps
+                self._delete(storage, lock_id)
+                return
+        if _alive(holder):
+            since = time.strftime("%H:%M:%S", time.localtime(holder.get("heartbeat", 0)))
+            raise SweepBusy(f"sweep {self.study.name!r} is being run by another kdtune (pid "
+                            f"{holder.get('pid')} on {holder.get('host')}, alive at {since}); "
+                            "wait for it to end, or stop it (Ctrl-C) and resume then")
+        self._delete(storage, lock_id)
+
+    @staticmethod
+    def _delete(storage: BaseStorage, lock_id: int) -> None:
+        with contextlib.suppress(KeyError):  # another driver deleted it first
+            storage.delete_study(lock_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            try:
+                holder = {**self.study.storage.get_study_user_attrs(self.lock_id)["driver"],
+                          "heartbeat": time.time()}
+                self.study.storage.set_study_user_attr(self.lock_id, "driver", holder)
+            except Exception:  # the storage is away for a while: the next beat tries again
+                continue
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.lock_id is None:
+            return
+        # gone or unreachable: the next driver finds this process gone
+        with contextlib.suppress(Exception):
+            self.study.storage.delete_study(self.lock_id)
+        self.lock_id = None
+
+
+def _process_start(pid: int | None = None) -> str:
+    """When process ``pid`` started (a pid reused by another process has another start)."""
+    try:
+        stat = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(holder: Mapping[str, Any]) -> bool:
+    """Whether the driver that holds a lock still runs."""
+    if holder.get("host") == socket.gethostname():
+        pid = int(holder.get("pid", 0))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        started = _process_start(pid)
+        return not started or not holder.get("started") or started == holder["started"]
+    return time.time() - float(holder.get("heartbeat", 0)) < LOCK_STALE_S

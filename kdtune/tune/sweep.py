@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +28,15 @@ from rich.console import Console
 import kdtune
 from kdtune.cache import cache_root
 from kdtune.config import TrainConfig
-from kdtune.errors import KdtuneError
+from kdtune.errors import Interrupted, KdtuneError
 from kdtune.report import epoch_printer
-from kdtune.tracking import Tracker, default_store, default_tracking_uri, sqlite_path
+from kdtune.tracking import (
+    Tracker,
+    default_store,
+    default_tracking_uri,
+    sqlite_path,
+    transient_tracking_error,
+)
 from kdtune.tune.latency_board import board_name, end_board, seed_board
 from kdtune.tune.space import (
     DATA_KEYS,
@@ -42,11 +51,22 @@ from kdtune.tune.storage import is_uri, location_exists
 from kdtune.tune.study import (
     ATTR_RAY_ID,
     ATTR_REASKED,
+    DriverLock,
+    SweepBusy,
     SweepStudy,
     default_study_url,
+    is_server,
     public_url,
 )
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
+from kdtune.urls import (
+    call_with_retries,
+    check_reachable,
+    check_storage,
+    check_study_url,
+    check_tracking_uri,
+    redact,
+)
 from kdtune.versions import package_versions
 from kdtune.vocabulary import (
     PARAM_OBJECTIVE_METRICS,
@@ -92,6 +112,14 @@ class Store:
         beside an SQLite MLflow store, else in a local Ray storage folder, else in
         ``./kdtune-runs``."""
         root = default_store()
+        if mlflow_uri is not None:
+            check_tracking_uri(mlflow_uri)
+        elif os.environ.get("MLFLOW_TRACKING_URI"):
+            check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+        if storage is not None:
+            check_storage(storage)
+        if study_storage is not None:
+            check_study_url(study_storage)
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
         if storage and is_uri(storage):
             ray_storage: Path | str = storage.rstrip("/")
@@ -117,20 +145,37 @@ class Store:
         return cache_root() / "teachers"
 
     def describe(self) -> str:
-        return (f"MLflow {self.tracking_uri}, Ray storage {self.storage}, Optuna study "
-                f"storage {public_url(self.study_url)}")
+        return (f"MLflow {redact(self.tracking_uri)}, Ray storage {redact(str(self.storage))}, "
+                f"Optuna study storage {public_url(self.study_url)}")
+
+    def check_servers(self, study_url: str | None = None) -> None:
+        """A one-line error, before Ray starts, when the MLflow server or the study's database
+        server does not answer (SQLite files and journal files are opened later)."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            check_reachable(self.tracking_uri, "the MLflow tracking server")
+        url = study_url or self.study_url
+        if is_server(url):
+            SweepStudy(url, "").exists()  # connects: a refused connection is one line
+
+    @property
+    def logs(self) -> Path:
+        """Where the driver writes Ray Tune's own log records (not shown on the terminal)."""
+        if isinstance(self.storage, Path):
+            return self.storage / "_logs"
+        return cache_root() / "logs"
 
 
 # -- the pieces -------------------------------------------------------------------------------
 def prepare_context(space: SearchSpace, store: Store, console: Console,
-                    num_samples: int) -> SweepContext:
-    """Load the data and the teacher once on the driver, with the teacher's outputs."""
+                    num_samples: int, teacher: Teacher | None = None) -> SweepContext:
+    """Load the data and the teacher (unless given, loaded from ``space``'s checkpoint) once
+    on the driver, with the teacher's outputs."""
     from kdtune.teacher import check_compatible, data_spec, load_teacher
     from kdtune.trainer import load_data
 
     data_config = TrainConfig.from_dict({k: space.fixed[k] for k in DATA_KEYS if k in space.fixed})
     data = load_data(data_config)
-    teacher, teacher_path = None, None
+    teacher_path = None
     if space.teacher is not None:
         teacher_path = space.teacher.path
         if teacher_path is None:
@@ -141,7 +186,8 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
                                              callbacks=[epoch_printer()])
             teacher_path = str(path)
             console.print(f"teacher: {path}" + (" (reused: same config)" if reused else ""))
-        teacher = load_teacher(teacher_path)
+        if teacher is None:
+            teacher = load_teacher(teacher_path)
         check_compatible(teacher, data_spec(data, data_config.split_seed,
                                             data_config.val_fraction), source="teacher")
         _precompute_teacher_outputs(space, data, teacher, num_samples, console)
@@ -275,6 +321,11 @@ def init_ray(address: str | None, console: Console) -> None:
     # Ray's default loggers add TensorBoard files written on every result (~8 ms each, while
     # the trial waits); kdtune names the two it keeps (result.json, progress.csv) itself.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # a trial's traceback goes to its log and MLflow, not the terminal; Ctrl-C is kdtune's
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # a trial that fails by itself reports its failure, not the objective
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     import ray
 
     if ray.is_initialized():
@@ -344,56 +395,163 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
               mlflow_uri: str | None = None, storage: str | None = None,
               study_storage: str | None = None, num_samples: int | None = None,
               console: Console | None = None) -> SweepOutcome:
-    """Start a new sweep; every input is validated before Ray starts."""
+    """Start a new sweep; every input is validated before Ray starts.
+
+    The sweep is registered (its name claimed under a :class:`DriverLock`, its study and its
+    parent MLflow run created) once Ray runs, the cluster can run its trials and the data and
+    the teacher are ready: from then on ``kdtune resume`` continues it, whenever the driver
+    stops; an error before (bad input of any kind) leaves nothing registered."""
     console = console or Console(highlight=False)
     space = load_space(space_file)
     num_samples = _num_samples(space, num_samples)
+    teacher = None
+    if space.teacher is not None and space.teacher.path is not None:
+        from kdtune.teacher import load_teacher
+
+        teacher = load_teacher(space.teacher.path)  # weights only: a bad file is one line
     store = Store.resolve(mlflow_uri, storage, study_storage)
+    store.check_servers()
     tracker = Tracker(store.tracking_uri)
     db = sqlite_path(store.tracking_uri)
     new_store = db is not None and not db.exists()  # holds no sweep this one could clash with
-    if name is None:  # the file's name, or the next free name-2, name-3, ... after it
-        name = _free_name(space.name, store, set() if new_store else set(tracker.sweep_names()))
-    experiment_dir = store.experiment_dir(name)
-    if location_exists(experiment_dir):
-        raise KdtuneError(f"Ray storage {experiment_dir} already exists; resume with `kdtune "
-                          f"resume {name}` or choose another --name")
-    study = SweepStudy(store.study_url, name)
-    console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
+    if name is not None and location_exists(store.experiment_dir(name)):
+        raise KdtuneError(f"Ray storage {store.experiment_dir(name)} already exists; resume "
+                          f"with `kdtune resume {name}` or choose another --name")
     from concurrent.futures import ThreadPoolExecutor
 
-    # Opening the stores (importing MLflow and Optuna; for a new SQLite store, creating it)
-    # runs in a thread beside Ray's start-up and, for a new store, beside loading the data
-    # and training the teacher too; the main thread uses them only once they are open.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(_open_stores, tracker, study)
-        if space.search.warm_start is not None or not new_store:
+    with Interrupts() as interrupts:
+        # Opening the stores (importing MLflow and Optuna; for a new SQLite store, creating it)
+        # runs in a thread beside Ray's start-up; the main thread uses them once they are open.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            opening = pool.submit(_open_stores, tracker, SweepStudy(store.study_url, ""))
+            if space.search.warm_start is not None or not new_store:
+                opening.result()
+                if name is not None:
+                    _check_name_free(tracker, SweepStudy(store.study_url, name), name, store)
+            warm = warm_start_configs(space, tracker, console)
+            start_ray(address, console)
+            check_resources(space, console)
+            context = prepare_context(space, store, console, num_samples, teacher)
             opening.result()
-            _check_name_free(tracker, study, name, store)
-        warm = warm_start_configs(space, tracker, console)
-        start_ray(address, console)
-        context = prepare_context(space, store, console, num_samples)
-        opening.result()
+        name, study, parent, lock = _register(space, store, tracker, name, num_samples, warm,
+                                              address, context)
+        interrupts.hint = f"continue with `kdtune resume {name}`"
+        try:
+            console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
+            experiment_dir = store.experiment_dir(name)
+            tracker.log_artifact(parent, space.source)
+            context.latency_board = board_name(parent)
+            sweep = _Sweep(name, space, store, tracker, study, parent, context, experiment_dir,
+                           console)
+            return _run_segments(sweep, _new_tuner(sweep, "", num_samples), interrupts)
+        finally:
+            lock.release()
+
+
+def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | None,
+              num_samples: int, warm: list[dict[str, Any]], address: str | None,
+              context: SweepContext) -> tuple[str, SweepStudy, str, DriverLock]:
+    """Claim the sweep's name and create its study and parent run; return them with the
+    driver lock held. Without ``name``: the space's name or the next free ``name-2``, ...
+    (two drivers started at once get two names); a name is free when no sweep has it, no Ray
+    experiment folder has it and no live driver holds its lock. A study of that name left
+    without a parent run (its driver was killed while registering it) is replaced."""
     from kdtune.tune.searcher import search_attrs
 
-    study.create(space.modes, {**search_attrs(space, num_samples), ATTR_SEGMENTS: [""]})
-    for config in warm:
-        study.study.enqueue_trial(optuna_params(config))
-    parent = tracker.start_sweep(name, tags={
-        TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256, TAG_STORAGE: str(experiment_dir),
-        TAG_STUDY: public_url(store.study_url), TAG_NUM_SAMPLES: num_samples,
-        TAG_VERSION: kdtune.__version__, TAG_GIT_SHA: git_sha(),
-        TAG_RAY_ADDRESS: address or "local", TAG_VERSIONS: json.dumps(package_versions()),
-        **({TAG_TEACHER_FINGERPRINT: context.teacher.fingerprint} if context.teacher else {})},
-        params={PARAM_OBJECTIVE_METRICS: ",".join(space.metrics),
-                PARAM_OBJECTIVE_MODES: ",".join(space.modes),
-                "sampler": space.search.sampler, "scheduler": space.scheduler.type,
-                PARAM_SEARCHED: ",".join(p.name for p in space.parameters),
-                PARAM_TEACHER: context.settings.teacher_path})
-    tracker.log_artifact(parent, space.source)
-    context.latency_board = board_name(parent)
-    sweep = _Sweep(name, space, store, tracker, study, parent, context, experiment_dir, console)
-    return _run_segments(sweep, _new_tuner(sweep, "", num_samples))
+    explicit = name is not None
+    base = name or space.name
+    known = set(tracker.sweep_names())
+    for k in range(1, 10_000):
+        candidate = base if k == 1 else f"{base}-{k}"
+        if explicit and k > 1:
+            break
+        if candidate in known or location_exists(store.experiment_dir(candidate)):
+            if explicit:
+                raise KdtuneError(f"sweep {candidate!r} already exists in "
+                                  f"{redact(store.tracking_uri)}; resume it with `kdtune "
+                                  f"resume {candidate}` or choose another --name")
+            continue
+        study = SweepStudy(store.study_url, candidate)
+        lock = DriverLock(study)
+        try:
+            lock.acquire()
+        except SweepBusy:
+            if explicit:
+                raise
+            continue
+        try:
+            if tracker.find_sweep(candidate) is not None:  # registered by a driver now gone
+                lock.release()
+                known.add(candidate)
+                if explicit:
+                    raise KdtuneError(f"sweep {candidate!r} already exists; resume it with "
+                                      f"`kdtune resume {candidate}` or choose another --name")
+                continue
+            if study.exists():
+                study.delete()
+            study.create(space.modes, {**search_attrs(space, num_samples),
+                                       ATTR_SEGMENTS: [""]})
+            for config in warm:
+                study.study.enqueue_trial(optuna_params(config))
+            parent = tracker.start_sweep(candidate, tags={
+                TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256,
+                TAG_STORAGE: redact(str(store.experiment_dir(candidate))),
+                TAG_STUDY: public_url(store.study_url), TAG_NUM_SAMPLES: num_samples,
+                TAG_VERSION: kdtune.__version__, TAG_GIT_SHA: git_sha(),
+                TAG_RAY_ADDRESS: address or "local",
+                TAG_VERSIONS: json.dumps(package_versions()),
+                **({TAG_TEACHER_FINGERPRINT: context.teacher.fingerprint}
+                   if context.teacher else {})},
+                params={PARAM_OBJECTIVE_METRICS: ",".join(space.metrics),
+                        PARAM_OBJECTIVE_MODES: ",".join(space.modes),
+                        "sampler": space.search.sampler, "scheduler": space.scheduler.type,
+                        PARAM_SEARCHED: ",".join(p.name for p in space.parameters),
+                        PARAM_TEACHER: context.settings.teacher_path})
+        except BaseException:
+            lock.release()
+            raise
+        return candidate, study, parent, lock
+    raise KdtuneError(f"no free sweep name after {base!r}; choose one with --name")
+
+
+def check_resources(space: SearchSpace, console: Console) -> None:
+    """A one-line error when no node of a fixed-size cluster can ever hold one trial (Ray would
+    wait for ever); on an autoscaling cluster a warning: the trials wait for a bigger node.
+
+    A trial runs on one node, so one node must have its CPUs and GPUs. A cluster autoscales
+    when ``KDTUNE_AUTOSCALING`` is 1, or when Ray's cluster launcher left its bootstrap file
+    (``~/ray_bootstrap_config.yaml``) on this machine."""
+    import ray
+
+    cpus, gpus = space.resources.cpus, space.resources.gpus
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    top_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    top_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    msg = (f"resources: a trial asks for {cpus:g} CPU(s) and {gpus:g} GPU(s) on one node, but "
+           f"no node of the Ray cluster has them ({len(nodes)} node(s), the largest "
+           f"{top_cpu:g} CPU(s) and {top_gpu:g} GPU(s))")
+    if _autoscaling():
+        console.print(f"warning: {msg}; the cluster autoscales, so the trials wait for a node "
+                      "that has them")
+        return
+    raise KdtuneError(f"{msg}; lower resources.cpus / resources.gpus, or join a cluster that "
+                      "has such a node (KDTUNE_AUTOSCALING=1 if it autoscales)")
+
+
+def _autoscaling() -> bool:
+    flag = os.environ.get("KDTUNE_AUTOSCALING", "").strip().lower()
+    if flag:
+        return flag in ("1", "true", "yes")
+    return Path("~/ray_bootstrap_config.yaml").expanduser().exists()
+
+
+def _not_registered(tracker: Tracker, name: str) -> KdtuneError:
+    """The error of ``resume NAME`` for a sweep MLflow does not know."""
+    error = tracker._unknown_sweep(name)
+    return KdtuneError(f"{error}; a `kdtune search` stopped before it registered its sweep "
+                       "left nothing to resume: run it again")
 
 
 def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
@@ -401,13 +559,22 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
                  num_samples: int | None = None, console: Console | None = None
                  ) -> SweepOutcome:
     """Finish an interrupted sweep (finished trials stay, unfinished ones continue), or with
-    ``num_samples`` (the new total) add trials to a sweep, finished or not."""
+    ``num_samples`` (the new total) add trials to a sweep, finished or not. One driver at a
+    time: a sweep another live driver runs is refused (:class:`DriverLock`)."""
     console = console or Console(highlight=False)
     store = Store.resolve(mlflow_uri, storage, study_storage)
     from kdtune.tracking import require_store
 
-    require_store(store.tracking_uri)
+    try:
+        require_store(store.tracking_uri)
+    except KdtuneError as exc:
+        raise KdtuneError(f"{exc} (a `kdtune search` stopped before it registered its sweep "
+                          "left nothing to resume: run it again)") from None
+    if store.tracking_uri.startswith(("http://", "https://")):
+        check_reachable(store.tracking_uri, "the MLflow tracking server")
     tracker = Tracker(store.tracking_uri)
+    if tracker.find_sweep(name) is None:
+        raise _not_registered(tracker, name)
     run = tracker.sweep_run(name)
     tags = run.data.tags
     url = study_storage or tags.get(TAG_STUDY)
@@ -417,13 +584,29 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     if "***" in url:
         raise KdtuneError(f"sweep {name!r} keeps its study at {url}; pass --study-storage "
                           "with the credentials")
+    store.check_servers(url)
     study = SweepStudy(url, name)
     if not study.exists():
         raise KdtuneError(f"no study {name!r} in {public_url(url)}; pass --study-storage with "
                           "the storage the sweep was started with")
+    lock = DriverLock(study)
+    lock.acquire()
+    try:
+        with Interrupts(f"continue with `kdtune resume {name}`") as interrupts:
+            return _resume(name, store, tracker, run, study, storage, address, num_samples,
+                           console, interrupts)
+    finally:
+        lock.release()
+
+
+def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStudy,
+            storage: str | None, address: str | None, num_samples: int | None,
+            console: Console, interrupts: Interrupts) -> SweepOutcome:
+    tags = run.data.tags
     base_dir = store.experiment_dir(name) if storage else tags[TAG_STORAGE]
     if not is_uri(base_dir):
         base_dir = Path(base_dir)
+    run = tracker.client.get_run(run.info.run_id)  # as it is now that this driver holds it
     trials = study.sweep_trials()
     total = int(study.attrs["num_samples"])
     if num_samples is not None:
@@ -446,7 +629,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     segments = list(study.attrs[ATTR_SEGMENTS])
     current = str(base_dir) if not segments[-1] else f"{base_dir}/{segments[-1]}"
     restorable = run.info.status != "FINISHED" and tune.Tuner.can_restore(current)
-    if not restorable and not location_exists(base_dir) and storage:
+    if not restorable and trials and not location_exists(base_dir) and storage:
         raise KdtuneError(f"no Ray experiment state for {name!r} at {base_dir}; pass "
                           "--storage with the folder the sweep was started with")
     if total != int(study.attrs["num_samples"]):
@@ -457,6 +640,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     console.print(f"resuming sweep {name!r}: {len(trials)} of {total} trials so far; "
                   f"{store.describe()}")
     start_ray(address, console)  # before the context: its view table may use the cluster
+    check_resources(space, console)
     context = prepare_context(space, store, console, total)
     runs = tracker.trial_runs(name)
     context.latency_board = board_name(run.info.run_id)
@@ -477,9 +661,9 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
         if reasked:
             console.print(f"{reasked} trial(s) started just before the crash, unknown to Ray's "
                           "last snapshot, are asked again")
-        return _run_segments(sweep, tuner)
+        return _run_segments(sweep, tuner, interrupts)
     reask_lost_trials(study, set())
-    return _run_segments(sweep, _next_tuner(sweep, total))
+    return _run_segments(sweep, _next_tuner(sweep, total), interrupts)
 
 
 def _open_stores(tracker: Tracker, study: SweepStudy) -> None:
@@ -510,7 +694,9 @@ def _new_tuner(sweep: _Sweep, segment: str, num_samples: int) -> Any:
                        Progress(space.metrics[0], space.modes[0]),
                        JsonLoggerCallback(), CSVLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0)))
+            # a dead worker or node: continue from the last checkpoint (the trainable ends a
+            # failure of the trial itself without raising, so that one is never retried)
+            failure_config=tune.FailureConfig(max_failures=space.resources.max_retries)))
 
 
 def _next_tuner(sweep: _Sweep, total: int) -> Any | None:
@@ -519,42 +705,152 @@ def _next_tuner(sweep: _Sweep, total: int) -> Any | None:
     if missing <= 0:
         return None
     segments = list(sweep.study.attrs[ATTR_SEGMENTS])
+    if not location_exists(sweep.segment_dir(segments[-1])):  # never started: start it now
+        return _new_tuner(sweep, segments[-1], missing)
     segment = f"extend-{len(segments) + 1}"
     sweep.study.set_attr(ATTR_SEGMENTS, [*segments, segment])
-    sweep.tracker.client.set_tag(sweep.parent, TAG_STORAGE, str(sweep.base_dir))
+    sweep.tracker.client.set_tag(sweep.parent, TAG_STORAGE, redact(str(sweep.base_dir)))
     return _new_tuner(sweep, segment, missing)
 
 
-def _run_segments(sweep: _Sweep, tuner: Any) -> SweepOutcome:
+def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOutcome:
     """Fit ``tuner``, then new segments while the study lacks trials; finish the record."""
     total = int(sweep.study.attrs["num_samples"])
     results = None
+    log = sweep.store.logs / f"{sweep.name}.log"
     try:
-        while tuner is not None:
-            before = len(sweep.study.sweep_trials())
-            results = tuner.fit()
-            trials = sweep.study.sweep_trials()
-            if any(not t.state.is_finished() for t in trials.values()):
-                break  # interrupted: resume continues
-            tuner = _next_tuner(sweep, total) if len(trials) > before else None
+        with ray_tune_logs(log):
+            while tuner is not None:
+                before = len(sweep.study.sweep_trials())
+                with interrupts.fitting():
+                    results = tuner.fit()
+                if interrupts.count:
+                    raise Interrupted(f"sweep {sweep.name!r} stopped (Ctrl-C): every trial "
+                                      "keeps its last epoch's checkpoint; continue with "
+                                      f"`kdtune resume {sweep.name}`")
+                trials = sweep.study.sweep_trials()
+                if any(not t.state.is_finished() for t in trials.values()):
+                    break  # interrupted: resume continues
+                tuner = _next_tuner(sweep, total) if len(trials) > before else None
     finally:
         end_board(board_name(sweep.parent))
     trials = sweep.study.sweep_trials()
     finished = all(t.state.is_finished() for t in trials.values()) and (
         len(trials) >= total or sweep.space.search.sampler == "grid")
-    removed = _drop_orphans(sweep.tracker, sweep.name, set(trials))
+
+    def tracked(write: Any, *args: Any) -> Any:  # the tracking server may be away a while
+        return call_with_retries(write, *args, transient=transient_tracking_error,
+                                 what=f"MLflow at {redact(sweep.store.tracking_uri)}")
+
+    removed = tracked(_drop_orphans, sweep.tracker, sweep.name, set(trials))
     if removed:
         sweep.console.print(f"removed {removed} MLflow child run(s) of trials that are not the "
                             "sweep's (started just before a crash)")
     if finished:
-        _log_best_student(sweep, results)
-        sweep.tracker.end_sweep(sweep.parent, "FINISHED")
+        tracked(_log_best_student, sweep, results)
+        tracked(sweep.tracker.end_sweep, sweep.parent, "FINISHED")
         sweep.console.print(f"sweep {sweep.name!r} finished: {len(trials)} trials")
     else:
         sweep.console.print(f"sweep {sweep.name!r} stopped before the end; continue with "
-                            f"`kdtune resume {sweep.name}`")
+                            f"`kdtune resume {sweep.name}` (Ray's log: {redact(str(log))})")
     return SweepOutcome(sweep.name, sweep.parent, finished, sweep.store.tracking_uri,
                         sweep.base_dir)
+
+
+class Interrupts:
+    """Ctrl-C while a command runs a sweep. Once, while trials run: Ray Tune stops the sweep
+    gracefully (its stop signal, SIGUSR1): trials end, each keeping its last epoch's
+    checkpoint, and Ray saves its experiment state, so ``kdtune resume`` continues it. Once,
+    at any other moment: the command stops there (``KeyboardInterrupt``). Twice: the process
+    ends at once. Either way one line says how to go on (:attr:`hint`)."""
+
+    def __init__(self, hint: str = "nothing was registered; run `kdtune search` again") -> None:
+        self.hint = hint
+        self.count = 0
+        self.in_fit = False
+        self.told = False  # the command ends with its own line on how to go on
+        self.previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handler)
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.previous is not None and not self.count:
+            signal.signal(signal.SIGINT, self.previous)
+        # after a Ctrl-C the handler stays: the next one ends the process at once, even in
+        # the clean-up on the way out
+        self.told = kind is not None and issubclass(kind, KeyboardInterrupt)
+        if kind is KeyboardInterrupt:  # a plain Ctrl-C (not one that already says what next)
+            raise Interrupted(f"interrupted: {self.hint}") from None
+
+    def fitting(self) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def fit() -> Any:
+            self.in_fit = True
+            try:
+                yield
+            finally:
+                self.in_fit = False
+
+        return fit()
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1 and self.in_fit:
+            print("kdtune: stopping: the trials end and keep their last epoch's checkpoint "
+                  "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGUSR1)  # Ray Tune's graceful stop
+            return
+        if self.count == 1:
+            raise KeyboardInterrupt
+        if not self.told:  # written as it is, whatever Python's streams hold
+            os.write(2, f"kdtune: stopped at once (second Ctrl-C); {self.hint}\n".encode())
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # end by the signal itself: no clean-up
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def ray_tune_logs(path: Path) -> Any:
+    """For as long as the context lasts, Ray Tune's and Ray Train's log records go to the file
+    ``path`` (local folders) and not to the terminal: kdtune prints what a user needs, a
+    trial's traceback is in its MLflow run."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def routed() -> Any:
+        handler: logging.Handler | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        except OSError:
+            handler = None
+        loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train")]
+        for logger in loggers:
+            if handler is not None:
+                logger.addHandler(handler)
+        terminal = [h for h in logging.getLogger("ray").handlers if h is not handler]
+        for h in terminal:
+            h.addFilter(_not_tune)
+        try:
+            yield
+        finally:
+            for h in terminal:
+                h.removeFilter(_not_tune)
+            if handler is not None:
+                for logger in loggers:
+                    logger.removeHandler(handler)
+                handler.close()
+
+    return routed()
+
+
+def _not_tune(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(("ray.tune", "ray.train"))
 
 
 def reask_lost_trials(study: SweepStudy, known_folders: set[str]) -> int:
@@ -640,16 +936,6 @@ def _check_name_free(tracker: Tracker, study: SweepStudy, name: str, store: Stor
     if study.exists():
         raise KdtuneError(f"a study named {name!r} already exists in "
                           f"{public_url(store.study_url)}; choose another --name")
-
-
-def _free_name(base: str, store: Store, known: set[str]) -> str:
-    """``base`` if no sweep (``known``, or a Ray experiment folder) has it yet, else the first
-    free ``base-2``, ``base-3``, ..."""
-    name, k = base, 1
-    while name in known or location_exists(store.experiment_dir(name)):
-        k += 1
-        name = f"{base}-{k}"
-    return name
 
 
 def _num_samples(space: SearchSpace, override: int | None) -> int:

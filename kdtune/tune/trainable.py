@@ -4,14 +4,23 @@ Everything a trial needs beyond its parameters (fixed settings, the data tensors
 with its cached outputs) arrives once through the object store as a :class:`SweepContext`,
 so no trial trains a teacher, reads a driver path or downloads data. With several training
 seeds the runs advance epoch by epoch together and the trial reports their mean.
+
+Two kinds of failure end a trial. A failure of the trial itself -- its loss becomes NaN or
+infinite, its config is invalid, the trainer raises -- would happen again on every retry: the
+trainable ends such a trial itself, reporting the reason (:data:`FAILURE_KEY`) and the
+traceback (:data:`TRACEBACK_KEY`, also written to the worker's log) instead of raising, so
+Ray's ``FailureConfig`` never retries it. Only what the trainable does not catch reaches Ray:
+the worker process or its node dying, which Ray retries from the trial's last checkpoint.
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +41,13 @@ PLANNED_KEY = "epochs_planned"
 #: their validation, the final metrics): reported to Ray, not logged to MLflow. Everything
 #: else a trial's wall time holds (checkpoints, reports, waiting for the driver) is the sweep's.
 TRAINER_KEY = "trainer_s"
+#: Result keys of a trial that failed by itself: the reason (one line) and the traceback.
+FAILURE_KEY = "kdtune_failure"
+TRACEBACK_KEY = "kdtune_traceback"
+#: Result key of the first report after a trial continued from a checkpoint: the metrics of
+#: every epoch the checkpoint holds, so that the driver's record has no gap whatever it had
+#: written before the trial (or the driver) stopped.
+HISTORY_KEY = "epoch_history"
 
 
 @dataclass(frozen=True)
@@ -71,15 +87,15 @@ def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
 
 
 #: Final metrics whose spread over the training seeds is reported as ``<name>_sd``.
-SPREAD_METRICS = ("val_accuracy", "test_accuracy")
+SPREAD_OF = ("val_accuracy", "test_accuracy")
 
 
 def final_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
-    """The mean over seeds, plus the sample standard deviation of :data:`SPREAD_METRICS` as
+    """The mean over seeds, plus the sample standard deviation of :data:`SPREAD_OF` as
     ``<name>_sd`` when there are several seeds."""
     metrics = mean_metrics(per_seed)
     if len(per_seed) > 1:
-        for name in SPREAD_METRICS:
+        for name in SPREAD_OF:
             if all(name in m for m in per_seed):
                 metrics[f"{name}_sd"] = statistics.stdev(float(m[name]) for m in per_seed)
     return metrics
@@ -93,9 +109,10 @@ def node_id() -> str:
 
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     """Function trainable of a search trial: the trial's parameters, trained with every seed
-    of the sweep (reporting their mean), never reading the test set."""
-    _train([context.settings.config(params, s) for s in context.settings.seeds], context,
-           test=False)
+    of the sweep (reporting their mean), never reading the test set. A failure of the trial
+    itself ends it with a failure report (module docstring)."""
+    _train(lambda: [context.settings.config(params, s) for s in context.settings.seeds],
+           context, test=False)
 
 
 def run_final(config: dict[str, Any], context: SweepContext) -> None:
@@ -103,13 +120,15 @@ def run_final(config: dict[str, Any], context: SweepContext) -> None:
     (``config["job"]["params"]``) with one fresh seed (``["seed"]``), trained to the end and
     read on the test set once."""
     job = config["job"]
-    _train([context.settings.config(job["params"], int(job["seed"]))], context, test=True)
+    _train(lambda: [context.settings.config(job["params"], int(job["seed"]))], context,
+           test=True)
 
 
-def _train(configs: list[TrainConfig], context: SweepContext, *, test: bool) -> None:
+def _train(configs: Callable[[], list[TrainConfig]], context: SweepContext, *,
+           test: bool) -> None:
     """Train one run per config epoch by epoch (reporting their mean), report each epoch with
     a checkpoint, end with the final metrics; continue from Ray's checkpoint when the trial is
-    restored."""
+    restored. ``configs`` builds the configs (a bad one fails the trial like a trainer error)."""
     from ray import tune
 
     from kdtune.metrics import cpu_latency_ms
@@ -118,46 +137,90 @@ def _train(configs: list[TrainConfig], context: SweepContext, *, test: bool) -> 
     latency = cpu_latency_ms if context.latency_board is None else \
         shared_latency(context.latency_board)
     start = time.perf_counter()
-    runs = [TrainingRun(c, teacher=context.teacher, data=context.data) for c in configs]
+    try:
+        runs = [TrainingRun(c, teacher=context.teacher, data=context.data) for c in configs()]
+    except Exception as exc:  # an invalid config, a trainer error: the same on every retry
+        _fail(exc)
+        return
     in_trainer = time.perf_counter() - start
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             for run in runs:
                 run.load_checkpoint(Path(folder) / CHECKPOINT_FILE.format(seed=run.config.seed))
+    replay = _history(runs) if checkpoint is not None else None
     planned = runs[0].config.epochs
     start, waited = time.perf_counter(), waited_s()
-    # what the student costs, before epoch 1: early stopping weighs it at every rung
-    where = {"node_id": node_id(), **mean_metrics([r.cost_metrics(latency=latency)
-                                                   for r in runs])}
-    in_trainer += time.perf_counter() - start - (waited_s() - waited)
 
     def final() -> dict[str, float]:
         return final_metrics([r.final_metrics(latency=latency, test=test) for r in runs])
 
-    if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
-        _report(runs, {**final(), **where}, planned)
+    try:
+        # what the student costs, before epoch 1: early stopping weighs it at every rung
+        where = {"node_id": node_id(), **mean_metrics([r.cost_metrics(latency=latency)
+                                                       for r in runs])}
+        if runs[0].epoch >= planned:  # restored after its last epoch: report the end again
+            ended = final()
+    except Exception as exc:
+        _fail(exc)
+        return
+    in_trainer += time.perf_counter() - start - (waited_s() - waited)
+    if runs[0].epoch >= planned:
+        _report(runs, {**ended, **where}, planned, replay)
         return
     if checkpoint is not None and runs[0].history and \
             tune.get_context().get_trial_id() in context.ended:
         # stopped by the scheduler just before the driver died: report that epoch again, end
-        _report(runs, {**mean_metrics([r.history[-1] for r in runs]), **where}, planned)
+        _report(runs, {**mean_metrics([r.history[-1] for r in runs]), **where}, planned,
+                replay)
         return
     while runs[0].epoch < planned:
         start, waited = time.perf_counter(), waited_s()
-        metrics = mean_metrics([run.train_epoch() for run in runs])
-        metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials stopped early
-        if runs[0].epoch == planned:
-            metrics.update(final())
+        try:
+            metrics = mean_metrics([run.train_epoch() for run in runs])
+            metrics["train_time_s"] = metrics["elapsed_s"]  # also for trials stopped early
+            if runs[0].epoch == planned:
+                metrics.update(final())
+        except Exception as exc:  # the loss became NaN or infinite, the trainer raised
+            _fail(exc)
+            return
         in_trainer += time.perf_counter() - start - (waited_s() - waited)  # board: the sweep's
-        _report(runs, {**where, **metrics, TRAINER_KEY: in_trainer}, planned)
+        _report(runs, {**where, **metrics, TRAINER_KEY: in_trainer}, planned, replay)
+        replay = None
 
 
-def _report(runs: list[TrainingRun], metrics: dict[str, Any], planned: int) -> None:
+def _history(runs: list[TrainingRun]) -> list[dict[str, float]]:
+    """The mean over seeds of each epoch's metrics, as the trial reported them."""
+    return [mean_metrics([run.history[i] for run in runs]) for i in range(len(runs[0].history))]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line: kdtune's own messages as they are, anything else with its type."""
+    from kdtune.errors import KdtuneError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, KdtuneError | FloatingPointError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _fail(exc: BaseException) -> None:
+    """End the trial as failed by itself: the traceback to the worker's log and the report."""
+    from ray import tune
+
+    trace = "".join(traceback.format_exception(exc))
+    print(f"kdtune trial failed: {failure_reason(exc)}\n{trace}", file=sys.stderr, flush=True)
+    tune.report({FAILURE_KEY: failure_reason(exc), TRACEBACK_KEY: trace})
+
+
+def _report(runs: list[TrainingRun], metrics: dict[str, Any], planned: int,
+            replay: list[dict[str, float]] | None = None) -> None:
     from ray import tune
 
     metrics[EPOCH_KEY] = runs[0].epoch
     metrics[PLANNED_KEY] = planned
+    if replay:
+        metrics[HISTORY_KEY] = replay
     with tempfile.TemporaryDirectory(prefix="kdtune-ckpt-") as folder:
         for run in runs:
             run.save_checkpoint(Path(folder) / CHECKPOINT_FILE.format(seed=run.config.seed))
