@@ -259,12 +259,12 @@ def ctrl_c_and_concurrency(bench: Bench, once: Row, twice: Row, resumes: Row,
             (tmp / f"s{k}").mkdir()
             drivers.append(Driver(["search", str(space)], folder, kdtune_env(tmp / f"s{k}"),
                                   folder / f"search-{k}.log", tmp / f"s{k}"))
-        # Ctrl-C once on the second sweep, once it trains
-        drivers[0].wait_for(lambda: epochs_logged(uri, "twice-2") > 0
-                            or epochs_logged(uri, "twice") > 0, 300, "an epoch")
-        victim_name = "twice-2" if "sweep 'twice-2'" in drivers[1].output else "twice"
-        victim = drivers[1] if victim_name == "twice-2" else drivers[0]
-        other = drivers[0] if victim is drivers[1] else drivers[1]
+        # Ctrl-C once on the second sweep (the driver that got the name twice-2), once it trains
+        drivers[0].wait_for(lambda: "sweep 'twice-2'" in drivers[0].output + drivers[1].output,
+                            300, "both sweeps registered")
+        victim_name = "twice-2"
+        victim = next(d for d in drivers if "sweep 'twice-2'" in d.output)
+        other = next(d for d in drivers if d is not victim)
         victim.wait_for(lambda: epochs_logged(uri, victim_name) > 0, 300, "an epoch")
         victim.interrupt()
         code_once = victim.finish(timeout=300)
@@ -306,8 +306,7 @@ def ctrl_c_and_concurrency(bench: Bench, once: Row, twice: Row, resumes: Row,
     verdict = check_record(uri, study, victim_name, 4, epochs)
     resumes.add(ok and code_last == 0 and verdict.survived, verdict.lost, verdict.duplicated,
                 "; ".join(verdict.problems) or f"refused {len(refused)}")
-    other_verdict = check_record(uri, study, "twice" if victim_name == "twice-2" else "twice-2",
-                                 4, epochs)
+    other_verdict = check_record(uri, study, "twice", 4, epochs)
     searches.add(code_other == 0 and other_verdict.survived and verdict.survived,
                  other_verdict.lost + verdict.lost,
                  other_verdict.duplicated + verdict.duplicated,
