@@ -35,6 +35,8 @@ METRICS = {1: "latency_ms_b1", 256: "latency_ms_b256"}
 _SEEN: dict[tuple[str, str], float] = {}
 _BOARDS: dict[str, Any] = {}
 NAMESPACE = "kdtune"
+#: Times a worker asks a board that does not answer before it reports its own figure.
+BOARD_ATTEMPTS = 8
 _WAITED = [0.0]
 
 
@@ -98,7 +100,7 @@ def shared_latency(name: str) -> LatencyFn:
         if (name, key) in _SEEN:
             return _SEEN[name, key]
         measured = None
-        for _ in range(2):  # the process that held the board may have ended: start another
+        for attempt in range(BOARD_ATTEMPTS):
             try:
                 known = _ask(board(name).get, key)
                 if known is None:
@@ -107,7 +109,10 @@ def shared_latency(name: str) -> LatencyFn:
                 _SEEN[name, key] = float(known)
                 return _SEEN[name, key]
             except ray.exceptions.RayActorError:
+                # the board is starting on a busy node, or the process that held it ended:
+                # ask again (a new handle finds it, or starts another) before going alone
                 _BOARDS.pop(name, None)
+                time.sleep(min(2.0, 0.1 * 2**attempt))
         return measured or cpu_latency_ms(model, in_shape, batch_size)  # this trial's own
 
     return latency
