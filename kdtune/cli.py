@@ -460,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, the_command=argv is None)
     finally:
         if interactive:  # the kdtune command: a Ctrl-C while it shuts down ends it quietly
             _quiet_exit_on_ctrl_c()
@@ -475,7 +475,7 @@ def _quiet_exit_on_ctrl_c() -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, the_command: bool = False) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     from kdtune.urls import redact
 
@@ -485,7 +485,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"kdtune {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        print(f"kdtune {args.command}: {redact(str(exc)) or 'interrupted'}", file=sys.stderr)
+        print(f"kdtune {args.command}: {redact(str(exc)) or 'interrupted'}", file=sys.stderr,
+              flush=True)
+        if the_command:  # it said how to go on: another Ctrl-C ends it silently
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         return 130
     except FloatingPointError as exc:  # the training loss diverged
         print(f"kdtune {args.command}: error: {exc}", file=sys.stderr)

@@ -768,7 +768,6 @@ class Interrupts:
         self.hint = hint
         self.count = 0
         self.in_fit = False
-        self.told = False  # the command ends with its own line on how to go on
         self.previous: Any = None
 
     def __enter__(self) -> Interrupts:
@@ -781,7 +780,6 @@ class Interrupts:
             signal.signal(signal.SIGINT, self.previous)
         # after a Ctrl-C the handler stays: the next one ends the process at once, even in
         # the clean-up on the way out
-        self.told = kind is not None and issubclass(kind, KeyboardInterrupt)
         if kind is KeyboardInterrupt:  # a plain Ctrl-C (not one that already says what next)
             raise Interrupted(f"interrupted: {self.hint}") from None
 
@@ -807,8 +805,8 @@ class Interrupts:
             return
         if self.count == 1:
             raise KeyboardInterrupt
-        if not self.told:  # written as it is, whatever Python's streams hold
-            os.write(2, f"kdtune: stopped at once (second Ctrl-C); {self.hint}\n".encode())
+        # (the command has not said how to go on yet: once it has, Ctrl-C ends it silently)
+        os.write(2, f"kdtune: stopped at once (second Ctrl-C); {self.hint}\n".encode())
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # end by the signal itself: no clean-up
         os.kill(os.getpid(), signal.SIGINT)
 
