@@ -725,6 +725,7 @@ def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOut
                 with interrupts.fitting():
                     results = tuner.fit()
                 if interrupts.count:
+                    interrupts.hint = ""  # this line says how to go on: a second Ctrl-C is quiet
                     raise Interrupted(f"sweep {sweep.name!r} stopped (Ctrl-C): every trial "
                                       "keeps its last epoch's checkpoint; continue with "
                                       f"`kdtune resume {sweep.name}`")
@@ -805,8 +806,8 @@ class Interrupts:
             return
         if self.count == 1:
             raise KeyboardInterrupt
-        # (the command has not said how to go on yet: once it has, Ctrl-C ends it silently)
-        os.write(2, f"kdtune: stopped at once (second Ctrl-C); {self.hint}\n".encode())
+        if self.hint:  # the command has not said how to go on yet (else: end silently)
+            os.write(2, f"kdtune: stopped at once (second Ctrl-C); {self.hint}\n".encode())
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # end by the signal itself: no clean-up
         os.kill(os.getpid(), signal.SIGINT)
 
