@@ -1,4 +1,4 @@
-"""``import kdtune`` and ``kdtune train`` must not load the search/tracking stack (DECISIONS.md)."""
+"""``import kdtune`` and ``kdtune train`` must not load the search/tracking stack."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def _digits_arrays() -> tuple[torch.Tensor, np.ndarray]:
     """scikit-learn's digits, parsed once per process (callers only index into them).
 
     The CSV shipped inside scikit-learn is read directly: importing ``sklearn.datasets`` costs
-    seconds and imports pandas, which ``kdtune train`` must not load (DECISIONS.md).
+    seconds and imports pandas, which ``kdtune train`` must not load.
     """
     import gzip
     import importlib.util
