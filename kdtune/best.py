@@ -88,21 +88,10 @@ def sweep_study(name: str, *, tracking_uri: str, study_storage: str | None = Non
     """The :class:`~kdtune.tune.study.SweepStudy` of sweep ``name``: at ``study_storage``, else
     where its parent run says it is."""
     from kdtune.tracking import Tracker, require_store
-    from kdtune.tune.study import SweepStudy, public_url
-    from kdtune.vocabulary import TAG_STUDY
+    from kdtune.tune.study import study_of_sweep
 
     require_store(tracking_uri)
-    tags = Tracker(tracking_uri).sweep_run(name).data.tags
-    url = study_storage or tags.get(TAG_STUDY)
-    if url is None:
-        raise KdtuneError(f"sweep {name!r} was run by an older kdtune and has no Optuna study")
-    if "***" in url:
-        raise KdtuneError(f"sweep {name!r} keeps its study at {url}; pass --study-storage with "
-                          "the credentials")
-    study = SweepStudy(url, name)
-    if not study.exists():
-        raise KdtuneError(f"no study {name!r} in {public_url(url)}; pass --study-storage")
-    return study
+    return study_of_sweep(name, Tracker(tracking_uri).sweep_run(name).data.tags, study_storage)
 
 
 def show_importance(name: str, *, tracking_uri: str, study_storage: str | None = None,

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.report import STUDENT_FILE, STUDENT_FORMAT
 from kdtune.sweep_results import (
-    STUDENT_ARTIFACT,
-    STUDENT_FORMAT,
     finalist_mask,
     objective,
     runs_with_weights,
     teacher_facts,
 )
 from kdtune.tracking import Tracker, require_store
+from kdtune.vocabulary import TAG_EXPORT_FORMAT, TAG_SWEEP, TAG_TEACHER_FINGERPRINT, TAG_TRIAL_ID
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -168,10 +168,10 @@ def _download_student(tracker: Tracker, run_id: str) -> dict[str, Any]:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
     with tempfile.TemporaryDirectory(prefix="kdtune-student-") as folder:
-        path = tracker.client.download_artifacts(run_id, STUDENT_ARTIFACT, folder)
+        path = tracker.client.download_artifacts(run_id, STUDENT_FILE, folder)
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STUDENT_FORMAT:
-        raise KdtuneError(f"run {run_id}'s {STUDENT_ARTIFACT} is not a kdtune student "
+        raise KdtuneError(f"run {run_id}'s {STUDENT_FILE} is not a kdtune student "
                           f"(format {STUDENT_FORMAT!r})")
     return state
 
@@ -273,8 +273,8 @@ def _register(tracker: Tracker, model_name: str, row: pd.Series, fmt: str, stagi
     from mlflow.exceptions import MlflowException
 
     client, run_id = tracker.client, str(row["run_id"])
-    tags = {"kdtune.sweep": sweep, "kdtune.trial_id": str(row["trial_id"]),
-            "kdtune.teacher_fingerprint": fingerprint or "unknown", "kdtune.format": fmt}
+    tags = {TAG_SWEEP: sweep, TAG_TRIAL_ID: str(row["trial_id"]),
+            TAG_TEACHER_FINGERPRINT: fingerprint or "unknown", TAG_EXPORT_FORMAT: fmt}
     try:
         try:
             client.create_registered_model(model_name)

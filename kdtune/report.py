@@ -70,17 +70,29 @@ def json_ready(metrics: Mapping[str, Any]) -> dict[str, Any]:
             for k, v in metrics.items()}
 
 
+#: A trained student's file: ``{"format": STUDENT_FORMAT, "config", "state_dict"[, "metrics"]}``
+#: (``kdtune train --out``, and an artifact of a sweep's best trial and of its finalists).
+STUDENT_FILE = "student.pt"
+STUDENT_FORMAT = "kdtune-student/1"
+
+
+def save_student(path: Path, config: Mapping[str, Any], state_dict: Mapping[str, Any],
+                 metrics: Mapping[str, float] | None = None) -> None:
+    """Write a student's weights and config (and metrics) as a :data:`STUDENT_FILE`."""
+    from kdtune.teacher import atomic_save
+
+    atomic_save({"format": STUDENT_FORMAT, "config": dict(config), "state_dict": state_dict,
+                 **({"metrics": dict(metrics)} if metrics is not None else {})}, path)
+
+
 def write_student(result: Any, out: str | Path) -> Path:
     """Write ``student.pt`` (weights + config + metrics), ``metrics.json`` and ``config.yaml``."""
     import yaml
 
-    from kdtune.teacher import atomic_save
-
     folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_save({"format": "kdtune-student/1", "config": result.config.to_dict(),
-                 "metrics": dict(result.metrics), "state_dict": result.model.state_dict()},
-                folder / "student.pt")
+    save_student(folder / STUDENT_FILE, result.config.to_dict(), result.model.state_dict(),
+                 result.metrics)
     (folder / "metrics.json").write_text(json.dumps(json_ready(result.metrics), indent=2))
     (folder / "config.yaml").write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
     return folder

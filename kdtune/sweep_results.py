@@ -2,10 +2,10 @@
 
 Child runs of a sweep's parent are its trials and, once ``kdtune finalize`` has run, its
 finalists: child runs tagged ``kdtune.stage=final`` (the chosen configurations retrained on
-fresh seeds). A run whose artifacts hold ``student.pt`` (``{"format": "kdtune-student/1",
-"config", "state_dict"}``) has saved student weights. The teacher's facts come from the
-parent run's tags and the trials' ``teacher_*`` metrics, and from the teacher checkpoint
-itself when it is still where the sweep left it.
+fresh seeds). A run whose artifacts hold ``student.pt`` (:data:`kdtune.report.STUDENT_FILE`)
+has saved student weights. The teacher's facts come from the parent run's tags and the
+trials' ``teacher_*`` metrics, and from the teacher checkpoint itself when it is still where
+the sweep left it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdtune.report import STUDENT_FILE
 from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     MODES,
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
 
-STUDENT_ARTIFACT = "student.pt"
-STUDENT_FORMAT = "kdtune-student/1"
 #: Parameters that say how a run was executed, not what it trained.
 NOT_A_SETTING = ("seed", "seeds", "out", "device", "threads", "teacher", "data_root",
                  "download", "compile", "channels_last", "teacher_outputs")
@@ -69,7 +68,7 @@ def runs_with_weights(tracker: Tracker, frame: pd.DataFrame) -> list[str]:
     found = []
     for run_id in frame["run_id"]:
         paths = {info.path for info in tracker.client.list_artifacts(str(run_id))}
-        if STUDENT_ARTIFACT in paths:
+        if STUDENT_FILE in paths:
             found.append(str(run_id))
     return found
 

@@ -60,6 +60,7 @@ TAG_STAGE = "kdtune.stage"  # "final" on a finalist run (kdtune finalize); absen
 STAGE_FINAL = "final"
 TAG_ROLE = "kdtune.role"  # a finalist run's role: one of FINAL_ROLES
 FINAL_ROLES = ("kd", "student_alone", "teacher")
+TAG_EXPORT_FORMAT = "kdtune.format"  # a registered model version's file format (kdtune export)
 TAG_FINALIST = "kdtune.finalist"  # the sweep trial whose configuration a finalist run trains
 PARAM_OBJECTIVE_METRICS = "objective.metrics"
 PARAM_OBJECTIVE_MODES = "objective.modes"

@@ -20,6 +20,7 @@ from kdtune.sweep_report.sweep_data import (
     leaderboard,
 )
 from kdtune.versions import RECORDED_PACKAGES, package_versions
+from kdtune.vocabulary import TAG_GIT_SHA, TAG_SPACE, TAG_VERSION, TAG_VERSIONS
 
 #: Leaderboard columns: (metric, heading).
 BOARD_COLUMNS = (("val_accuracy", "val accuracy"),
@@ -119,7 +120,7 @@ def _facts(data: SweepData) -> str:
     states = counts_by_status(data.trials)
     rows = [
         ("status", parent.info.status),
-        ("space file", tags.get("kdtune.space_file", "not recorded")),
+        ("space file", tags.get(TAG_SPACE, "not recorded")),
         ("space sha256", tags.get("kdtune.space_sha256", "not recorded")),
         ("objective", ", ".join(f"{m} ({d})" for m, d in zip(data.metrics, data.modes,
                                                               strict=True))),
@@ -130,7 +131,7 @@ def _facts(data: SweepData) -> str:
         ("teacher fingerprint", teacher.fingerprint or "not recorded"),
         ("teacher accuracy", teacher_acc or "not recorded"),
         ("versions", versions),
-        ("git commit", tags.get("kdtune.git_sha", "not recorded")),
+        ("git commit", tags.get(TAG_GIT_SHA, "not recorded")),
         ("started", _when(start)),
         ("wall time of the trials", wall),
         ("trials by state", ", ".join(f"{k} {v}" for k, v in states.items()) or "none yet"),
@@ -143,13 +144,13 @@ def _facts(data: SweepData) -> str:
 
 def _recorded_versions(tags: Mapping[str, str]) -> dict[str, str]:
     try:
-        recorded = json.loads(tags.get("kdtune.versions", "{}"))
+        recorded = json.loads(tags.get(TAG_VERSIONS, "{}"))
     except ValueError:
         recorded = {}
     if not isinstance(recorded, dict):
         recorded = {}
-    if not recorded and "kdtune.version" in tags:
-        recorded = {"kdtune": tags["kdtune.version"]}
+    if not recorded and TAG_VERSION in tags:
+        recorded = {"kdtune": tags[TAG_VERSION]}
     return {str(k): str(v) for k, v in recorded.items()}
 
 

@@ -30,6 +30,7 @@ from kdtune.urls import (
     remember,
     sqlalchemy_url,
 )
+from kdtune.vocabulary import TAG_STUDY
 
 if TYPE_CHECKING:
     import optuna
@@ -48,14 +49,27 @@ ATTR_REPEAT_OF = "repeat_of"
 ATTR_RUNG = "rung_"
 
 
+def study_of_sweep(name: str, tags: Mapping[str, str], study_storage: str | None = None
+                   ) -> SweepStudy:
+    """The study of sweep ``name``: at ``study_storage``, else where its parent run's ``tags``
+    say it is; a one-line error when there is none."""
+    url = study_storage or tags.get(TAG_STUDY)
+    if url is None:
+        raise KdtuneError(f"sweep {name!r} was started by an older kdtune and has no Optuna "
+                          "study (it cannot be resumed); start it again with `kdtune search`")
+    if "***" in url:
+        raise KdtuneError(f"sweep {name!r} keeps its study at {url}; pass --study-storage "
+                          "with the credentials")
+    study = SweepStudy(url, name)
+    if not study.exists():  # connects: an unreachable server is one line too
+        raise KdtuneError(f"no study {name!r} in {redact(url)}; pass --study-storage with "
+                          "the storage the sweep was started with")
+    return study
+
+
 def default_study_url(store_root: Path) -> str:
     """The default study storage: ``optuna.db`` (SQLite) in the local store folder."""
     return f"sqlite:///{Path(store_root).resolve() / STUDY_FILENAME}"
-
-
-def public_url(url: str) -> str:
-    """``url`` without the password (``user:secret@host`` -> ``user:***@host``)."""
-    return redact(url)
 
 
 def is_server(url: str) -> bool:
@@ -87,10 +101,10 @@ def open_storage(url: str) -> BaseStorage:
             with file_lock(Path(url.removeprefix("sqlite:///").split("?", 1)[0])):
                 return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
         return retrying_storage(optuna.storages.RDBStorage(
-            sqlalchemy_url(url), engine_kwargs=_engine_kwargs(url)), public_url(url))
+            sqlalchemy_url(url), engine_kwargs=_engine_kwargs(url)), redact(url))
     except Exception as exc:  # SQLAlchemy's errors: an unknown dialect, no server, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdtuneError(f"study storage {public_url(url)}: cannot open it: "
+        raise KdtuneError(f"study storage {redact(url)}: cannot open it: "
                           f"{redact(reason)}; give an SQLAlchemy URL (sqlite:///PATH, "
                           "postgresql://USER@HOST/DB) or a journal file path") from None
 
@@ -107,48 +121,21 @@ def transient_db_error(exc: BaseException) -> bool:
     return isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.DisconnectionError)
 
 
-def _retrying(method: str) -> Any:
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return call_with_retries(lambda: getattr(self.inner, method)(*args, **kwargs),
-                                 transient=transient_db_error, what=self.what)
+def retrying_storage(inner: BaseStorage, what: str) -> BaseStorage:
+    """``inner`` (an RDB storage on a server) behind retries: each call of the storage API waits
+    and retries while the server does not answer, so a server restarting for a minute makes the
+    driver wait instead of failing the sweep."""
+    import inspect
 
-    call.__name__ = method
-    return call
-
-
-def _retrying_storage_class() -> type:
     from optuna.storages import BaseStorage
 
-    methods = ("create_new_study", "delete_study", "set_study_user_attr",
-               "set_study_system_attr", "get_study_id_from_name", "get_study_name_from_id",
-               "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-               "get_all_studies", "create_new_trial", "set_trial_param",
-               "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
-               "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
-               "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
-               "get_n_trials", "get_best_trial", "get_trial_params", "get_trial_user_attrs",
-               "get_trial_system_attrs", "remove_session", "check_trial_is_updatable")
-    namespace: dict[str, Any] = {m: _retrying(m) for m in methods}
+    def retried(method: str) -> Any:
+        return lambda self, *args, **kwargs: call_with_retries(
+            lambda: getattr(inner, method)(*args, **kwargs), transient=transient_db_error,
+            what=f"the study storage {what}")
 
-    def init(self: Any, inner: Any, what: str) -> None:
-        self.inner, self.what = inner, f"the study storage {what}"
-
-    namespace["__init__"] = init
-    namespace["__doc__"] = ("An Optuna storage on a database server whose every call waits "
-                            "and retries while the server does not answer.")
-    return type("RetryingStorage", (BaseStorage,), namespace)
-
-
-def retrying_storage(inner: BaseStorage, what: str) -> BaseStorage:
-    """``inner`` (an RDB storage on a server) behind retries: a server restarting for a minute
-    makes the driver wait instead of failing the sweep."""
-    global _RETRYING_CLASS
-    if _RETRYING_CLASS is None:
-        _RETRYING_CLASS = _retrying_storage_class()
-    return _RETRYING_CLASS(inner, what)
-
-
-_RETRYING_CLASS: type | None = None
+    api = [n for n, _ in inspect.getmembers(BaseStorage, inspect.isfunction) if n[0] != "_"]
+    return type("RetryingStorage", (BaseStorage,), {m: retried(m) for m in api})()
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -170,7 +157,7 @@ class SweepStudy:
         self._study_id: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # no password in Ray's experiment state
-        return {"url": public_url(self.url), "name": self.name}
+        return {"url": redact(self.url), "name": self.name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(recall(state["url"]), state["name"])
@@ -193,7 +180,7 @@ class SweepStudy:
             try:
                 self._study = optuna.load_study(study_name=self.name, storage=self.storage)
             except KeyError:
-                raise KdtuneError(f"no study {self.name!r} in {public_url(self.url)}; pass "
+                raise KdtuneError(f"no study {self.name!r} in {redact(self.url)}; pass "
                                   "--study-storage with the storage the sweep was started "
                                   "with") from None
         return self._study
@@ -212,7 +199,7 @@ class SweepStudy:
                 directions=["maximize" if d == "max" else "minimize" for d in directions])
         except optuna.exceptions.DuplicatedStudyError:
             raise KdtuneError(f"a study named {self.name!r} already exists in "
-                              f"{public_url(self.url)}; choose another --name") from None
+                              f"{redact(self.url)}; choose another --name") from None
         for key, value in attrs.items():
             self._study.set_user_attr(key, value)
 

@@ -11,14 +11,15 @@ adds trials ("segments": the first in ``<storage>/<name>``, later ones in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,6 @@ from kdtune.tune.space import (
     params_in_space,
     teacher_config,
 )
-from kdtune.tune.storage import is_uri, location_exists
 from kdtune.tune.study import (
     ATTR_RAY_ID,
     ATTR_REASKED,
@@ -56,7 +56,7 @@ from kdtune.tune.study import (
     SweepStudy,
     default_study_url,
     is_server,
-    public_url,
+    study_of_sweep,
 )
 from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
 from kdtune.urls import (
@@ -67,7 +67,7 @@ from kdtune.urls import (
     check_tracking_uri,
     redact,
 )
-from kdtune.versions import package_versions
+from kdtune.versions import git_sha, package_versions
 from kdtune.vocabulary import (
     PARAM_OBJECTIVE_METRICS,
     PARAM_OBJECTIVE_MODES,
@@ -146,16 +146,15 @@ class Store:
 
     def describe(self) -> str:
         return (f"MLflow {redact(self.tracking_uri)}, Ray storage {redact(str(self.storage))}, "
-                f"Optuna study storage {public_url(self.study_url)}")
+                f"Optuna study storage {redact(self.study_url)}")
 
-    def check_servers(self, study_url: str | None = None) -> None:
+    def check_servers(self) -> None:
         """A one-line error, before Ray starts, when the MLflow server or the study's database
         server does not answer (SQLite files and journal files are opened later)."""
         if self.tracking_uri.startswith(("http://", "https://")):
             check_reachable(self.tracking_uri, "the MLflow tracking server")
-        url = study_url or self.study_url
-        if is_server(url):
-            SweepStudy(url, "").exists()  # connects: a refused connection is one line
+        if is_server(self.study_url):
+            SweepStudy(self.study_url, "").exists()  # connects: a refused connection is one line
 
     @property
     def logs(self) -> Path:
@@ -244,14 +243,6 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
                       f"sample at most, {augment.num_views} views, table {table / 1e6:.0f} MB)")
 
 
-def make_search_alg(space: SearchSpace, study: SweepStudy) -> Any:
-    """Optuna over the stored study: TPE, random, NSGA-II define-by-run, or kdtune's own
-    expansion of a grid asked through the same searcher."""
-    from kdtune.tune.searcher import StudySearcher
-
-    return StudySearcher(study, space.metrics, space.modes)
-
-
 def rung_objectives(space: SearchSpace) -> tuple[list[str], list[str]]:
     """What early stopping compares at a rung: the scheduler's per-epoch metric, and with
     several objectives also the cost objectives (known from the first epoch on)."""
@@ -292,24 +283,17 @@ def trial_dirname(trial: Any) -> str:
     return trial_dirname_of(trial.trial_id)
 
 
-def import_training_stack() -> None:
-    """Import torch and kdtune's trainer: seconds of CPU, spent beside Ray's start-up (this
-    module leaves them out of its own imports for that; the test suite checks it)."""
-    import importlib
-
-    for module in ("kdtune.teacher", "kdtune.trainer"):
-        importlib.import_module(module)
-
-
 def start_ray(address: str | None, console: Console) -> None:
-    """:func:`init_ray`, with torch and the trainer imported in a thread meanwhile
-    (``ray.init`` mostly waits for Ray's processes)."""
+    """:func:`init_ray`, with torch and kdtune's trainer imported in a thread meanwhile: seconds
+    of CPU spent while ``ray.init`` waits for Ray's processes (this module leaves them out of
+    its own imports for that; the test suite checks it)."""
+    import importlib
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        importing = pool.submit(import_training_stack)
+        importing = pool.map(importlib.import_module, ("kdtune.teacher", "kdtune.trainer"))
         init_ray(address, console)
-        importing.result()
+        list(importing)
 
 
 def init_ray(address: str | None, console: Console) -> None:
@@ -349,15 +333,6 @@ def _hide_token_auth_notice(record: logging.LogRecord) -> bool:
     """Ray 2.60 warns on every local start that token authentication is on, its default:
     nothing for a kdtune user to act on. Its other messages (auth off, missing token) pass."""
     return "Token authentication is enabled" not in record.getMessage()
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(kdtune.__file__).parent, timeout=5, check=False)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -415,15 +390,15 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     db = sqlite_path(store.tracking_uri)
     new_store = db is not None and not db.exists()  # holds no sweep this one could clash with
     if name is not None and location_exists(store.experiment_dir(name)):
-        raise KdtuneError(f"Ray storage {store.experiment_dir(name)} already exists; resume "
-                          f"with `kdtune resume {name}` or choose another --name")
+        raise _name_taken(name, store)
     from concurrent.futures import ThreadPoolExecutor
 
     with Interrupts() as interrupts:
         # Opening the stores (importing MLflow and Optuna; for a new SQLite store, creating it)
         # runs in a thread beside Ray's start-up; the main thread uses them once they are open.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            opening = pool.submit(_open_stores, tracker, SweepStudy(store.study_url, ""))
+            opening = pool.submit(lambda: (tracker.ensure_experiment(),
+                                           SweepStudy(store.study_url, "").exists()))
             if space.search.warm_start is not None or not new_store:
                 opening.result()
                 if name is not None:
@@ -458,34 +433,25 @@ def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | No
     without a parent run (its driver was killed while registering it) is replaced."""
     from kdtune.tune.searcher import search_attrs
 
-    explicit = name is not None
     base = name or space.name
     known = set(tracker.sweep_names())
-    for k in range(1, 10_000):
-        candidate = base if k == 1 else f"{base}-{k}"
-        if explicit and k > 1:
-            break
-        if candidate in known or location_exists(store.experiment_dir(candidate)):
-            if explicit:
-                raise KdtuneError(f"sweep {candidate!r} already exists in "
-                                  f"{redact(store.tracking_uri)}; resume it with `kdtune "
-                                  f"resume {candidate}` or choose another --name")
+    for candidate in [name] if name else [base, *(f"{base}-{k}" for k in range(2, 10_000))]:
+        if name is None and (candidate in known or
+                             location_exists(store.experiment_dir(candidate))):
             continue
         study = SweepStudy(store.study_url, candidate)
         lock = DriverLock(study)
         try:
             lock.acquire()
         except SweepBusy:
-            if explicit:
+            if name is not None:
                 raise
             continue
         try:
             if tracker.find_sweep(candidate) is not None:  # registered by a driver now gone
+                if name is not None:
+                    raise _name_taken(candidate, store)
                 lock.release()
-                known.add(candidate)
-                if explicit:
-                    raise KdtuneError(f"sweep {candidate!r} already exists; resume it with "
-                                      f"`kdtune resume {candidate}` or choose another --name")
                 continue
             if study.exists():
                 study.delete()
@@ -496,7 +462,7 @@ def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | No
             parent = tracker.start_sweep(candidate, tags={
                 TAG_SPACE: space.source, TAG_SPACE_SHA: space.sha256,
                 TAG_STORAGE: redact(str(store.experiment_dir(candidate))),
-                TAG_STUDY: public_url(store.study_url), TAG_NUM_SAMPLES: num_samples,
+                TAG_STUDY: redact(store.study_url), TAG_NUM_SAMPLES: num_samples,
                 TAG_VERSION: kdtune.__version__, TAG_GIT_SHA: git_sha(),
                 TAG_RAY_ADDRESS: address or "local",
                 TAG_VERSIONS: json.dumps(package_versions()),
@@ -547,13 +513,6 @@ def _autoscaling() -> bool:
     return Path("~/ray_bootstrap_config.yaml").expanduser().exists()
 
 
-def _not_registered(tracker: Tracker, name: str) -> KdtuneError:
-    """The error of ``resume NAME`` for a sweep MLflow does not know."""
-    error = tracker._unknown_sweep(name)
-    return KdtuneError(f"{error}; a `kdtune search` stopped before it registered its sweep "
-                       "left nothing to resume: run it again")
-
-
 def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
                  storage: str | None = None, study_storage: str | None = None,
                  num_samples: int | None = None, console: Console | None = None
@@ -565,30 +524,16 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     store = Store.resolve(mlflow_uri, storage, study_storage)
     from kdtune.tracking import require_store
 
-    try:
-        require_store(store.tracking_uri)
-    except KdtuneError as exc:
-        raise KdtuneError(f"{exc} (a `kdtune search` stopped before it registered its sweep "
-                          "left nothing to resume: run it again)") from None
     if store.tracking_uri.startswith(("http://", "https://")):
         check_reachable(store.tracking_uri, "the MLflow tracking server")
     tracker = Tracker(store.tracking_uri)
-    if tracker.find_sweep(name) is None:
-        raise _not_registered(tracker, name)
-    run = tracker.sweep_run(name)
-    tags = run.data.tags
-    url = study_storage or tags.get(TAG_STUDY)
-    if url is None:
-        raise KdtuneError(f"sweep {name!r} was started by an older kdtune, whose search state "
-                          "this version cannot resume; start it again with `kdtune search`")
-    if "***" in url:
-        raise KdtuneError(f"sweep {name!r} keeps its study at {url}; pass --study-storage "
-                          "with the credentials")
-    store.check_servers(url)
-    study = SweepStudy(url, name)
-    if not study.exists():
-        raise KdtuneError(f"no study {name!r} in {public_url(url)}; pass --study-storage with "
-                          "the storage the sweep was started with")
+    try:
+        require_store(store.tracking_uri)
+        run = tracker.sweep_run(name)
+    except KdtuneError as exc:
+        raise KdtuneError(f"{exc}; a `kdtune search` stopped before it registered its sweep "
+                          "left nothing to resume: run it again") from None
+    study = study_of_sweep(name, run.data.tags, study_storage)
     lock = DriverLock(study)
     lock.acquire()
     try:
@@ -666,24 +611,21 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
     return _run_segments(sweep, _next_tuner(sweep, total), interrupts)
 
 
-def _open_stores(tracker: Tracker, study: SweepStudy) -> None:
-    tracker.ensure_experiment()
-    study.exists()
-
-
 def _new_tuner(sweep: _Sweep, segment: str, num_samples: int) -> Any:
     """A Tuner for a new segment of ``num_samples`` trials."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from kdtune.tune.callbacks import MlflowTrials, Progress
+    from kdtune.tune.searcher import StudySearcher
 
     space, where = sweep.space, sweep.segment_dir(segment)
     storage_path, name = (str(where).rsplit("/", 1) if is_uri(where)
                           else (str(Path(where).parent), Path(where).name))
     return tune.Tuner(
         make_trainable(space, sweep.context),
-        tune_config=tune.TuneConfig(search_alg=make_search_alg(space, sweep.study),
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(sweep.study, space.metrics,
+                                                             space.modes),
                                     scheduler=make_scheduler(space, sweep.study),
                                     num_samples=num_samples, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
@@ -716,14 +658,13 @@ def _next_tuner(sweep: _Sweep, total: int) -> Any | None:
 def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOutcome:
     """Fit ``tuner``, then new segments while the study lacks trials; finish the record."""
     total = int(sweep.study.attrs["num_samples"])
-    results = None
     log = sweep.store.logs / f"{sweep.name}.log"
     try:
         with ray_tune_logs(log):
             while tuner is not None:
                 before = len(sweep.study.sweep_trials())
                 with interrupts.fitting():
-                    results = tuner.fit()
+                    tuner.fit()
                 if interrupts.count:
                     interrupts.hint = ""  # this line says how to go on: a second Ctrl-C is quiet
                     raise Interrupted(f"sweep {sweep.name!r} stopped (Ctrl-C): every trial "
@@ -748,7 +689,7 @@ def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOut
         sweep.console.print(f"removed {removed} MLflow child run(s) of trials that are not the "
                             "sweep's (started just before a crash)")
     if finished:
-        tracked(_log_best_student, sweep, results)
+        tracked(_log_best_student, sweep)
         tracked(sweep.tracker.end_sweep, sweep.parent, "FINISHED")
         sweep.console.print(f"sweep {sweep.name!r} finished: {len(trials)} trials")
     else:
@@ -784,18 +725,13 @@ class Interrupts:
         if kind is KeyboardInterrupt:  # a plain Ctrl-C (not one that already says what next)
             raise Interrupted(f"interrupted: {self.hint}") from None
 
-    def fitting(self) -> Any:
-        import contextlib
-
-        @contextlib.contextmanager
-        def fit() -> Any:
-            self.in_fit = True
-            try:
-                yield
-            finally:
-                self.in_fit = False
-
-        return fit()
+    @contextlib.contextmanager
+    def fitting(self) -> Iterator[None]:
+        self.in_fit = True
+        try:
+            yield
+        finally:
+            self.in_fit = False
 
     def handler(self, signum: int, frame: Any) -> None:
         self.count += 1
@@ -812,40 +748,31 @@ class Interrupts:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def ray_tune_logs(path: Path) -> Any:
+@contextlib.contextmanager
+def ray_tune_logs(path: Path) -> Iterator[None]:
     """For as long as the context lasts, Ray Tune's and Ray Train's log records go to the file
     ``path`` (local folders) and not to the terminal: kdtune prints what a user needs, a
     trial's traceback is in its MLflow run."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def routed() -> Any:
-        handler: logging.Handler | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(path)
-            handler.setFormatter(logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        except OSError:
-            handler = None
-        loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train")]
-        for logger in loggers:
-            if handler is not None:
-                logger.addHandler(handler)
-        terminal = [h for h in logging.getLogger("ray").handlers if h is not handler]
+    handler: logging.Handler | None = None
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train")] if handler else []
+    terminal = [h for h in logging.getLogger("ray").handlers if h is not handler]
+    for logger in loggers:
+        logger.addHandler(handler)
+    for h in terminal:
+        h.addFilter(_not_tune)
+    try:
+        yield
+    finally:
         for h in terminal:
-            h.addFilter(_not_tune)
-        try:
-            yield
-        finally:
-            for h in terminal:
-                h.removeFilter(_not_tune)
-            if handler is not None:
-                for logger in loggers:
-                    logger.removeHandler(handler)
-                handler.close()
-
-    return routed()
+            h.removeFilter(_not_tune)
+        for logger in loggers:
+            logger.removeHandler(handler)
+        if handler is not None:
+            handler.close()
 
 
 def _not_tune(record: logging.LogRecord) -> bool:
@@ -928,25 +855,24 @@ def warm_start_configs(space: SearchSpace, tracker: Tracker, console: Console
     return list(configs.values())
 
 
+def _name_taken(name: str, store: Store) -> KdtuneError:
+    return KdtuneError(f"sweep {name!r} already exists in {redact(store.tracking_uri)}; resume "
+                       f"it with `kdtune resume {name}` or choose another --name")
+
+
 def _check_name_free(tracker: Tracker, study: SweepStudy, name: str, store: Store) -> None:
     if tracker.find_sweep(name) is not None:
-        raise KdtuneError(f"sweep {name!r} already exists in {store.tracking_uri}; resume it "
-                          f"with `kdtune resume {name}` or choose another --name")
+        raise _name_taken(name, store)
     if study.exists():
         raise KdtuneError(f"a study named {name!r} already exists in "
-                          f"{public_url(store.study_url)}; choose another --name")
+                          f"{redact(store.study_url)}; choose another --name")
 
 
 def _num_samples(space: SearchSpace, override: int | None) -> int:
-    if space.search.sampler == "grid":
-        size = len(expand_grid(space))
-        n = override or space.search.num_samples or size
-        if n > size:
-            raise KdtuneError(f"--num-samples {n} is more than the grid's {size} configurations")
-        return n
-    n = override or space.search.num_samples
-    if n is None or n < 1:
-        raise KdtuneError(f"num_samples {n} must be >= 1 (--num-samples or search.num_samples)")
+    n = override or space.search.num_samples  # the space file requires it but for a grid
+    assert n is not None
+    if space.search.sampler == "grid" and n > (size := len(expand_grid(space))):
+        raise KdtuneError(f"--num-samples {n} is more than the grid's {size} configurations")
     return n
 
 
@@ -962,7 +888,7 @@ def _drop_orphans(tracker: Tracker, name: str, sweep_trials: set[str]) -> int:
     return removed
 
 
-def _log_best_student(sweep: _Sweep, results: Any) -> None:
+def _log_best_student(sweep: _Sweep) -> None:
     """Attach the best finished trial's student weights to its MLflow run."""
     from ray.tune import ExperimentAnalysis
 
@@ -972,18 +898,14 @@ def _log_best_student(sweep: _Sweep, results: Any) -> None:
     if best.empty:
         return
     row = best.iloc[0]
-    folder = trial_dirname_of(str(row["trial_id"]))
-    checkpoint = next((r.checkpoint for r in results or [] if Path(r.path).name == folder), None)
-    for segment in sweep.study.attrs[ATTR_SEGMENTS] if checkpoint is None else []:
+    for segment in sweep.study.attrs[ATTR_SEGMENTS]:
         analysis = ExperimentAnalysis(str(sweep.segment_dir(segment)))
         trial = next((t for t in analysis.trials if t.trial_id == row["trial_id"]), None)
-        if trial is not None:
-            checkpoint = analysis.get_last_checkpoint(trial)
-            break
-    if checkpoint is None:
-        return
-    log_student(sweep.tracker, str(row["run_id"]), checkpoint)
-    sweep.console.print(f"best student's weights logged to MLflow run {row['run_id']}")
+        checkpoint = analysis.get_last_checkpoint(trial) if trial is not None else None
+        if checkpoint is not None:
+            log_student(sweep.tracker, str(row["run_id"]), checkpoint)
+            sweep.console.print(f"best student's weights logged to MLflow run {row['run_id']}")
+            return
 
 
 def log_student(tracker: Tracker, run_id: str, checkpoint: Any) -> None:
@@ -991,16 +913,29 @@ def log_student(tracker: Tracker, run_id: str, checkpoint: Any) -> None:
     and config) on MLflow run ``run_id``."""
     import torch
 
-    from kdtune.teacher import atomic_save
+    from kdtune.report import STUDENT_FILE, save_student
 
     with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
         seeds = sorted(Path(folder).glob(CHECKPOINT_FILE.format(seed="*")))
         state = torch.load(seeds[0], map_location="cpu", weights_only=True)
-        student = Path(out) / "student.pt"
-        atomic_save({"format": "kdtune-student/1", "config": state["config"],
-                     "state_dict": state["model"]}, student)
-        tracker.log_artifact(run_id, student)
+        save_student(Path(out) / STUDENT_FILE, state["config"], state["model"])
+        tracker.log_artifact(run_id, Path(out) / STUDENT_FILE)
 
 
 def trial_dirname_of(trial_id: str) -> str:
     return f"trial_{trial_id}"
+
+
+def is_uri(location: str | Path) -> bool:
+    """A storage URI (``s3://``, ``gs://``, ``file://``) reached through pyarrow, not a path."""
+    return "://" in str(location)
+
+
+def location_exists(location: Path | str) -> bool:
+    """Whether a local path or a storage URI exists."""
+    if not is_uri(location):
+        return Path(location).exists()
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
