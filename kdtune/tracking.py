@@ -273,10 +273,11 @@ class Tracker:
             if not token:
                 return runs
 
-    def _log(self, run_id: str, *, metrics: Mapping[str, float] | None = None,
+    def _log(self, run_id: str, *, epochs: Sequence[tuple[int, Mapping[str, float]]] = (),
              params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
-             step: int = 0, timestamp: int | None = None) -> None:
-        """One ``log_batch`` call (MLflow splits it only past 100 params/tags)."""
+             timestamp: int | None = None) -> None:
+        """One ``log_batch`` call: metrics as ``(step, metrics)`` pairs, params and tags
+        (MLflow splits it only past 100 params/tags)."""
         from mlflow.entities import Metric, Param, RunTag
 
         ts = int(time.time() * 1000) if timestamp is None else timestamp
@@ -287,8 +288,8 @@ class Tracker:
                                   f"params hold at most {_MAX_PARAM_LEN}")
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), ts, int(step))
-                     for k, v in (metrics or {}).items() if v is not None],
+            metrics=[Metric(k, float(v), ts, int(step)) for step, metrics in epochs
+                     for k, v in metrics.items() if v is not None],
             params=[Param(k, v) for k, v in encoded.items()],
             tags=[RunTag(k, _tag_value(v)) for k, v in (tags or {}).items()],
         )
@@ -409,25 +410,12 @@ class Tracker:
             self.client.log_text(run_id, config_yaml, "config.yaml")
         return run_id
 
-    def log_epoch(self, run_id: str, metrics: Mapping[str, float], step: int,
-                  tags: Mapping[str, str] = {}, timestamp: int | None = None) -> None:
-        """Log one epoch's metrics at ``step`` (and ``tags``) in a single ``log_batch`` call."""
-        self._log(run_id, metrics=metrics, tags=tags, step=step, timestamp=timestamp)
-
     def log_epochs(self, run_id: str, epochs: Sequence[tuple[int, Mapping[str, float]]], *,
                    tags: Mapping[str, str] = {}, timestamp: int | None = None) -> None:
-        """Log several epochs' metrics (``(step, metrics)`` pairs) in one ``log_batch`` call.
-
-        With the same ``timestamp``, logging the same epochs again adds nothing: MLflow keeps
-        one row per (metric, step, timestamp, value)."""
-        from mlflow.entities import Metric, RunTag
-
-        ts = int(time.time() * 1000) if timestamp is None else timestamp
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), ts, int(step)) for step, metrics in epochs
-                     for k, v in metrics.items() if v is not None],
-            tags=[RunTag(k, _tag_value(v)) for k, v in tags.items()])
+        """Log epochs' metrics (``(step, metrics)`` pairs) and ``tags`` in one ``log_batch``
+        call. With the same ``timestamp``, logging the same epochs again adds nothing: MLflow
+        keeps one row per (metric, step, timestamp, value)."""
+        self._log(run_id, epochs=epochs, tags=tags, timestamp=timestamp)
 
     def end_trial(self, run_id: str, status: str, *, metrics: Mapping[str, float] = {},
                   tags: Mapping[str, str] = {}, timestamp: int | None = None) -> None:
@@ -446,7 +434,7 @@ class Tracker:
                 if logged:
                     step = max(m.step for m in logged)
                     ts = max(ts, max(m.timestamp for m in logged) + 1)
-            self._log(run_id, metrics=metrics, tags=tags, step=step, timestamp=ts)
+            self._log(run_id, epochs=[(step, metrics)], tags=tags, timestamp=ts)
         self.client.set_terminated(run_id, status=status)
 
     def log_artifact(self, run_id: str, local_path: str | Path,
@@ -545,8 +533,7 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
     uri = tracking_uri or default_tracking_uri(default_store())
     require_store(uri)
     tracker = Tracker(uri, experiment)
-    if tracker.find_sweep(name) is None:
-        raise tracker._unknown_sweep(name)
+    tracker.sweep_run(name)  # a one-line error for an unknown sweep
     metrics, modes = _as_list(metric), _as_list(mode)
     if not metrics or not modes:
         try:
@@ -626,31 +613,16 @@ def _runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
     metrics.*, tags.* (sorted within each group)."""
     import pandas as pd
 
-    rows = []
-    for run in runs:
-        info, data = run.info, run.data
-        row: dict[str, Any] = {
-            "run_id": info.run_id,
-            "run_name": info.run_name,
-            "trial_id": data.tags.get(TAG_TRIAL_ID),
-            "status": info.status,
-            "start_time": info.start_time,
-            "end_time": info.end_time,
-        }
-        row.update({f"params.{k}": v for k, v in data.params.items()})
-        row.update({f"metrics.{k}": v for k, v in data.metrics.items()})
-        row.update({f"tags.{k}": v for k, v in data.tags.items()})
-        rows.append(row)
     head = ["run_id", "run_name", "trial_id", "status", "start_time", "end_time"]
-    rest: set[str] = set()
-    for row in rows:
-        rest.update(k for k in row if k not in head)
-    order = {"params": 0, "metrics": 1, "tags": 2}
-    columns = head + sorted(rest, key=lambda c: (order[c.split(".", 1)[0]], c))
-    frame = pd.DataFrame(rows, columns=columns)
+    rows = [{"run_id": r.info.run_id, "run_name": r.info.run_name,
+             "trial_id": r.data.tags.get(TAG_TRIAL_ID), "status": r.info.status,
+             "start_time": r.info.start_time, "end_time": r.info.end_time,
+             **{f"params.{k}": v for k, v in r.data.params.items()},
+             **{f"metrics.{k}": float(v) for k, v in r.data.metrics.items()},
+             **{f"tags.{k}": v for k, v in r.data.tags.items()}} for r in runs]
+    group = {"params": 0, "metrics": 1, "tags": 2}
+    rest = sorted(set().union(*rows) - set(head), key=lambda c: (group[c.split(".")[0]], c))
+    frame = pd.DataFrame(rows, columns=head + rest)
     for col in ("start_time", "end_time"):
         frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
-    for col in columns:
-        if col.startswith("metrics."):
-            frame[col] = frame[col].astype(float)
-    return frame
+    return frame.astype({c: float for c in rest if c.startswith("metrics.")})

@@ -112,8 +112,8 @@ def test_epoch_metrics_have_steps(store: tuple[str, Tracker]) -> None:
     parent = _sweep(tracker, "epochs")
     run_id = tracker.start_trial(parent, "e", params={})
     for epoch in range(3):
-        tracker.log_epoch(run_id, {"train_loss": 1.0 - epoch / 10, "val_accuracy": epoch / 10,
-                                   "val_loss": 2.0, "epoch": epoch}, step=epoch)
+        tracker.log_epochs(run_id, [(epoch, {"train_loss": 1.0 - epoch / 10, "epoch": epoch,
+                                             "val_accuracy": epoch / 10, "val_loss": 2.0})])
     # The final value is the summary even though it is lower than the last epoch's.
     tracker.end_trial(run_id, "FINISHED", metrics={"val_accuracy": 0.15, "params": 1234})
     history = tracker.client.get_metric_history(run_id, "train_loss")

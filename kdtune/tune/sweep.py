@@ -199,11 +199,6 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
     return SweepContext(settings=settings, data=data, teacher=teacher)
 
 
-#: Largest per-view logit table a sweep computes and ships to every trial (fp16 bytes); the
-#: same cap as ``kdtune.teacher.MAX_TABLE_BYTES`` (not imported here: that imports torch).
-MAX_VIEW_TABLE_BYTES = 2 * 1024**3
-
-
 def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: Teacher,
                                 num_samples: int, console: Console) -> None:
     """Compute the teacher's logits once, before the trials, so that they run no teacher.
@@ -213,7 +208,7 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
     sample than there are views (and the table is not huge); else trials run it live. The
     view table is spread over the cluster's GPUs or nodes when there are (``view_table``).
     """
-    from kdtune.teacher import train_logits, view_logits
+    from kdtune.teacher import MAX_TABLE_BYTES, train_logits, view_logits
 
     wanted = space.fixed.get("teacher_outputs", "auto")
     augment = data.augment if space.fixed.get("augment") is not False else None
@@ -225,7 +220,7 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
     epochs = space.scheduler.max_t or space.fixed.get("epochs") or TrainConfig().epochs
     passes = num_samples * int(epochs) * len(space.seeds)  # teacher passes per sample, at most
     table = len(data.x_train) * augment.num_views * data.num_classes * 2
-    if wanted == "cached" or (passes >= augment.num_views and table <= MAX_VIEW_TABLE_BYTES):
+    if wanted == "cached" or (passes >= augment.num_views and table <= MAX_TABLE_BYTES):
         from kdtune.tune.view_table import distributed_view_logits, plan_shards
 
         res = space.resources

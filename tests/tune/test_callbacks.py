@@ -30,9 +30,9 @@ class SlowTracker(Tracker):
 
     delay_s = 0.5
 
-    def log_epoch(self, *args: Any, **kwargs: Any) -> None:
+    def log_epochs(self, *args: Any, **kwargs: Any) -> None:
         time.sleep(self.delay_s)
-        super().log_epoch(*args, **kwargs)
+        super().log_epochs(*args, **kwargs)
 
 
 def steps(tracker: Tracker, sweep: str, trial_id: str) -> list[int]:
