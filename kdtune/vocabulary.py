@@ -4,8 +4,6 @@ MLflow tags and params of the record. Every other module imports these names fro
 
 from __future__ import annotations
 
-from kdtune.errors import choose_one
-
 #: Metrics of every epoch (logged to MLflow with ``step`` = the epoch).
 EPOCH_METRICS = ("train_loss", "val_accuracy", "val_loss", "lr")
 #: Per-epoch metrics a scheduler can rank trials by at a rung.
@@ -15,11 +13,11 @@ RUNG_METRICS = ("val_accuracy", "val_loss")
 COST_METRICS = ("params", "flops", "latency_ms_b1", "latency_ms_b256", "speedup")
 #: The teacher's figures, reported beside a student's.
 TEACHER_METRICS = ("teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256")
-#: Metrics of a trial's end, logged once when it ends.
 #: Metrics a method's extra parts report (dml: the best of its peers).
 PART_METRICS = ("best_peer_val_accuracy",)
-#: Spread over a trial's training seeds (sample sd), when it trains several.
+#: Spread over a trial's training seeds (sample sd of ``<metric>``), when it trains several.
 SPREAD_METRICS = ("val_accuracy_sd", "test_accuracy_sd")
+#: Metrics of a trial's end, logged once when it ends.
 FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", *SPREAD_METRICS, *COST_METRICS,
                  "train_time_s", *TEACHER_METRICS, *PART_METRICS, "epoch")
 #: Metrics a sweep may optimise (``test_accuracy`` is reported, never optimised).
@@ -67,10 +65,3 @@ PARAM_OBJECTIVE_MODES = "objective.modes"
 PARAM_SEARCHED = "searched"
 PARAM_TEACHER = "teacher"
 
-
-def mode_of(metric: str) -> str:
-    """The direction of ``metric``; an unknown metric is a one-line error naming the known."""
-    try:
-        return MODES[metric]
-    except KeyError:
-        raise choose_one("metric", metric, list(MODES)) from None

@@ -6,7 +6,7 @@ so without a shared figure a latency objective or a ``kdtune best`` table could 
 identical students apart. A sweep names one board, a small detached actor (no CPU reserved)
 that the first trial needing it starts (so nothing is added to the sweep's start-up); the
 first trial to finish with an architecture times it and publishes the figure, and every later
-trial, on any worker or node, reports that figure. A worker asks the board once per
+trial, on any worker or node, reports that figure. A trial asks the board once per
 architecture. The driver ends the board with the sweep; a resumed sweep finds it again or,
 after the cluster went down, seeds a new one with what its trials had reported
 (:func:`seed_board`).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError
@@ -26,18 +27,12 @@ if TYPE_CHECKING:  # the board's own process imports this module: no torch, no p
     from torch import nn
 
     from kdtune.data import DataSplits
-    from kdtune.metrics import LatencyFn
 
 #: The final metrics the board holds, by batch size.
 METRICS = {1: "latency_ms_b1", 256: "latency_ms_b256"}
-#: Figures this process has had from a board: (board name, key) -> ms. A published figure
-#: never changes, so a worker asks the board once per architecture and batch size.
-_SEEN: dict[tuple[str, str], float] = {}
-_BOARDS: dict[str, Any] = {}
 NAMESPACE = "kdtune"
 #: Times a worker asks a board that does not answer before it reports its own figure.
 BOARD_ATTEMPTS = 8
-_WAITED = [0.0]
 
 
 class LatencyBoard:
@@ -59,19 +54,16 @@ def board(name: str) -> Any:
     the trial that started it (Ray ends a trial's actor when it no longer needs it), and a
     sweep resumed after a crash finds it again; the driver ends it with the sweep
     (:func:`end_board`)."""
-    if name not in _BOARDS:
-        import ray
+    import ray
 
-        _BOARDS[name] = ray.remote(num_cpus=0)(LatencyBoard).options(
-            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
-    return _BOARDS[name]
+    return ray.remote(num_cpus=0)(LatencyBoard).options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
 
 
 def end_board(name: str) -> None:
     """Stop board ``name`` if it runs (the sweep is over)."""
     import ray
 
-    _BOARDS.pop(name, None)
     with contextlib.suppress(ValueError):  # never started: no trial needed it
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
@@ -87,52 +79,57 @@ def board_key(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> s
     return repr((architecture_key(model), tuple(in_shape), batch_size))
 
 
-def shared_latency(name: str) -> LatencyFn:
-    """A latency function for ``TrainingRun.final_metrics`` reading and filling board
-    ``name``."""
+class SharedLatency:
+    """A latency function for ``TrainingRun.final_metrics`` that reads and fills board
+    ``name``. A published figure never changes, so it asks the board once per architecture
+    and batch size; :attr:`waited_s` counts the seconds spent waiting for the board (starting
+    it, asking it): sweep overhead, not the trainer's work."""
 
-    def latency(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> float:
-        import ray
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.known: dict[str, float] = {}
+        self.waited_s = 0.0
+        self.actor: Any = None
 
+    def __call__(self, model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> float:
         from kdtune.metrics import cpu_latency_ms
 
         key = board_key(model, in_shape, batch_size)
-        if (name, key) in _SEEN:
-            return _SEEN[name, key]
+        if key not in self.known:
+            self.known[key] = self.figure(key, lambda: cpu_latency_ms(model, in_shape,
+                                                                      batch_size))
+        return self.known[key]
+
+    def figure(self, key: str, measure: Callable[[], float]) -> float:
+        """The board's figure for ``key``, published from ``measure()`` if it has none yet;
+        this process's own measurement when the board does not answer."""
+        import ray
+
         measured = None
         for attempt in range(BOARD_ATTEMPTS):
             try:
-                known = _ask(board(name).get, key)
-                if known is None:
-                    measured = measured or cpu_latency_ms(model, in_shape, batch_size)
-                    known = _ask(board(name).publish, key, measured)
-                _SEEN[name, key] = float(known)
-                return _SEEN[name, key]
+                figure = self.ask(lambda b: b.get.remote(key))
+                if figure is None:
+                    measured = measured or measure()
+                    figure = self.ask(lambda b, ms=measured: b.publish.remote(key, ms))
+                return float(figure)
             except ray.exceptions.RayActorError:
                 # the board is starting on a busy node, or the process that held it ended:
                 # ask again (a new handle finds it, or starts another) before going alone
-                _BOARDS.pop(name, None)
+                self.actor = None
                 time.sleep(min(2.0, 0.1 * 2**attempt))
-        return measured or cpu_latency_ms(model, in_shape, batch_size)  # this trial's own
+        return measured or measure()
 
-    return latency
+    def ask(self, call: Callable[[Any], Any]) -> Any:
+        """``ray.get(call(board))``, its wall time added to :attr:`waited_s`."""
+        import ray
 
-
-def _ask(method: Any, *args: Any) -> Any:
-    """``ray.get(method.remote(*args))`` on a board, its wall time added to :func:`waited_s`."""
-    import ray
-
-    start = time.perf_counter()
-    try:
-        return ray.get(method.remote(*args))
-    finally:
-        _WAITED[0] += time.perf_counter() - start
-
-
-def waited_s() -> float:
-    """Seconds this process has spent waiting for boards (starting one, asking it): sweep
-    overhead, not the trainer's work."""
-    return _WAITED[0]
+        start = time.perf_counter()
+        try:
+            self.actor = self.actor or board(self.name)
+            return ray.get(call(self.actor))
+        finally:
+            self.waited_s += time.perf_counter() - start
 
 
 def seed_board(name: str, runs: pd.DataFrame, data: DataSplits) -> int:

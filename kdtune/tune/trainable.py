@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.config import TrainConfig
-from kdtune.tune.latency_board import shared_latency, waited_s
+from kdtune.tune.latency_board import SharedLatency
+from kdtune.vocabulary import SPREAD_METRICS
 
 if TYPE_CHECKING:  # torch: imported by a trial when it starts, by the driver beside Ray's start
     from kdtune.data import DataSplits
@@ -86,18 +87,14 @@ def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(float(m[k]) for m in per_seed) for k in keys}
 
 
-#: Final metrics whose spread over the training seeds is reported as ``<name>_sd``.
-SPREAD_OF = ("val_accuracy", "test_accuracy")
-
-
 def final_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
-    """The mean over seeds, plus the sample standard deviation of :data:`SPREAD_OF` as
-    ``<name>_sd`` when there are several seeds."""
+    """The mean over seeds, plus the sample standard deviations of
+    :data:`~kdtune.vocabulary.SPREAD_METRICS` when there are several seeds."""
     metrics = mean_metrics(per_seed)
-    if len(per_seed) > 1:
-        for name in SPREAD_OF:
-            if all(name in m for m in per_seed):
-                metrics[f"{name}_sd"] = statistics.stdev(float(m[name]) for m in per_seed)
+    for sd in SPREAD_METRICS if len(per_seed) > 1 else ():
+        name = sd.removesuffix("_sd")
+        if all(name in m for m in per_seed):
+            metrics[sd] = statistics.stdev(float(m[name]) for m in per_seed)
     return metrics
 
 
@@ -134,8 +131,12 @@ def _train(configs: Callable[[], list[TrainConfig]], context: SweepContext, *,
     from kdtune.metrics import cpu_latency_ms
     from kdtune.trainer import TrainingRun
 
-    latency = cpu_latency_ms if context.latency_board is None else \
-        shared_latency(context.latency_board)
+    board = None if context.latency_board is None else SharedLatency(context.latency_board)
+    latency = board or cpu_latency_ms
+
+    def waited_s() -> float:  # waiting for the latency board: the sweep's time
+        return board.waited_s if board else 0.0
+
     start = time.perf_counter()
     try:
         runs = [TrainingRun(c, teacher=context.teacher, data=context.data) for c in configs()]

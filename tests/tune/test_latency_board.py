@@ -16,12 +16,11 @@ from kdtune.models import create_model
 from kdtune.tune.latency_board import (
     METRICS,
     LatencyBoard,
+    SharedLatency,
     board,
     board_key,
     end_board,
     seed_board,
-    shared_latency,
-    waited_s,
 )
 
 from .conftest import SweepRecord
@@ -62,7 +61,7 @@ def test_workers_report_the_published_figure(ray_session: None) -> None:
 
     @ray.remote(num_cpus=1)
     def time_on_a_worker(width: int, seed: int) -> tuple[float, int]:
-        return shared_latency(name)(mlp(width, seed), SHAPE, 1), os.getpid()
+        return SharedLatency(name)(mlp(width, seed), SHAPE, 1), os.getpid()
 
     # the first worker to need the board starts it, times the architecture and publishes
     first, pid = ray.get(time_on_a_worker.remote(16, 0))
@@ -70,9 +69,9 @@ def test_workers_report_the_published_figure(ray_session: None) -> None:
     assert ray.get(board(name).get.remote(board_key(mlp(16), SHAPE, 1))) == first
     # another process (the driver here) reads that figure instead of timing its own; the
     # wait for the board is counted apart (a trial's trainer_s leaves it out)
-    waited = waited_s()
-    assert shared_latency(name)(mlp(16, seed=7), SHAPE, 1) == first
-    assert waited_s() > waited
+    latency = SharedLatency(name)
+    assert latency(mlp(16, seed=7), SHAPE, 1) == first
+    assert latency.waited_s > 0
     # a figure already on the board is what every worker reports: no worker times it again
     ray.get(board(name).publish.remote(board_key(mlp(8), SHAPE, 1), 123.0))
     assert ray.get(time_on_a_worker.remote(8, 3))[0] == 123.0
@@ -83,7 +82,7 @@ def test_batch_sizes_are_timed_apart(ray_session: None, batch_size: int) -> None
     import ray
 
     name = new_name()
-    measured = shared_latency(name)(mlp(8), SHAPE, batch_size)
+    measured = SharedLatency(name)(mlp(8), SHAPE, batch_size)
     actor = board(name)
     assert ray.get(actor.get.remote(board_key(mlp(8), SHAPE, batch_size))) == measured
     other = 256 if batch_size == 1 else 1
@@ -140,7 +139,7 @@ def test_the_driver_ends_the_board(ray_session: None) -> None:
     import ray
 
     name = new_name()
-    shared_latency(name)(mlp(8), SHAPE, 1)
+    SharedLatency(name)(mlp(8), SHAPE, 1)
     ray.get_actor(name, namespace="kdtune")  # running
     end_board(name)
     deadline = time.monotonic() + 20  # ray.kill returns at once; the name goes with the actor
