@@ -311,6 +311,10 @@ class _Loader:
         self.path = Path(path).expanduser().absolute()
         self.types = TrainConfig.key_types()
         self.models_checked: set[tuple[str, str, str]] = set()
+        self.pairs_checked: set[tuple[str, ...]] = set()
+        self.shapes: dict[tuple[Any, ...], list[Any]] = {}  # see feature_shapes
+        #: The teacher's architecture (name, options, classes, input shape), when known.
+        self.teacher_model: tuple[str, dict[str, Any], int, tuple[int, ...]] | None = None
 
     def err(self, key: str, msg: str) -> KdtuneError:
         return KdtuneError(f"{self.shown}: {key}: {msg}")
@@ -435,6 +439,7 @@ class _Loader:
             path = self.resolve(value)
             if not Path(path).is_file():
                 raise self.err("teacher.path", f"no such file {path!r}")
+            self.teacher_model = _checkpoint_model(path)
             return TeacherSettings(path=path, config=None)
         from kdtune.methods import all_params
 
@@ -451,6 +456,9 @@ class _Loader:
             raise self.err("teacher", str(exc)) from None
         self.check_model_options(cfg, lambda k: f"teacher.{k}" if k in config else f"fixed.{k}")
         self.check_model_values(cfg, "teacher")
+        from kdtune.data.datasets import dataset_shape
+
+        self.teacher_model = (cfg.model, cfg.model_kwargs(), *dataset_shape(cfg.dataset))
         return TeacherSettings(path=None, config=config)
 
     def parse_parameters(self, data: Any, fixed: Mapping[str, Any]) -> tuple[Parameter, ...]:
@@ -855,6 +863,9 @@ class _Loader:
             self.check_model_options(
                 cfg, lambda k: f"parameters.{k}" if k in params else f"fixed.{k}")
         self.check_model_values(cfg, key, params)
+        blamed = "parameters.feature_method.choices" if "feature_method" in params \
+            else "fixed.feature_method"
+        self.check_feature_pair(cfg, blamed if key == "parameters" else key, params)
 
     def check_model_values(self, cfg: TrainConfig, key: str,
                            params: Mapping[str, Any] | None = None) -> None:
@@ -879,7 +890,66 @@ class _Loader:
         self.models_checked.add(model_key)
 
 
+    def check_feature_pair(self, cfg: TrainConfig, key: str, params: Mapping[str, Any]) -> None:
+        """Build ``cfg``'s feature term for its student and the teacher on PyTorch's meta
+        device: a pair the method cannot serve (feature maps asked of an MLP, stages one of
+        them lacks) is refused here, not in every trial."""
+        from kdtune.data.datasets import dataset_shape
+        from kdtune.methods import get_feature_method
+
+        spec = get_feature_method(cfg.feature_method)
+        pair = (cfg.model, repr(sorted(cfg.model_kwargs().items())), cfg.feature_method,
+                repr(sorted((k, v) for k, v in cfg.method_params.items() if spec.reads(k))))
+        if spec.inputs is None or self.teacher_model is None or pair in self.pairs_checked:
+            return
+        import torch
+
+        name, kwargs, num_classes, in_shape = self.teacher_model
+        try:
+            student = self.feature_shapes(cfg.model, cfg.model_kwargs(),
+                                          *dataset_shape(cfg.dataset), spec.inputs)
+            teacher = self.feature_shapes(name, kwargs, num_classes, in_shape, spec.inputs)
+            with torch.device("meta"):
+                spec.make_term(student, teacher, cfg.method_params, 2)
+        except KdtuneError as exc:
+            shown = ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
+            raise self.err(key, f"{exc} (in the trial {{{shown}}})") from None
+        except Exception:  # a model the meta device cannot run: its trials will tell
+            pass
+        self.pairs_checked.add(pair)
+
+    def feature_shapes(self, model: str, kwargs: Mapping[str, Any], num_classes: int,
+                       in_shape: tuple[int, ...], inputs: str) -> list[Any]:
+        """The shapes of a model's features (``stages`` or ``embedding``) for a batch of 2,
+        from one pass on the meta device (no memory, no weights) per architecture."""
+        key = (model, repr(sorted(kwargs.items())), num_classes, tuple(in_shape), inputs)
+        if key not in self.shapes:
+            import torch
+
+            from kdtune.models import create_model
+
+            with torch.device("meta"), torch.no_grad():
+                built = create_model(model, num_classes, in_shape, **kwargs).eval()
+                feats = built.forward_features(torch.empty(2, *in_shape))
+            self.shapes[key] = [f.shape for f in (feats.stages if inputs == "stages"
+                                                  else [feats.embedding])]
+        return self.shapes[key]
+
+
 # -- small helpers -----------------------------------------------------------------------------
+def _checkpoint_model(path: str) -> tuple[str, dict[str, Any], int, tuple[int, ...]] | None:
+    """The architecture a teacher checkpoint holds (its weights are not read), or None when
+    the file is not one (loading the teacher says why)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return (ckpt["model"]["name"], dict(ckpt["model"]["kwargs"]),
+                int(ckpt["data"]["num_classes"]), tuple(ckpt["data"]["in_shape"]))
+    except Exception:
+        return None
+
+
 def _teacher_dict(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     data = {k: fixed[k] for k in (*DATA_KEYS, *TEACHER_DEFAULT_KEYS) if k in fixed}
     data.update(config)

@@ -65,6 +65,8 @@ def test_malformed_store_urls(command: str, flags: list[str], shown: str, teache
      "parameters.hidden.choices", "-4 is not allowed"),
     ({"method": {"type": "categorical", "choices": ["vanilla", "vanila"]}},
      "parameters.method.choices", "did you mean 'vanilla'"),
+    ({"feature_method": {"type": "categorical", "choices": ["none", "at"]}},
+     "parameters.feature_method.choices", "'at' needs feature maps"),
 ])
 def test_every_value_a_space_can_produce_is_checked(parameters: dict, key: str, shown: str,
                                                     teacher_path: Path, tmp_path: Path,

@@ -558,6 +558,20 @@ def test_a_partial_grid_is_a_seeded_sample_in_grid_order(tmp_path: Path) -> None
     assert grid_points(other, 6) != part
 
 
+def test_a_feature_method_the_pair_cannot_serve_is_refused_at_load(tmp_path: Path) -> None:
+    """Attention maps need conv feature maps: with an MLP student and teacher the space is
+    refused when it loads (the pair is built on the meta device), not in every trial; a
+    method that reads vectors loads."""
+    def kinds(method: str) -> dict:
+        return edit(parameters__feature_method={"type": "categorical",
+                                                "choices": ["none", method]})
+    with pytest.raises(KdtuneError, match=r"parameters.feature_method.choices: feature method "
+                                          r"'at' needs feature maps.*\(in the trial \{"):
+        load_space(write(tmp_path, kinds("at")))
+    assert load_space(write(tmp_path, kinds("pkt"))).parameter("feature_method").choices == \
+        ("none", "pkt")
+
+
 def test_feature_method_and_its_parameters_are_validated(tmp_path: Path) -> None:
     """``feature_method`` is searched beside ``method``; its parameters need a when: on it,
     kd_warmup is read by a feature term even with method none, and a feature term needs a
