@@ -203,12 +203,14 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
                                 num_samples: int, console: Console) -> None:
     """Compute the teacher's logits once, before the trials, so that they run no teacher.
 
-    Un-augmented training: the logits of the training set. Augmented training: the logits of
+    Un-augmented training: the logits of the training set, and its embeddings when a feature
+    method of the sweep reads them. Augmented training: the logits of
     every (sample, view) when the sweep's trials would otherwise run more teacher passes per
     sample than there are views (and the table is not huge); else trials run it live. The
     view table is spread over the cluster's GPUs or nodes when there are (``view_table``).
     """
-    from kdtune.teacher import MAX_TABLE_BYTES, train_logits, view_logits
+    from kdtune.methods import get_feature_method
+    from kdtune.teacher import MAX_TABLE_BYTES, train_embeddings, train_logits, view_logits
 
     wanted = space.fixed.get("teacher_outputs", "auto")
     augment = data.augment if space.fixed.get("augment") is not False else None
@@ -216,6 +218,8 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
         return
     if augment is None:
         train_logits(teacher, data)
+        if any(get_feature_method(m).inputs == "embedding" for m in _feature_methods(space)):
+            train_embeddings(teacher, data)  # the table of the methods that read embeddings
         return
     epochs = space.scheduler.max_t or space.fixed.get("epochs") or TrainConfig().epochs
     passes = num_samples * int(epochs) * len(space.seeds)  # teacher passes per sample, at most
@@ -236,6 +240,12 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
     else:
         console.print(f"augmented training: trials run the teacher live ({passes} passes per "
                       f"sample at most, {augment.num_views} views, table {table / 1e6:.0f} MB)")
+
+
+def _feature_methods(space: SearchSpace) -> tuple[str, ...]:
+    """The feature methods a sweep's trials can use."""
+    searched = next((p.choices for p in space.parameters if p.name == "feature_method"), None)
+    return searched or (space.fixed.get("feature_method", "none"),)
 
 
 def rung_objectives(space: SearchSpace) -> tuple[list[str], list[str]]:

@@ -75,3 +75,15 @@ def test_unaugmented_training_gets_the_plain_logits(tmp_path: Path,
                                                     synthetic_teacher: Path) -> None:
     data = load_data(TrainConfig(dataset="synthetic", augment=False))
     assert plan(tmp_path, synthetic_teacher, 2, augment="false") == {data.key}
+
+
+def test_embeddings_too_when_a_feature_method_reads_them(tmp_path: Path,
+                                                        synthetic_teacher: Path) -> None:
+    """pkt reads the teacher's embeddings: the driver computes them once, and they reach the
+    trials with the teacher; a method reading stage maps (fitnet) runs the teacher live."""
+    data = load_data(TrainConfig(dataset="synthetic", augment=False))
+    embedding = f"{data.key}-embedding"
+    assert plan(tmp_path, synthetic_teacher, 2, augment="false", feature_method="pkt") == \
+        {data.key, embedding}
+    assert plan(tmp_path, synthetic_teacher, 2, augment="false", feature_method="fitnet") == \
+        {data.key}
