@@ -7,7 +7,8 @@ on a shared filesystem. Only the driver talks to it. The study holds the sweep's
 study attributes, one Optuna trial per Ray trial (user attribute ``ray_trial_id``), each
 epoch's objective as an intermediate value, and every early-stopping decision with the values
 it was made on (user attributes ``rung_<milestone>``), so a resumed sweep reads everything back
-from here: Ray pickles only the storage URL and the study name (:class:`SweepStudy`).
+from here: Ray pickles only the storage URL and the study name (:class:`SweepStudy`). The
+same storage holds the lock that lets one driver at a time run a sweep (:class:`DriverLock`).
 """
 
 from __future__ import annotations
