@@ -69,7 +69,7 @@ def finalist_jobs(finalists: Any, searched: Sequence[str], seeds: Sequence[int]
                                        where=f"trial {row['trial_id']}")
         kd = _params(config)
         alone = _params(config.replace(method="none"))
-        key = repr(sorted(alone.items()))
+        key = baseline_key(config)
         for seed in seeds:
             jobs.append({"params": kd, "seed": seed, "role": "kd",
                          "finalist": str(row["trial_id"])})
@@ -84,6 +84,19 @@ def _params(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in NOT_CARRIED}
 
 
+def baseline_key(config: TrainConfig) -> str:
+    """What names the student-alone baseline of ``config`` (a finalist's configuration, or a
+    baseline's own): the configuration with ``method: none``, less what a finalist run takes
+    from the finalize run (the seed among it). :func:`summarise` pairs a finalist with its
+    baseline runs by this key, not by their ``kdtune.finalist`` tag: a baseline shared by
+    several finalists runs once, tagged with the first of them only."""
+    return repr(sorted(_params(config.replace(method="none")).items()))
+
+
+def _run_config(row: Any) -> TrainConfig:
+    return TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
+
+
 def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
               ) -> list[dict[str, Any]]:
     """One row per finalist (rows of ``Tracker.final_runs``): test accuracy mean ± sd and its
@@ -93,12 +106,12 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
     done = runs[runs["status"] == "FINISHED"]
     kd = done[done[f"tags.{TAG_ROLE}"] == "kd"]
     alone = done[done[f"tags.{TAG_ROLE}"] == "student_alone"]
+    alone_keys = [baseline_key(_run_config(r)) for _, r in alone.iterrows()]
     rows = []
     for finalist, group in kd.groupby(f"tags.{TAG_FINALIST}", sort=False):
         config = config_from_run(group.iloc[0], fields=TrainConfig.field_names())
-        base = _params(TrainConfig.from_dict(config).replace(method="none"))
-        mine = alone.loc[[_params(TrainConfig.from_dict(config_from_run(
-            r, fields=TrainConfig.field_names()))) == base for _, r in alone.iterrows()]]
+        key = baseline_key(TrainConfig.from_dict(config))
+        mine = alone.loc[[k == key for k in alone_keys]]
         by_seed = dict(zip(group["params.seed"], group["metrics.test_accuracy"], strict=True))
         alone_by_seed = dict(zip(mine["params.seed"], mine["metrics.test_accuracy"],
                                  strict=True))
