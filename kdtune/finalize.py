@@ -4,10 +4,10 @@ baselines, read on the test set once, summarised with intervals.
 The finalists are chosen on validation only (the sweep's objective; the Pareto front for
 several). Each trains with ``S`` training seeds the sweep did not use (``split_seed`` stays the
 sweep's, so every run sees the same test split), and so does its baseline: the same
-configuration with ``method: none`` (the student alone). The sweep's teacher is read on the
-test set once. The runs are Ray trials of their own experiment (``<sweep folder>/finalize``,
-resumable like a sweep), logged as child runs of the sweep's parent tagged
-``kdtune.stage=final``; search queries, counts and clean-up leave them out.
+configuration with ``method: none`` and no feature term (the student alone). The sweep's
+teacher is read on the test set once. The runs are Ray trials of their own experiment
+(``<sweep folder>/finalize``, resumable like a sweep), logged as child runs of the sweep's
+parent tagged ``kdtune.stage=final``; search queries, counts and clean-up leave them out.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def finalist_jobs(finalists: Any, searched: Sequence[str], seeds: Sequence[int]
         config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
                                        where=f"trial {row['trial_id']}")
         kd = _params(config)
-        alone = _params(config.replace(method="none"))
+        alone = _params(student_alone(config))
         key = baseline_key(config)
         for seed in seeds:
             jobs.append({"params": kd, "seed": seed, "role": "kd",
@@ -84,13 +84,19 @@ def _params(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in NOT_CARRIED}
 
 
+def student_alone(config: TrainConfig) -> TrainConfig:
+    """The baseline of ``config``: the same student trained without its teacher (``method:
+    none`` and no feature term, whose method parameters go with them)."""
+    return config.replace(method="none", feature_method="none")
+
+
 def baseline_key(config: TrainConfig) -> str:
     """What names the student-alone baseline of ``config`` (a finalist's configuration, or a
-    baseline's own): the configuration with ``method: none``, less what a finalist run takes
-    from the finalize run (the seed among it). :func:`summarise` pairs a finalist with its
+    baseline's own): :func:`student_alone` of it, less what a finalist run takes from the
+    finalize run (the seed among it). :func:`summarise` pairs a finalist with its
     baseline runs by this key, not by their ``kdtune.finalist`` tag: a baseline shared by
     several finalists runs once, tagged with the first of them only."""
-    return repr(sorted(_params(config.replace(method="none")).items()))
+    return repr(sorted(_params(student_alone(config)).items()))
 
 
 def _run_config(row: Any) -> TrainConfig:

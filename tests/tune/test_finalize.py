@@ -195,3 +195,28 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
         assert row["gain"] == pytest.approx(statistics.fmean(paired)), finalist
         assert row["gain_ci95"] == pytest.approx(list(t_interval(paired))), finalist
         assert row["gap_closed"] == pytest.approx(row["gain"] / (0.95 - row["student_alone"]))
+
+
+def test_the_baseline_of_a_feature_distiller_is_the_student_alone() -> None:
+    """A finalist with a feature term (FitNet) gets a baseline without it: ``method: none``
+    alone would still train the student on the teacher's features."""
+    import pandas as pd
+
+    from kdtune.config import TrainConfig
+    from kdtune.finalize import baseline_key
+    from kdtune.tracking import encode_param
+
+    config = TrainConfig.from_dict({"dataset": "digits", "model": "mlp", "hidden": [8],
+                                    "method": "vanilla", "feature_method": "fitnet",
+                                    "feature_weight": 10.0, "seed": 0})
+    trials = pd.DataFrame([{"trial_id": "A", **{f"params.{k}": encode_param(v)
+                                                for k, v in config.to_dict().items()}}])
+    jobs = finalist_jobs(trials, ["feature_method"], [1, 2])
+    (alone,) = {repr(j["params"]): j["params"] for j in jobs
+                if j["role"] == "student_alone"}.values()
+    assert alone["method"] == "none" and alone["feature_method"] == "none"
+    assert "feature_weight" not in alone
+    kd = next(j["params"] for j in jobs if j["role"] == "kd")
+    assert kd["feature_method"] == "fitnet" and kd["feature_weight"] == 10.0
+    # summarise finds it from the finalist's config, and from the baseline's own
+    assert baseline_key(config) == baseline_key(TrainConfig.from_dict(alone))
