@@ -34,14 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.harness import (  # run from the repository root: `python -m benchmarks...`
+    DIVERGING_LR,
+    GOOD_LR,
     Driver,
     MlflowServer,
     Postgres,
     check_record,
     kdtune_env,
+    kill_a_trial_worker,
     postgres_bin,
     postgres_dir,
     ray_temp,
+    results_of,
+    trial_faults_space,
     write_space,
 )
 
@@ -98,31 +103,12 @@ def store_flags(folder: Path) -> tuple[str, str, list[str]]:
                                                      str(store / "ray")]
 
 
-def results_of(storage: Path) -> dict[str, list[dict[str, Any]]]:
-    out = {}
-    for path in storage.glob("*/trial_*/result.json"):
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
-        out[path.parent.name] = rows
-    return out
-
-
 # -- the faults --------------------------------------------------------------------------------
 def worker_and_nan(bench: Bench, worker: Row, nan: Row) -> None:
     """A sweep of 3 trials (one diverges): the worker of a running trial is SIGKILLed."""
     folder = bench.folder("worker")
     epochs = 24
-    space = write_space(folder, bench.teacher, name="worker",
-                        fixed={**FIXED, "epochs": epochs, "batch_size": 16, "method": "none",
-                               "hidden": [16]},
-                        parameters={"lr": {"type": "categorical",
-                                           "choices": [0.05, 0.08, 1000.0]}},
-                        search={"num_samples": 3, "max_concurrent": 2, "sampler": "grid",
-                                "seed": 0})
+    space = trial_faults_space(folder, bench.teacher, "worker", epochs)
     uri, study, flags = store_flags(folder)
     with ray_temp() as tmp:
         driver = Driver(["search", str(space), *flags], folder, kdtune_env(tmp),
@@ -131,12 +117,7 @@ def worker_and_nan(bench: Bench, worker: Row, nan: Row) -> None:
         try:
             deadline = time.monotonic() + 300
             while killed is None and driver.running() and time.monotonic() < deadline:
-                for name, rows in results_of(folder / "store" / "ray").items():
-                    if rows and rows[-1]["config"]["lr"] == 0.05 and \
-                            3 <= rows[-1].get("epoch", 0) < epochs:
-                        os.kill(int(rows[-1]["pid"]), signal.SIGKILL)
-                        killed = name.removeprefix("trial_")
-                        break
+                killed = kill_a_trial_worker(folder / "store" / "ray", GOOD_LR, epochs)
                 time.sleep(0.05)
             code = driver.finish(timeout=600)
         finally:
@@ -145,12 +126,13 @@ def worker_and_nan(bench: Bench, worker: Row, nan: Row) -> None:
     from kdtune.tracking import Tracker
 
     runs = Tracker(uri).trial_runs("worker").set_index("trial_id")
-    retried = killed is not None and killed in runs.index and \
-        runs.loc[killed].get("tags.kdtune.retries") == "1" and \
-        runs.loc[killed, "status"] == "FINISHED"
+    trial = killed["folder"].removeprefix("trial_") if killed else None
+    retried = trial is not None and trial in runs.index and \
+        runs.loc[trial].get("tags.kdtune.retries") == "1" and \
+        runs.loc[trial, "status"] == "FINISHED"
     worker.add(code == 0 and verdict.survived and retried, verdict.lost, verdict.duplicated,
                "; ".join(verdict.problems) or f"exit {code}, retried {retried}")
-    failed = runs[runs["params.lr"] == "1000.0"]
+    failed = runs[runs["params.lr"] == json.dumps(DIVERGING_LR)]
     once = len(failed) == 1 and failed.iloc[0]["status"] == "FAILED" and \
         len({r["pid"] for r in results_of(folder / "store" / "ray")[
             f"trial_{failed.index[0]}"]}) == 1

@@ -4,10 +4,10 @@ baselines, read on the test set once, summarised with intervals.
 The finalists are chosen on validation only (the sweep's objective; the Pareto front for
 several). Each trains with ``S`` training seeds the sweep did not use (``split_seed`` stays the
 sweep's, so every run sees the same test split), and so does its baseline: the same
-configuration with ``method: none`` (the student alone). The sweep's teacher is read on the
-test set once. The runs are Ray trials of their own experiment (``<sweep folder>/finalize``,
-resumable like a sweep), logged as child runs of the sweep's parent tagged
-``kdtune.stage=final``; search queries, counts and clean-up leave them out.
+configuration with ``method: none`` and no feature term (the student alone). The sweep's
+teacher is read on the test set once. The runs are Ray trials of their own experiment
+(``<sweep folder>/finalize``, resumable like a sweep), logged as child runs of the sweep's
+parent tagged ``kdtune.stage=final``; search queries, counts and clean-up leave them out.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def finalist_jobs(finalists: Any, searched: Sequence[str], seeds: Sequence[int]
         config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
                                        where=f"trial {row['trial_id']}")
         kd = _params(config)
-        alone = _params(config.replace(method="none"))
-        key = repr(sorted(alone.items()))
+        alone = _params(student_alone(config))
+        key = baseline_key(config)
         for seed in seeds:
             jobs.append({"params": kd, "seed": seed, "role": "kd",
                          "finalist": str(row["trial_id"])})
@@ -84,6 +84,25 @@ def _params(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in NOT_CARRIED}
 
 
+def student_alone(config: TrainConfig) -> TrainConfig:
+    """The baseline of ``config``: the same student trained without its teacher (``method:
+    none`` and no feature term, whose method parameters go with them)."""
+    return config.replace(method="none", feature_method="none")
+
+
+def baseline_key(config: TrainConfig) -> str:
+    """What names the student-alone baseline of ``config`` (a finalist's configuration, or a
+    baseline's own): :func:`student_alone` of it, less what a finalist run takes from the
+    finalize run (the seed among it). :func:`summarise` pairs a finalist with its
+    baseline runs by this key, not by their ``kdtune.finalist`` tag: a baseline shared by
+    several finalists runs once, tagged with the first of them only."""
+    return repr(sorted(_params(student_alone(config)).items()))
+
+
+def _run_config(row: Any) -> TrainConfig:
+    return TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
+
+
 def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
               ) -> list[dict[str, Any]]:
     """One row per finalist (rows of ``Tracker.final_runs``): test accuracy mean ± sd and its
@@ -93,12 +112,12 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
     done = runs[runs["status"] == "FINISHED"]
     kd = done[done[f"tags.{TAG_ROLE}"] == "kd"]
     alone = done[done[f"tags.{TAG_ROLE}"] == "student_alone"]
+    alone_keys = [baseline_key(_run_config(r)) for _, r in alone.iterrows()]
     rows = []
     for finalist, group in kd.groupby(f"tags.{TAG_FINALIST}", sort=False):
         config = config_from_run(group.iloc[0], fields=TrainConfig.field_names())
-        base = _params(TrainConfig.from_dict(config).replace(method="none"))
-        mine = alone.loc[[_params(TrainConfig.from_dict(config_from_run(
-            r, fields=TrainConfig.field_names()))) == base for _, r in alone.iterrows()]]
+        key = baseline_key(TrainConfig.from_dict(config))
+        mine = alone.loc[[k == key for k in alone_keys]]
         by_seed = dict(zip(group["params.seed"], group["metrics.test_accuracy"], strict=True))
         alone_by_seed = dict(zip(mine["params.seed"], mine["metrics.test_accuracy"],
                                  strict=True))

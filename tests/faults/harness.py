@@ -9,6 +9,9 @@
 * :class:`Postgres`: a real PostgreSQL server from Debian's package (``initdb`` / ``pg_ctl``
   of ``/usr/lib/postgresql/*/bin``, run as the ``postgres`` user), in a temporary folder on
   127.0.0.1 and a free port, with a password user.
+* :func:`trial_faults_space`, :func:`kill_a_trial_worker`: the sweep of the trial faults (a
+  trial's worker SIGKILLed, a trial whose loss diverges) and the kill, for the in-process sweep
+  of ``test_trial_faults.py`` and the driver subprocess of the benchmark alike.
 * :func:`check_record`: what a sweep left in MLflow and its study, held against what a sweep
   of ``num_samples`` trials must have: one child run per trial, none duplicated, every epoch
   once and none missing, the parent FINISHED.
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -201,6 +205,62 @@ def ray_temp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# -- a trial's faults -------------------------------------------------------------------------
+#: A learning rate that trains, and one whose loss diverges (the trial fails by itself).
+GOOD_LR, DIVERGING_LR = 0.05, 1000.0
+
+
+def trial_faults_space(folder: Path, teacher: Path | dict[str, Any] | None, name: str,
+                       epochs: int) -> Path:
+    """A grid sweep of 3 trials, 2 at a time: MLP (16,) students without distillation,
+    ``epochs`` epochs of batches of 16 (long enough to be killed mid-run), learning rates
+    :data:`GOOD_LR`, 0.08 and :data:`DIVERGING_LR`; a trial whose worker dies continues from
+    its checkpoint twice at most."""
+    return write_space(
+        folder, teacher, name=name,
+        fixed={"dataset": "digits", "model": "mlp", "epochs": epochs, "batch_size": 16,
+               "method": "none", "hidden": [16], "seeds": [0]},
+        parameters={"lr": {"type": "categorical", "choices": [GOOD_LR, 0.08, DIVERGING_LR]}},
+        search={"num_samples": 3, "max_concurrent": 2, "sampler": "grid", "seed": 0},
+        resources={"cpus": 1, "gpus": 0, "max_retries": 2})
+
+
+def results_of(storage: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each trial folder's results as Ray's JSON logger wrote them, in order (a line being
+    written ends them)."""
+    out = {}
+    for path in storage.glob("*/trial_*/result.json"):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+        out[path.parent.name] = rows
+    return out
+
+
+def is_ray_worker(pid: int) -> bool:
+    try:
+        return b"ray::" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def kill_a_trial_worker(storage: Path, lr: float, epochs: int) -> dict[str, Any] | None:
+    """One look at the results under ``storage``: the worker of the trial of learning rate
+    ``lr``, once it has reported epoch 3 and before its last, SIGKILLed (by the pid its
+    results carry, which must be a Ray worker's); ``folder``, ``pid`` and ``epoch`` of the
+    kill, or None when no such trial runs yet."""
+    for folder, rows in results_of(storage).items():
+        if rows and rows[-1]["config"]["lr"] == lr and 3 <= rows[-1].get("epoch", 0) < epochs:
+            pid = int(rows[-1]["pid"])
+            assert is_ray_worker(pid), f"pid {pid} of {folder} is not a Ray worker"
+            os.kill(pid, signal.SIGKILL)
+            return {"folder": folder, "pid": pid, "epoch": rows[-1]["epoch"]}
+    return None
 
 
 # -- servers -----------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -23,44 +21,22 @@ from rich.console import Console
 from kdtune.tracking import Tracker
 from kdtune.tune.study import SweepStudy
 
-from .harness import write_space
+from .harness import (
+    DIVERGING_LR,
+    GOOD_LR,
+    kill_a_trial_worker,
+    results_of,
+    trial_faults_space,
+)
 
 EPOCHS = 24
-GOOD_LR, DIVERGING_LR = 0.05, 1000.0
-
-
-def results_of(storage: Path) -> dict[str, list[dict[str, Any]]]:
-    """Each trial folder's results as Ray's JSON logger wrote them, in order."""
-    out = {}
-    for path in storage.glob("*/trial_*/result.json"):
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line being written
-                break
-        out[path.parent.name] = rows
-    return out
-
-
-def is_ray_worker(pid: int) -> bool:
-    try:
-        return b"ray::" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def test_dead_worker_retries_from_its_checkpoint_and_nan_fails_once(
         faults_ray: None, store_template: Path, teacher_path: Path, tmp_path: Path) -> None:
     from kdtune.tune.sweep import run_sweep
 
-    space = write_space(
-        tmp_path, teacher_path, name="trialfaults",
-        fixed={"dataset": "digits", "model": "mlp", "epochs": EPOCHS, "batch_size": 16,
-               "method": "none", "hidden": [16], "seeds": [0]},
-        parameters={"lr": {"type": "categorical", "choices": [GOOD_LR, 0.08, DIVERGING_LR]}},
-        search={"num_samples": 3, "max_concurrent": 2, "sampler": "grid", "seed": 0},
-        resources={"cpus": 1, "gpus": 0, "max_retries": 2})
+    space = trial_faults_space(tmp_path, teacher_path, "trialfaults", EPOCHS)
     store = tmp_path / "store"
     uri = f"sqlite:///{store / 'mlflow.db'}"
     storage = store / "ray"
@@ -77,16 +53,10 @@ def test_dead_worker_retries_from_its_checkpoint_and_nan_fails_once(
     thread = threading.Thread(target=sweep, daemon=True)
     thread.start()
     # -- SIGKILL the worker of the first trial once it has checkpointed epoch 3 ------------
-    killed: dict[str, Any] = {}
+    killed: dict[str, Any] | None = None
     deadline = time.monotonic() + 300
     while not killed and time.monotonic() < deadline and thread.is_alive():
-        for folder, rows in results_of(storage).items():
-            if rows and rows[-1]["config"]["lr"] == GOOD_LR and 3 <= rows[-1]["epoch"] < EPOCHS:
-                pid = int(rows[-1]["pid"])
-                assert is_ray_worker(pid), pid
-                os.kill(pid, signal.SIGKILL)
-                killed = {"folder": folder, "pid": pid, "epoch": rows[-1]["epoch"]}
-                break
+        killed = kill_a_trial_worker(storage, GOOD_LR, EPOCHS)
         time.sleep(0.05)
     assert killed, f"no running trial to kill:\n{console.getvalue()}"
     thread.join(timeout=400)

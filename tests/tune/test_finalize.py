@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kdtune.cli import main
-from kdtune.finalize import fresh_seeds, t_interval
+from kdtune.finalize import finalist_jobs, fresh_seeds, summarise, t_interval
 
 from .conftest import BASE_SPACE, SweepRecord, new_store, sqlite_uri, write_space
 
@@ -138,3 +138,85 @@ def test_bad_finalize_input_is_one_line(finalized: tuple[SweepRecord, Any, list[
     assert main(["finalize", "fin", *argv, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
+
+
+def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
+    """summarise on the runs finalist_jobs launches, logged as the MLflow callback logs them
+    (``describe``): B's baseline is A's (the same student; run once, tagged A only), C's and
+    D's differ from A's by one value each. A pairing by the ``kdtune.finalist`` tag leaves B
+    without a baseline; one by part of the config mixes A's, C's and D's."""
+    import pandas as pd
+
+    from kdtune.config import TrainConfig
+    from kdtune.tracking import encode_param
+    from kdtune.tune.callbacks import describe
+    from kdtune.tune.trainable import TrialSettings
+
+    fixed = {"dataset": "digits", "model": "mlp", "epochs": 2}
+    finalists = {"A": ("vanilla", [8], 0.1), "B": ("none", [8], 0.1),
+                 "C": ("vanilla", [16], 0.1), "D": ("vanilla", [8], 0.05)}
+    trials = pd.DataFrame([
+        {"trial_id": t, **{f"params.{k}": encode_param(v) for k, v in TrainConfig.from_dict(
+            {**fixed, "method": m, "hidden": h, "lr": lr, "seed": 0}).to_dict().items()}}
+        for t, (m, h, lr) in finalists.items()])
+    seeds = [1, 2, 3]
+    jobs = finalist_jobs(trials, ["method", "hidden", "lr"], seeds)
+    alone_jobs = [j for j in jobs if j["role"] == "student_alone"]
+    assert {j["finalist"] for j in alone_jobs} == {"A", "C", "D"}  # B shares A's
+    assert len(alone_jobs) == 3 * len(seeds)
+
+    # test accuracies that tell every pairing apart: a student alone by (hidden, lr) and seed,
+    # a distilled one by finalist and seed
+    alone_acc = {("[8]", "0.1"): 0.50, ("[16]", "0.1"): 0.60, ("[8]", "0.05"): 0.70}
+    settings = TrialSettings(fixed=fixed, seeds=(0,), teacher_path="/teacher.pt",
+                             overrides={"device": "cpu", "threads": 1})
+    rows = []
+    for job in jobs:
+        config, tags = describe(settings, {"job": job})
+        params = {f"params.{k}": encode_param(v) for k, v in config.items()}
+        seed = int(job["seed"])
+        if job["role"] == "kd":
+            accuracy = 0.80 + 0.01 * "ABCD".index(job["finalist"]) + 0.001 * seed ** 2
+        else:
+            accuracy = alone_acc[params["params.hidden"], params["params.lr"]] + 0.002 * seed
+        rows.append({"status": "FINISHED", **params, **{f"tags.{k}": v for k, v in tags.items()},
+                     "metrics.test_accuracy": accuracy, "metrics.speedup": 5.0})
+    table = {r["finalist"]: r for r in summarise(pd.DataFrame(rows), 0.95,
+                                                  ["method", "hidden", "lr"])}
+    assert set(table) == set(finalists)
+    for finalist, (_, hidden, lr) in finalists.items():
+        base = alone_acc[encode_param(hidden), encode_param(lr)]
+        kd = [0.80 + 0.01 * "ABCD".index(finalist) + 0.001 * s ** 2 for s in seeds]
+        alone = [base + 0.002 * s for s in seeds]
+        row = table[finalist]
+        assert "student_alone" in row, f"{finalist}: no baseline found"
+        assert row["student_alone"] == pytest.approx(statistics.fmean(alone)), finalist
+        paired = [k - a for k, a in zip(kd, alone, strict=True)]
+        assert row["gain"] == pytest.approx(statistics.fmean(paired)), finalist
+        assert row["gain_ci95"] == pytest.approx(list(t_interval(paired))), finalist
+        assert row["gap_closed"] == pytest.approx(row["gain"] / (0.95 - row["student_alone"]))
+
+
+def test_the_baseline_of_a_feature_distiller_is_the_student_alone() -> None:
+    """A finalist with a feature term (FitNet) gets a baseline without it: ``method: none``
+    alone would still train the student on the teacher's features."""
+    import pandas as pd
+
+    from kdtune.config import TrainConfig
+    from kdtune.finalize import baseline_key
+    from kdtune.tracking import encode_param
+
+    config = TrainConfig.from_dict({"dataset": "digits", "model": "mlp", "hidden": [8],
+                                    "method": "vanilla", "feature_method": "fitnet",
+                                    "feature_weight": 10.0, "seed": 0})
+    trials = pd.DataFrame([{"trial_id": "A", **{f"params.{k}": encode_param(v)
+                                                for k, v in config.to_dict().items()}}])
+    jobs = finalist_jobs(trials, ["feature_method"], [1, 2])
+    (alone,) = {repr(j["params"]): j["params"] for j in jobs
+                if j["role"] == "student_alone"}.values()
+    assert alone["method"] == "none" and alone["feature_method"] == "none"
+    assert "feature_weight" not in alone
+    kd = next(j["params"] for j in jobs if j["role"] == "kd")
+    assert kd["feature_method"] == "fitnet" and kd["feature_weight"] == 10.0
+    # summarise finds it from the finalist's config, and from the baseline's own
+    assert baseline_key(config) == baseline_key(TrainConfig.from_dict(alone))

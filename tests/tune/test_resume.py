@@ -19,7 +19,6 @@ things keep that Ray apart from the test session's (``ray_session``):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -27,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +38,7 @@ from kdtune.cli import main
 from kdtune.tracking import Tracker
 from kdtune.tune.space import grid_points, load_space, suggest
 from kdtune.tune.study import SweepStudy
+from tests.faults.harness import kill_all, processes_of, ray_temp
 
 from .conftest import BASE_SPACE, new_store, sqlite_uri, write_space
 
@@ -59,41 +58,6 @@ def kdtune_env(ray_tmp: Path) -> dict[str, str]:
     return env
 
 
-def processes_of(pgid: int, marker: str) -> list[int]:
-    """Pids in process group ``pgid`` or with ``marker`` in their command line."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        pid = int(entry.name)
-        try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue  # a zombie (the killed driver, until it is waited for)
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if os.getpgid(pid) == pgid or marker in cmdline:
-                found.append(pid)
-        except (OSError, ProcessLookupError):
-            continue
-    return found
-
-
-def kill_all(pgid: int, marker: str) -> list[int]:
-    """SIGKILL the process group and any straggler of that Ray; return what was left over."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    left = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        left = processes_of(pgid, marker)
-        if not left:
-            return []
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-    return left
-
-
 def run_kdtune(argv: list[str], *, cwd: Path, env: dict[str, str], marker: str,
                timeout: float) -> subprocess.CompletedProcess[str]:
     """``python -m kdtune ARGV`` in its own session; its Ray is cleaned up afterwards."""
@@ -109,9 +73,8 @@ def run_kdtune(argv: list[str], *, cwd: Path, env: dict[str, str], marker: str,
 
 @pytest.fixture
 def ray_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kdt", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with ray_temp() as path:
+        yield path
 
 
 def snapshot(tracker: Tracker, run_id: str) -> dict:
