@@ -22,9 +22,13 @@ from rich.console import Console
 
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
+from kdtune.report import STUDENT_FILE
 from kdtune.tracking import Tracker, config_from_run
 from kdtune.tune.space import load_space
 from kdtune.vocabulary import (
+    ROLE_ALONE,
+    ROLE_KD,
+    ROLE_TEACHER,
     STAGE_FINAL,
     TAG_FINALIST,
     TAG_ROLE,
@@ -71,10 +75,10 @@ def finalist_jobs(finalists: Any, searched: Sequence[str], seeds: Sequence[int]
         alone = _params(student_alone(config))
         key = baseline_key(config)
         for seed in seeds:
-            jobs.append({"params": kd, "seed": seed, "role": "kd",
+            jobs.append({"params": kd, "seed": seed, "role": ROLE_KD,
                          "finalist": str(row["trial_id"])})
             if key not in baselines:
-                jobs.append({"params": alone, "seed": seed, "role": "student_alone",
+                jobs.append({"params": alone, "seed": seed, "role": ROLE_ALONE,
                              "finalist": str(row["trial_id"])})
         baselines.add(key)
     return jobs
@@ -110,8 +114,8 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
     (seeds paired), whether that interval excludes 0, the gap closed
     ``(KD - alone) / (teacher - alone)``, and the student's cost."""
     done = runs[runs["status"] == "FINISHED"]
-    kd = done[done[f"tags.{TAG_ROLE}"] == "kd"]
-    alone = done[done[f"tags.{TAG_ROLE}"] == "student_alone"]
+    kd = done[done[f"tags.{TAG_ROLE}"] == ROLE_KD]
+    alone = done[done[f"tags.{TAG_ROLE}"] == ROLE_ALONE]
     alone_keys = [baseline_key(_run_config(r)) for _, r in alone.iterrows()]
     rows = []
     for finalist, group in kd.groupby(f"tags.{TAG_FINALIST}", sort=False):
@@ -186,8 +190,7 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     and the teacher's test accuracy."""
     from pathlib import Path
 
-    from kdtune.tune.storage import is_uri
-    from kdtune.tune.sweep import Store, prepare_context, start_ray
+    from kdtune.tune.sweep import Store, is_uri, prepare_context, start_ray
 
     console = console or Console(highlight=False)
     if top < 1:
@@ -232,14 +235,14 @@ def _log_teacher(tracker: Tracker, parent: str, name: str, context: Any) -> floa
     if context.teacher is None:
         return None
     runs = tracker.final_runs(name)
-    if not runs.empty and (runs[f"tags.{TAG_ROLE}"] == "teacher").any():
-        row = runs[runs[f"tags.{TAG_ROLE}"] == "teacher"].iloc[0]
+    if not runs.empty and (runs[f"tags.{TAG_ROLE}"] == ROLE_TEACHER).any():
+        row = runs[runs[f"tags.{TAG_ROLE}"] == ROLE_TEACHER].iloc[0]
         return float(row["metrics.test_accuracy"])
     accuracy = context.teacher.test_accuracy(context.data)
     run_id = tracker.start_trial(parent, "teacher", params={"teacher": context.settings
                                                             .teacher_path},
                                  tags={TAG_SWEEP: name, TAG_STAGE: STAGE_FINAL,
-                                       TAG_ROLE: "teacher", TAG_FINALIST: "teacher"})
+                                       TAG_ROLE: ROLE_TEACHER, TAG_FINALIST: "teacher"})
     tracker.end_trial(run_id, "FINISHED", metrics={
         "test_accuracy": accuracy,
         "params": sum(p.numel() for p in context.teacher.model.parameters()),
@@ -286,8 +289,8 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
     for result in results:  # the distilled students' weights, for `kdtune export`
         job = (result.config or {}).get("job", {})
         run_id = tracker.find_trial(parent, Path(result.path).name.removeprefix("trial_"))
-        if job.get("role") == "kd" and result.checkpoint is not None and run_id is not None \
-                and "student.pt" not in {a.path for a in tracker.client.list_artifacts(run_id)}:
+        if job.get("role") == ROLE_KD and result.checkpoint is not None and run_id is not None \
+                and STUDENT_FILE not in {a.path for a in tracker.client.list_artifacts(run_id)}:
             log_student(tracker, run_id, result.checkpoint)
     if any(r.error is not None for r in results):
         raise KdtuneError(f"{sum(r.error is not None for r in results)} finalist run(s) "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -87,13 +88,25 @@ def cpu_latency_ms(model: nn.Module, in_shape: tuple[int, ...], batch_size: int,
     spend seconds timing it. A model whose first pass alone exceeds the budget (a ResNet-50
     batch of 256 takes ~11 s on one core) is timed once more after it: at that length the
     noise is a small fraction. The result is remembered per (architecture, input shape, batch
-    size) in this process.
+    size, torch threads) in this process.
     """
-    key = (architecture_key(model), tuple(in_shape), batch_size)
+    key = (architecture_key(model), tuple(in_shape), batch_size, torch.get_num_threads())
     if key not in _LATENCY_MS:
         _LATENCY_MS[key] = _time_forward(model, in_shape, batch_size, repeats, warmup,
                                          budget_s)
     return _LATENCY_MS[key]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside the block (as a trial sets them to its
+    CPUs), restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()

@@ -21,6 +21,8 @@ from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     MODES,
     PARAM_TEACHER,
+    ROLE_KD,
+    ROLE_TEACHER,
     STAGE_FINAL,
     TAG_ROLE,
     TAG_STAGE,
@@ -39,7 +41,7 @@ NOT_A_SETTING = ("seed", "seeds", "out", "device", "threads", "teacher", "data_r
 def finalist_mask(frame: pd.DataFrame) -> pd.Series:
     """True for the finalists among a sweep's child runs: the chosen configurations with
     distillation (tags ``kdtune.stage=final``, ``kdtune.role=kd``)."""
-    return final_mask(frame, "kd")
+    return final_mask(frame, ROLE_KD)
 
 
 def final_mask(frame: pd.DataFrame, role: str | None = None) -> pd.Series:
@@ -101,7 +103,7 @@ def teacher_facts(parent: Run, trials: pd.DataFrame) -> TeacherFacts:
     if fingerprint is None and path is not None:
         match = re.fullmatch(r"teacher-[^-]+-([0-9a-f]+)\.pt", Path(path).name)
         fingerprint = match[1] if match else None
-    teacher_runs = trials[final_mask(trials, "teacher")]  # read once by kdtune finalize
+    teacher_runs = trials[final_mask(trials, ROLE_TEACHER)]  # read once by kdtune finalize
     return TeacherFacts(checkpoint=path, fingerprint=fingerprint, val_accuracy=val_accuracy,
                         test_accuracy=_first(teacher_runs, "metrics.test_accuracy"),
                         params=_first(trials, "metrics.teacher_params"),

@@ -173,6 +173,7 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
     from kdtune.trainer import load_data
 
     data_config = TrainConfig.from_dict({k: space.fixed[k] for k in DATA_KEYS if k in space.fixed})
+    threads = max(1, int(space.resources.cpus))  # a trial's torch threads
     data = load_data(data_config)
     teacher_path = None
     if space.teacher is not None:
@@ -190,10 +191,15 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
         check_compatible(teacher, data_spec(data, data_config.split_seed,
                                             data_config.val_fraction), source="teacher")
         _precompute_teacher_outputs(space, data, teacher, num_samples, console)
-        teacher.latency_ms(256)  # measured once here; ships with the teacher to every trial
+        # measured once here, ships with the teacher to every trial: with the threads a
+        # trial times its student with (its CPUs), so that speedup compares like with like
+        # (timed with every core's thread on a loaded machine, a pass took up to 400x longer)
+        from kdtune.metrics import torch_threads
+
+        with torch_threads(threads):
+            teacher.latency_ms(256)
     gpus = space.resources.gpus
-    overrides = {"device": "cuda" if gpus > 0 else "cpu",
-                 "threads": max(1, int(space.resources.cpus))}
+    overrides = {"device": "cuda" if gpus > 0 else "cpu", "threads": threads}
     settings = TrialSettings(fixed=dict(space.fixed), seeds=space.seeds,
                              teacher_path=teacher_path, overrides=overrides)
     return SweepContext(settings=settings, data=data, teacher=teacher)

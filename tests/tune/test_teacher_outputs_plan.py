@@ -87,3 +87,30 @@ def test_embeddings_too_when_a_feature_method_reads_them(tmp_path: Path,
         {data.key, embedding}
     assert plan(tmp_path, synthetic_teacher, 2, augment="false", feature_method="fitnet") == \
         {data.key}
+
+
+def test_the_teacher_is_timed_with_the_threads_a_trial_times_its_student_with(
+        tmp_path: Path, synthetic_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """speedup = teacher / student latency at batch 256: the student is timed in its trial
+    with the trial's CPUs as torch threads, so the teacher (timed once, on the driver) is too."""
+    import torch
+
+    from kdtune import metrics
+
+    seen: list[int] = []
+    real = metrics._time_forward
+
+    def recording(*args: object, **kwargs: object) -> float:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "_time_forward", recording)
+    monkeypatch.setattr(metrics, "_LATENCY_MS", {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plan(tmp_path, synthetic_teacher, num_samples=2, augment="false")
+        assert seen == [1]  # resources.cpus defaults to 1
+        assert torch.get_num_threads() == 2  # the driver's own threads, back
+    finally:
+        torch.set_num_threads(before)
