@@ -90,8 +90,13 @@ def _params(config: TrainConfig) -> dict[str, Any]:
 
 def student_alone(config: TrainConfig) -> TrainConfig:
     """The baseline of ``config``: the same student trained without its teacher (``method:
-    none`` and no feature term, whose method parameters go with them)."""
-    return config.replace(method="none", feature_method="none")
+    none`` and no feature term, whose method parameters go with them; ``alpha``,
+    ``temperature`` and ``kd_warmup``, which it does not read, at their defaults, so that
+    finalists differing only in them share one baseline)."""
+    from kdtune.methods.registry import KD_FIELDS
+
+    return config.replace(method="none", feature_method="none",
+                          **{f: getattr(TrainConfig(), f) for f in KD_FIELDS})
 
 
 def baseline_key(config: TrainConfig) -> str:

@@ -154,15 +154,18 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
 
     fixed = {"dataset": "digits", "model": "mlp", "epochs": 2}
     finalists = {"A": ("vanilla", [8], 0.1), "B": ("none", [8], 0.1),
-                 "C": ("vanilla", [16], 0.1), "D": ("vanilla", [8], 0.05)}
+                 "C": ("vanilla", [16], 0.1), "D": ("vanilla", [8], 0.05),
+                 "E": ("vanilla", [8], 0.1)}
+    kd_knobs = {"E": {"alpha": 0.3, "temperature": 8.0}}  # E: A with other KD weights
     trials = pd.DataFrame([
         {"trial_id": t, **{f"params.{k}": encode_param(v) for k, v in TrainConfig.from_dict(
-            {**fixed, "method": m, "hidden": h, "lr": lr, "seed": 0}).to_dict().items()}}
+            {**fixed, "method": m, "hidden": h, "lr": lr, "seed": 0, **kd_knobs.get(t, {})}
+        ).to_dict().items()}}
         for t, (m, h, lr) in finalists.items()])
     seeds = [1, 2, 3]
-    jobs = finalist_jobs(trials, ["method", "hidden", "lr"], seeds)
+    jobs = finalist_jobs(trials, ["method", "hidden", "lr", "alpha", "temperature"], seeds)
     alone_jobs = [j for j in jobs if j["role"] == "student_alone"]
-    assert {j["finalist"] for j in alone_jobs} == {"A", "C", "D"}  # B shares A's
+    assert {j["finalist"] for j in alone_jobs} == {"A", "C", "D"}  # B and E share A's
     assert len(alone_jobs) == 3 * len(seeds)
 
     # test accuracies that tell every pairing apart: a student alone by (hidden, lr) and seed,
@@ -176,7 +179,7 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
         params = {f"params.{k}": encode_param(v) for k, v in config.items()}
         seed = int(job["seed"])
         if job["role"] == "kd":
-            accuracy = 0.80 + 0.01 * "ABCD".index(job["finalist"]) + 0.001 * seed ** 2
+            accuracy = 0.80 + 0.01 * "ABCDE".index(job["finalist"]) + 0.001 * seed ** 2
         else:
             accuracy = alone_acc[params["params.hidden"], params["params.lr"]] + 0.002 * seed
         rows.append({"status": "FINISHED", **params, **{f"tags.{k}": v for k, v in tags.items()},
@@ -186,7 +189,7 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
     assert set(table) == set(finalists)
     for finalist, (_, hidden, lr) in finalists.items():
         base = alone_acc[encode_param(hidden), encode_param(lr)]
-        kd = [0.80 + 0.01 * "ABCD".index(finalist) + 0.001 * s ** 2 for s in seeds]
+        kd = [0.80 + 0.01 * "ABCDE".index(finalist) + 0.001 * s ** 2 for s in seeds]
         alone = [base + 0.002 * s for s in seeds]
         row = table[finalist]
         assert "student_alone" in row, f"{finalist}: no baseline found"
