@@ -191,9 +191,8 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
         check_compatible(teacher, data_spec(data, data_config.split_seed,
                                             data_config.val_fraction), source="teacher")
         _precompute_teacher_outputs(space, data, teacher, num_samples, console)
-        # measured once here, ships with the teacher to every trial: with the threads a
+        # measured once here, ships with the teacher to every trial: with the torch threads a
         # trial times its student with (its CPUs), so that speedup compares like with like
-        # (timed with every core's thread on a loaded machine, a pass took up to 400x longer)
         from kdtune.metrics import torch_threads
 
         with torch_threads(threads):
@@ -210,10 +209,10 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
     """Compute the teacher's logits once, before the trials, so that they run no teacher.
 
     Un-augmented training: the logits of the training set, and its embeddings when a feature
-    method of the sweep reads them. Augmented training: the logits of
-    every (sample, view) when the sweep's trials would otherwise run more teacher passes per
-    sample than there are views (and the table is not huge); else trials run it live. The
-    view table is spread over the cluster's GPUs or nodes when there are (``view_table``).
+    method of the sweep reads them. Augmented training: the logits of every (sample, view)
+    when the sweep's trials would otherwise run more teacher passes per sample than there are
+    views (and the table is not huge); else trials run it live. The view table is spread over
+    the cluster's GPUs or nodes when there are (``view_table``).
     """
     from kdtune.methods import get_feature_method
     from kdtune.teacher import MAX_TABLE_BYTES, train_embeddings, train_logits, view_logits
