@@ -195,15 +195,26 @@ def train_logits(teacher: Teacher, data: DataSplits, *, root: Path | None = None
     return _outputs(teacher, data.key, (len(data.x_train), data.num_classes), compute, root)
 
 
+def embedding_width(teacher: Teacher, data: DataSplits) -> int:
+    """The width of the teacher's embedding (the pre-logit vector of ``forward_features``)."""
+    model = teacher.model.eval()
+    with torch.no_grad():
+        x = data.x_train[:1].to(next(model.parameters()).device)
+        return int(model.forward_features(x).embedding.shape[1])
+
+
+def embeddings_fit(teacher: Teacher, data: DataSplits) -> bool:
+    """Whether the table of :func:`train_embeddings` (float32) stays under the cap."""
+    return len(data.x_train) * embedding_width(teacher, data) * 4 <= MAX_TABLE_BYTES
+
+
 def train_embeddings(teacher: Teacher, data: DataSplits, *, root: Path | None = None,
                      batch_size: int = 1024) -> torch.Tensor:
     """Teacher embeddings (the pre-logit vectors of ``forward_features``; eval mode, float32,
     CPU) on the un-augmented training set, cached like :func:`train_logits`."""
     model = teacher.model
     device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        width = model.forward_features(data.x_train[:1].to(device)).embedding.shape[1]
+    width = embedding_width(teacher, data)
 
     def compute() -> torch.Tensor:
         with torch.no_grad():

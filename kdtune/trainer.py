@@ -25,11 +25,11 @@ from kdtune.methods import get_feature_method, get_method, training_loss
 from kdtune.metrics import LatencyFn, count_flops, count_params, cpu_latency_ms, evaluate
 from kdtune.models import create_model
 from kdtune.teacher import (
-    MAX_TABLE_BYTES,
     Teacher,
     atomic_save,
     check_compatible,
     data_spec,
+    embeddings_fit,
     load_teacher,
     train_embeddings,
     view_key,
@@ -191,11 +191,9 @@ class TrainingRun:
         if "feature" not in self.parts or self.teacher is None:
             return "none", None
         if (self.feature.inputs == "embedding" and self.augment is None
-                and self.config.teacher_outputs != "live"):
-            width = probe_features(self.teacher.model, self.data.x_train[:1].to(self.device),
-                                   "embedding")[0][1]
-            if len(self.data.x_train) * width * 4 <= MAX_TABLE_BYTES:
-                return "cached", train_embeddings(self.teacher, self.data).to(self.device)
+                and self.config.teacher_outputs != "live" and embeddings_fit(self.teacher,
+                                                                             self.data)):
+            return "cached", train_embeddings(self.teacher, self.data).to(self.device)
         return "live", None
 
     def _teacher_source(self) -> tuple[str, torch.Tensor | None]:

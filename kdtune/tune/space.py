@@ -905,6 +905,8 @@ class _Loader:
         import torch
 
         name, kwargs, num_classes, in_shape = self.teacher_model
+        if (num_classes, tuple(in_shape)) != tuple(dataset_shape(cfg.dataset)):
+            return  # a teacher of other data: loading it says so
         try:
             student = self.feature_shapes(cfg.model, cfg.model_kwargs(),
                                           *dataset_shape(cfg.dataset), spec.inputs)

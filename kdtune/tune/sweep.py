@@ -215,7 +215,13 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
     the cluster's GPUs or nodes when there are (``view_table``).
     """
     from kdtune.methods import get_feature_method
-    from kdtune.teacher import MAX_TABLE_BYTES, train_embeddings, train_logits, view_logits
+    from kdtune.teacher import (
+        MAX_TABLE_BYTES,
+        embeddings_fit,
+        train_embeddings,
+        train_logits,
+        view_logits,
+    )
 
     wanted = space.fixed.get("teacher_outputs", "auto")
     augment = data.augment if space.fixed.get("augment") is not False else None
@@ -223,7 +229,8 @@ def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: T
         return
     if augment is None:
         train_logits(teacher, data)
-        if any(get_feature_method(m).inputs == "embedding" for m in _feature_methods(space)):
+        if any(get_feature_method(m).inputs == "embedding" for m in _feature_methods(space)) \
+                and embeddings_fit(teacher, data):
             train_embeddings(teacher, data)  # the table of the methods that read embeddings
         return
     epochs = space.scheduler.max_t or space.fixed.get("epochs") or TrainConfig().epochs
@@ -400,7 +407,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     db = sqlite_path(store.tracking_uri)
     new_store = db is not None and not db.exists()  # holds no sweep this one could clash with
     if name is not None and location_exists(store.experiment_dir(name)):
-        raise _name_taken(name, store)
+        raise _folder_taken(name, store)
     from concurrent.futures import ThreadPoolExecutor
 
     with Interrupts() as interrupts:
@@ -463,6 +470,8 @@ def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | No
                     raise _name_taken(candidate, store)
                 lock.release()
                 continue
+            if name is not None and location_exists(store.experiment_dir(name)):
+                raise _folder_taken(name, store)  # made meanwhile by a driver of other stores
             if study.exists():
                 study.delete()
             study.create(space.modes, {**search_attrs(space, num_samples),
@@ -668,13 +677,14 @@ def _next_tuner(sweep: _Sweep, total: int) -> Any | None:
 def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOutcome:
     """Fit ``tuner``, then new segments while the study lacks trials; finish the record."""
     total = int(sweep.study.attrs["num_samples"])
+    results = None
     log = sweep.store.logs / f"{sweep.name}.log"
     try:
         with ray_tune_logs(log):
             while tuner is not None:
                 before = len(sweep.study.sweep_trials())
                 with interrupts.fitting():
-                    tuner.fit()
+                    results = tuner.fit()
                 if interrupts.count:
                     interrupts.hint = ""  # this line says how to go on: a second Ctrl-C is quiet
                     raise Interrupted(f"sweep {sweep.name!r} stopped (Ctrl-C): every trial "
@@ -699,7 +709,11 @@ def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOut
         sweep.console.print(f"removed {removed} MLflow child run(s) of trials that are not the "
                             "sweep's (started just before a crash)")
     if finished:
-        tracked(_log_best_student, sweep)
+        try:
+            tracked(_log_best_student, sweep, results)
+        except Exception as exc:  # the weights are an extra: the sweep's record still ends
+            sweep.console.print(f"warning: the best student's weights were not logged to "
+                                f"MLflow ({type(exc).__name__}: {redact(str(exc))[:200]})")
         tracked(sweep.tracker.end_sweep, sweep.parent, "FINISHED")
         sweep.console.print(f"sweep {sweep.name!r} finished: {len(trials)} trials")
     else:
@@ -865,6 +879,12 @@ def warm_start_configs(space: SearchSpace, tracker: Tracker, console: Console
     return list(configs.values())
 
 
+def _folder_taken(name: str, store: Store) -> KdtuneError:
+    return KdtuneError(f"Ray storage {redact(str(store.experiment_dir(name)))} already exists; "
+                       f"resume with `kdtune resume {name}`, or choose another --name or "
+                       "--storage")
+
+
 def _name_taken(name: str, store: Store) -> KdtuneError:
     return KdtuneError(f"sweep {name!r} already exists in {redact(store.tracking_uri)}; resume "
                        f"it with `kdtune resume {name}` or choose another --name")
@@ -879,8 +899,9 @@ def _check_name_free(tracker: Tracker, study: SweepStudy, name: str, store: Stor
 
 
 def _num_samples(space: SearchSpace, override: int | None) -> int:
-    n = override or space.search.num_samples  # the space file requires it but for a grid
-    assert n is not None
+    n = override if override is not None else space.search.num_samples
+    if n is None or n < 1:  # the space file requires it, but a grid has its size
+        raise KdtuneError(f"num_samples {n} must be >= 1 (--num-samples or search.num_samples)")
     if space.search.sampler == "grid" and n > (size := len(expand_grid(space))):
         raise KdtuneError(f"--num-samples {n} is more than the grid's {size} configurations")
     return n
@@ -898,8 +919,9 @@ def _drop_orphans(tracker: Tracker, name: str, sweep_trials: set[str]) -> int:
     return removed
 
 
-def _log_best_student(sweep: _Sweep) -> None:
-    """Attach the best finished trial's student weights to its MLflow run."""
+def _log_best_student(sweep: _Sweep, results: Any) -> None:
+    """Attach the best finished trial's student weights to its MLflow run: from the last
+    fit's results, else from the segment that ran the trial."""
     from ray.tune import ExperimentAnalysis
 
     space = sweep.space
@@ -908,14 +930,17 @@ def _log_best_student(sweep: _Sweep) -> None:
     if best.empty:
         return
     row = best.iloc[0]
-    for segment in sweep.study.attrs[ATTR_SEGMENTS]:
+    folder = trial_dirname_of(str(row["trial_id"]))
+    checkpoint = next((r.checkpoint for r in results or [] if Path(r.path).name == folder), None)
+    for segment in sweep.study.attrs[ATTR_SEGMENTS] if checkpoint is None else []:
         analysis = ExperimentAnalysis(str(sweep.segment_dir(segment)))
         trial = next((t for t in analysis.trials if t.trial_id == row["trial_id"]), None)
-        checkpoint = analysis.get_last_checkpoint(trial) if trial is not None else None
-        if checkpoint is not None:
-            log_student(sweep.tracker, str(row["run_id"]), checkpoint)
-            sweep.console.print(f"best student's weights logged to MLflow run {row['run_id']}")
-            return
+        if trial is not None:
+            checkpoint = analysis.get_last_checkpoint(trial)
+            break
+    if checkpoint is not None:
+        log_student(sweep.tracker, str(row["run_id"]), checkpoint)
+        sweep.console.print(f"best student's weights logged to MLflow run {row['run_id']}")
 
 
 def log_student(tracker: Tracker, run_id: str, checkpoint: Any) -> None:
