@@ -81,7 +81,7 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def new_searcher(tmp_path: Path, empty_db: Path, num_samples: int = 8,
                  **changes: Any) -> StudySearcher:
-    """A searcher over a new study, as ``run_sweep`` and ``make_search_alg`` make them:
+    """A searcher over a new study, as ``run_sweep`` makes them:
     the space file is BASE_SPACE with ``changes`` (top-level keys) applied."""
     space = load_space(write_space(tmp_path, **changes))
     db = tmp_path / "search.db"  # not "optuna.db": the pickle test looks for b"optuna"
