@@ -142,7 +142,7 @@ def worker_and_nan(bench: Bench, worker: Row, nan: Row) -> None:
 def kill_driver(bench: Bench, row: Row, rng: random.Random) -> None:
     """One sweep; the driver SIGKILLed once at a random moment, then resumed (or, killed
     before it registered the sweep, searched again) until it finishes."""
-    from tests.faults.test_driver_killed import epochs_logged, trials_ended
+    from tests.faults.harness import epochs_logged, trials_ended
 
     folder = bench.folder("driver")
     samples, epochs = 4, 4
@@ -200,7 +200,7 @@ def outage(bench: Bench, row: Row, seconds: float, which: str) -> None:
                      "--study-storage", pg.url]
             driver = Driver(["search", str(space), *flags], folder, kdtune_env(tmp),
                             folder / "search.log", tmp)
-            from tests.faults.test_driver_killed import epochs_logged
+            from tests.faults.harness import epochs_logged
 
             try:
                 driver.wait_for(lambda: epochs_logged(mlflow.uri, "outage") >= 2, 300,
@@ -233,7 +233,7 @@ def ctrl_c_and_concurrency(bench: Bench, once: Row, twice: Row, resumes: Row,
                                 "seed": 1})
     store = folder / "kdtune-runs"
     uri, study = f"sqlite:///{store / 'mlflow.db'}", f"sqlite:///{store / 'optuna.db'}"
-    from tests.faults.test_driver_killed import epochs_logged
+    from tests.faults.harness import epochs_logged
 
     with ray_temp() as tmp:
         drivers = []

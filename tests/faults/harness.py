@@ -263,6 +263,36 @@ def kill_a_trial_worker(storage: Path, lr: float, epochs: int) -> dict[str, Any]
     return None
 
 
+def _trial_runs(uri: str, name: str) -> Any:
+    """The Tracker and the trial runs of sweep ``name`` so far; None before they exist."""
+    from kdtune.tracking import Tracker
+
+    tracker = Tracker(uri)
+    try:
+        if tracker.find_sweep(name) is None:
+            return None
+        return tracker, tracker.trial_runs(name)
+    except Exception:  # the store is being created
+        return None
+
+
+def epochs_logged(uri: str, name: str) -> int:
+    """Epochs logged so far by every trial of sweep ``name`` (0 before it exists)."""
+    found = _trial_runs(uri, name)
+    if found is None:
+        return 0
+    tracker, runs = found
+    return sum(len(tracker.client.get_metric_history(r, "val_accuracy"))
+               for r in runs["run_id"])
+
+
+def trials_ended(uri: str, name: str) -> int:
+    """Trials of sweep ``name`` that ended (finished, stopped early or failed) so far."""
+    found = _trial_runs(uri, name)
+    return 0 if found is None else int(
+        found[1]["status"].isin(["FINISHED", "KILLED", "FAILED"]).sum())
+
+
 # -- servers -----------------------------------------------------------------------------------
 @dataclass
 class MlflowServer:

@@ -16,40 +16,12 @@ import pytest
 
 from kdtune.cli import main
 
-from .harness import Driver, check_record, kdtune_env, write_space
+from .harness import Driver, check_record, epochs_logged, kdtune_env, trials_ended, write_space
 
 SEED = 2026
 EPOCHS, SAMPLES = 4, 4
 #: The teacher the driver trains (so that a kill can land while it trains).
 TEACHER = {"model": "mlp", "hidden": [64], "epochs": 6, "lr": 0.05}
-
-
-def epochs_logged(uri: str, name: str) -> int:
-    """Epochs logged so far by every trial of sweep ``name`` (0 before it exists)."""
-    from kdtune.tracking import Tracker
-
-    tracker = Tracker(uri)
-    try:
-        if tracker.find_sweep(name) is None:
-            return 0
-        runs = tracker.trial_runs(name)
-    except Exception:  # the store is being created
-        return 0
-    return sum(len(tracker.client.get_metric_history(r, "val_accuracy"))
-               for r in runs["run_id"])
-
-
-def trials_ended(uri: str, name: str) -> int:
-    from kdtune.tracking import Tracker
-
-    tracker = Tracker(uri)
-    try:
-        if tracker.find_sweep(name) is None:
-            return 0
-        runs = tracker.trial_runs(name)
-    except Exception:
-        return 0
-    return int(runs["status"].isin(["FINISHED", "KILLED", "FAILED"]).sum())
 
 
 def kill_at(driver: Driver, moment: str, rng: random.Random, uri: str, name: str) -> None:
