@@ -154,11 +154,24 @@ def accuracy_vs_alpha(data: SweepData) -> Drawn | None:
         ax.set_xlabel("alpha (weight of the hard-label loss; 1 = no distillation)")
         ax.set_ylabel(ACCURACY_LABELS[metric])
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        _legend_or_note(ax, names=[data.name])
     seeds = _seed_note(series)
     return Drawn("accuracy_vs_alpha", "Accuracy against alpha",
                  f"Finished trials of the methods that read alpha{seeds}; lines join trials "
                  "that differ in alpha alone.", _png(fig))
+
+
+def _legend_or_note(ax: Axes, names: Sequence[str]) -> None:
+    """The panel's legend; a panel with nothing drawn (test accuracy before ``kdtune
+    finalize`` measured it) says how to fill it."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+        return
+    ax.text(0.5, 0.5, "not measured yet: `kdtune finalize "
+            f"{names[0] if len(names) == 1 else 'NAME'} --top K`\nreads the test set once, "
+            "for the chosen configurations", ha="center", va="center", fontsize=9,
+            transform=ax.transAxes, wrap=True)
 
 
 def _seed_note(series: Sequence[Series]) -> str:
@@ -194,8 +207,8 @@ def alpha_overlay(sweeps: Sequence[SweepData]) -> Drawn | None:
         ax.set_xlabel("alpha (weight of the hard-label loss; 1 = no distillation)")
         ax.set_ylabel(ACCURACY_LABELS[metric])
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
-    axes[0].legend(fontsize=8, loc="best")
+    for ax in axes:
+        _legend_or_note(ax, names=[d.name for d, _ in per_sweep])
     names = ", ".join(d.name for d, _ in per_sweep)
     seeds = _seed_note([s for _, ss in per_sweep for s in ss])
     return Drawn("alpha_overlay", "Alpha study: the sweeps' accuracy against alpha",

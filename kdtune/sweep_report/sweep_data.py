@@ -19,7 +19,7 @@ from kdtune.sweep_results import (
     teacher_facts,
 )
 from kdtune.tracking import Tracker, decode_param
-from kdtune.vocabulary import TAG_RUNG
+from kdtune.vocabulary import TAG_FINALIST, TAG_RUNG
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -210,9 +210,20 @@ class Series:
 
 def alpha_series(data: SweepData, metrics: Iterable[str]) -> list[Series]:
     """Finished trials of the methods that read alpha, per method (and temperature, when a
-    method's trials used a few temperatures); empty unless alpha took 2+ values."""
+    method's trials used a few temperatures); empty unless alpha took 2+ values. A metric a
+    trial does not report (test accuracy: search trials never read the test set) is its
+    finalist runs' when ``kdtune finalize`` chose it (mean ± sd over their fresh seeds)."""
     metrics = list(metrics)
     frame = data.finished
+    finals = data.finalists
+    by_trial = dict(list(finals.groupby(f"tags.{TAG_FINALIST}"))) \
+        if f"tags.{TAG_FINALIST}" in finals.columns else {}
+
+    def value(rows: pd.DataFrame, metric: str) -> Value | None:
+        own = metric_value(rows, metric)
+        chosen = by_trial.get(str(rows["trial_id"].iloc[0]))
+        return own if own is not None or chosen is None else metric_value(chosen, metric)
+
     if frame.empty or "params.alpha" not in frame.columns:
         return []
     frame = frame.assign(run_method=[setting(r, "method") for _, r in frame.iterrows()],
@@ -230,7 +241,7 @@ def alpha_series(data: SweepData, metrics: Iterable[str]) -> list[Series]:
             label = str(method) + (f", T={_short(t)}" if t is not None else "")
             others = part.apply(lambda r: _setting_key(r, ignore=("alpha",)), axis=1)
             line = part["run_alpha"].is_unique and others.nunique() == 1
-            points = [(float(r["run_alpha"]), {m: metric_value(part.loc[[i]], m) for m in metrics})
+            points = [(float(r["run_alpha"]), {m: value(part.loc[[i]], m) for m in metrics})
                       for i, r in part.sort_values("run_alpha", kind="stable").iterrows()]
             out.append(Series(label, points, line))
     return out

@@ -216,3 +216,35 @@ def test_bad_input_is_one_line_and_writes_nothing(asha_sweep: SweepRecord, tmp_p
         assert len(lines) == 1 and lines[0].startswith("kdtune report: error: "), err
         assert expected in lines[0] and "Traceback" not in err
     assert not out.exists()
+
+
+def test_test_accuracy_against_alpha_comes_from_the_finalists() -> None:
+    """Search trials never read the test set: the test panel of the alpha figures shows the
+    test accuracy of the configurations ``kdtune finalize`` retrained (mean ± sd over their
+    fresh seeds), and nothing for the others."""
+    import pandas as pd
+
+    from kdtune.sweep_report.sweep_data import SweepData, Value, alpha_series
+    from kdtune.sweep_results import TeacherFacts
+    from kdtune.vocabulary import TAG_FINALIST
+
+    def run(run_id: str, trial_id: str, alpha: float, **metrics: float) -> dict[str, Any]:
+        return {"run_id": run_id, "trial_id": trial_id, "status": "FINISHED",
+                "params.method": "vanilla", "params.alpha": str(alpha),
+                "params.temperature": "4.0", "params.hidden": "[8]",
+                **{f"metrics.{k}": v for k, v in metrics.items()}}
+
+    trials = pd.DataFrame([run(f"r{a}", f"t{a}", a, val_accuracy=0.5 + a / 10)
+                           for a in (0.1, 0.5, 0.9)])
+    finalists = pd.DataFrame([{**run(f"f{seed}", f"t0.5-final-{seed}", 0.5, test_accuracy=acc),
+                               f"tags.{TAG_FINALIST}": "t0.5"}
+                              for seed, acc in ((1, 0.80), (2, 0.90))])
+    data = SweepData(name="s", parent=None, trials=trials, finalists=finalists,
+                     metrics=["val_accuracy"], modes=["max"], searched=["alpha"],
+                     teacher=TeacherFacts(None, None, None, None, None, None))
+    (series,) = alpha_series(data, ["val_accuracy", "test_accuracy"])
+    points = dict(series.points)
+    assert points[0.5]["test_accuracy"] == Value(statistics.fmean([0.80, 0.90]),
+                                                 statistics.stdev([0.80, 0.90]), 2)
+    assert points[0.1]["test_accuracy"] is None and points[0.9]["test_accuracy"] is None
+    assert points[0.9]["val_accuracy"] == Value(0.59, None, 1)
