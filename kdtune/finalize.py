@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from kdtune.config import TrainConfig
-from kdtune.errors import KdtuneError
+from kdtune.errors import Interrupted, KdtuneError
 from kdtune.report import STUDENT_FILE
 from kdtune.tracking import Tracker, config_from_run
 from kdtune.tune.space import load_space
@@ -149,7 +149,8 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
                 row["gain_ci95"], row["significant"] = [low, high], not low <= 0 <= high
             else:
                 row["gain_ci95"], row["significant"] = None, row["gain"] != 0
-            if teacher_accuracy is not None and teacher_accuracy != row["student_alone"]:
+            if teacher_accuracy is not None and teacher_accuracy > row["student_alone"]:
+                # (a teacher no better than the student alone leaves no gap to close)
                 row["gap_closed"] = row["gain"] / (teacher_accuracy - row["student_alone"])
         rows.append(row)
     return rows
@@ -195,7 +196,15 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     and the teacher's test accuracy."""
     from pathlib import Path
 
-    from kdtune.tune.sweep import Store, is_uri, prepare_context, start_ray
+    from kdtune.tune.latency_board import board_name, end_board, seed_board
+    from kdtune.tune.sweep import (
+        Interrupts,
+        Store,
+        is_uri,
+        prepare_context,
+        ray_tune_logs,
+        start_ray,
+    )
 
     console = console or Console(highlight=False)
     if top < 1:
@@ -226,10 +235,22 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     console.print(f"finalizing sweep {name!r}: {len(finalists)} finalist(s) x {seeds} fresh "
                   f"seeds, with their student-alone baselines ({len(jobs)} runs); "
                   f"{store.describe()}")
-    start_ray(address, console)
-    context = prepare_context(space, store, console, len(jobs))
-    teacher_accuracy = _log_teacher(tracker, run.info.run_id, name, context)
-    _fit(space, context, tracker, run.info.run_id, name, jobs, folder)
+    hint = f"run `kdtune finalize {name}` again: it continues where it stopped"
+    with Interrupts(hint) as interrupts:
+        start_ray(address, console)
+        context = prepare_context(space, store, console, len(jobs))
+        # the sweep's latency figures: a finalist reports the one its architecture had
+        context.latency_board = board_name(run.info.run_id)
+        seed_board(context.latency_board, tracker.trial_runs(name), context.data)
+        teacher_accuracy = _log_teacher(tracker, run.info.run_id, name, context)
+        try:
+            with ray_tune_logs(store.logs / f"{name}-finalize.log"), interrupts.fitting():
+                _fit(space, context, tracker, run.info.run_id, name, jobs, folder)
+        finally:
+            end_board(context.latency_board)
+        if interrupts.count:
+            interrupts.hint = ""
+            raise Interrupted(f"finalize of {name!r} stopped (Ctrl-C); {hint}")
     rows = summarise(tracker.final_runs(name), teacher_accuracy, searched)
     _log_table(tracker, run.info.run_id, rows)
     return rows, teacher_accuracy

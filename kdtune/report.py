@@ -28,6 +28,8 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "teacher_params": ("teacher params", "{:,.0f}"),
     "teacher_test_accuracy": ("teacher test accuracy", "{:.4f}"),
     "teacher_latency_ms_b256": ("teacher CPU latency, batch 256 (ms)", "{:.3f}"),
+    "student_alone": ("student alone", "{:.4f}"),
+    "gap_closed": ("gap closed", "{:.0%}"),
 }
 
 stderr = Console(stderr=True, highlight=False)

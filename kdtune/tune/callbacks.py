@@ -377,6 +377,9 @@ class Progress(Callback):
 
 
 def _summary(params: Mapping[str, Any]) -> str:
+    job = params.get("job")
+    if job is not None:  # a finalist run (kdtune finalize)
+        return f"{job['role']} of trial {job['finalist']}, seed {job['seed']}"
     parts = []
     for key, value in params.items():
         if isinstance(value, float):

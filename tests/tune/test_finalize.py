@@ -63,6 +63,13 @@ def test_finalists_train_on_fresh_seeds_beside_their_baselines(
     assert set(alone["params.method"]) == {"none"} and len(alone) % SEEDS == 0
     assert runs.loc[roles != "teacher", "metrics.test_accuracy"].between(0, 1).all()
     assert (runs["status"] == "FINISHED").all()
+    # one latency per architecture, the one the sweep's trials reported (the sweep's board)
+    trials = tracker.trial_runs("fin")
+    for hidden, group in runs[roles != "teacher"].groupby("params.hidden"):
+        sweep_figure = trials.loc[trials["params.hidden"] == hidden, "metrics.latency_ms_b1"]
+        assert set(group["metrics.latency_ms_b1"]) == {sweep_figure.iloc[0]}, hidden
+    assert runs.loc[roles == "kd", "metrics.speedup"].nunique() == \
+        runs.loc[roles == "kd", "params.hidden"].nunique()
 
     # the table: the logged numbers, with t-intervals over the seeds
     rows = {r["finalist"]: r for r in out["finalists"]}
