@@ -43,7 +43,7 @@ def test_concurrent_drivers_and_ctrl_c(store_template: Path, teacher_path: Path,
     uri, study = f"sqlite:///{store / 'mlflow.db'}", f"sqlite:///{store / 'optuna.db'}"
 
     def epochs(name: str) -> int:
-        from tests.faults.test_driver_killed import epochs_logged
+        from tests.faults.harness import epochs_logged
 
         return epochs_logged(uri, name)
 
