@@ -238,10 +238,12 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     hint = f"run `kdtune finalize {name}` again: it continues where it stopped"
     with Interrupts(hint) as interrupts:
         start_ray(address, console)
-        context = prepare_context(space, store, console, len(jobs))
-        # the sweep's latency figures: a finalist reports the one its architecture had
+        # the sweep's latency figures (the teacher's, and each architecture's on its board):
+        # a finalist's speedup is the one its trials reported
+        trials = tracker.trial_runs(name)
+        context = prepare_context(space, store, console, len(jobs), recorded=trials)
         context.latency_board = board_name(run.info.run_id)
-        seed_board(context.latency_board, tracker.trial_runs(name), context.data)
+        seed_board(context.latency_board, trials, context.data)
         teacher_accuracy = _log_teacher(tracker, run.info.run_id, name, context)
         try:
             with ray_tune_logs(store.logs / f"{name}-finalize.log"), interrupts.fitting():

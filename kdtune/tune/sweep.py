@@ -166,9 +166,11 @@ class Store:
 
 # -- the pieces -------------------------------------------------------------------------------
 def prepare_context(space: SearchSpace, store: Store, console: Console,
-                    num_samples: int, teacher: Teacher | None = None) -> SweepContext:
+                    num_samples: int, teacher: Teacher | None = None,
+                    recorded: Any = None) -> SweepContext:
     """Load the data and the teacher (unless given, loaded from ``space``'s checkpoint) once
-    on the driver, with the teacher's outputs."""
+    on the driver, with the teacher's outputs. ``recorded``: the sweep's trial runs so far
+    (resume, finalize), whose teacher latency is kept rather than measured again."""
     from kdtune.teacher import check_compatible, data_spec, load_teacher
     from kdtune.trainer import load_data
 
@@ -196,12 +198,20 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
         from kdtune.metrics import torch_threads
 
         with torch_threads(threads):
-            teacher.latency_ms(256)
+            teacher.latency_ms(256, known=_recorded_teacher_latency(recorded))
     gpus = space.resources.gpus
     overrides = {"device": "cuda" if gpus > 0 else "cpu", "threads": threads}
     settings = TrialSettings(fixed=dict(space.fixed), seeds=space.seeds,
                              teacher_path=teacher_path, overrides=overrides)
     return SweepContext(settings=settings, data=data, teacher=teacher)
+
+
+def _recorded_teacher_latency(runs: Any) -> float | None:
+    """The teacher latency (batch 256) the sweep's trials reported, if they did."""
+    column = "metrics.teacher_latency_ms_b256"
+    if runs is None or column not in runs.columns or not runs[column].notna().any():
+        return None
+    return float(runs[column].dropna().iloc[0])
 
 
 def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: Teacher,
@@ -605,8 +615,8 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
                   f"{store.describe()}")
     start_ray(address, console)  # before the context: its view table may use the cluster
     check_resources(space, console)
-    context = prepare_context(space, store, console, total)
     runs = tracker.trial_runs(name)
+    context = prepare_context(space, store, console, total, recorded=runs)
     context.latency_board = board_name(run.info.run_id)
     seed_board(context.latency_board, runs, context.data)
     context.ended = frozenset(t for t, ft in trials.items() if ft.state.is_finished())

@@ -454,6 +454,9 @@ def check_record(uri: str, study_url: str, name: str, num_samples: int, epochs: 
             gaps += max(steps) - len(set(steps))
     if len(runs) != num_samples:
         problems.append(f"{len(runs)} child runs for {num_samples} trials")
+    teacher = runs.get("metrics.teacher_latency_ms_b256")
+    if teacher is not None and teacher.nunique() > 1:  # a resumed driver re-measured it
+        problems.append(f"{teacher.nunique()} teacher latencies across the trials")
     if duplicated:
         problems.append(f"{duplicated} duplicated runs or epochs")
     if lost:

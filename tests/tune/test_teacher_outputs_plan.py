@@ -114,3 +114,19 @@ def test_the_teacher_is_timed_with_the_threads_a_trial_times_its_student_with(
         assert torch.get_num_threads() == 2  # the driver's own threads, back
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_resumed_or_finalized_sweep_keeps_the_teacher_latency_its_trials_reported(
+        tmp_path: Path, synthetic_teacher: Path) -> None:
+    """speedup = teacher / student latency: the teacher's figure is the one the sweep's trials
+    reported (the first they logged), not a new measurement of the driver that resumes or
+    finalizes it."""
+    import pandas as pd
+
+    space = load_space(space_file(tmp_path, synthetic_teacher, augment="false"))
+    store = Store.resolve(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "ray"))
+    recorded = pd.DataFrame({"metrics.teacher_latency_ms_b256": [float("nan"), 12.5, 12.5]})
+    context = prepare_context(space, store, Console(quiet=True), 2, recorded=recorded)
+    assert context.teacher is not None and context.teacher.latency_ms(256) == 12.5
+    fresh = prepare_context(space, store, Console(quiet=True), 2)  # a new sweep measures it
+    assert fresh.teacher is not None and 0 < fresh.teacher.latency_ms(256) != 12.5
