@@ -7,7 +7,8 @@ mean and standard deviation of validation and test accuracy. ``--kinds``: the fe
 relation terms (feature_method) alone (method none) and with vanilla, at their defaults, with
 each row's training seconds per run, and a line setting the cost of a feature trial (teacher
 features: live stage outputs for fitnet/sp, cached embeddings for relational/pkt) against the
-cached-logit vanilla trial of the same pair.
+cached-logit vanilla trial of the same pair. That cost line is also ``make bench``'s
+benchmark 6 (:func:`run`).
 
     .venv/bin/python -m benchmarks.methods_table [--seeds 3] [--kinds] [--json]
 """
@@ -46,6 +47,30 @@ KIND_ROWS: list[tuple[str, dict[str, Any]]] = [
       for name in ("fitnet", "sp", "relational", "pkt", "crd")
       for prefix, method in (("", "none"), ("vanilla + ", "vanilla"))],
 ]
+
+
+#: The feature terms the cost line compares, each added to vanilla.
+FEATURES = ("fitnet", "sp", "relational", "pkt", "crd")
+#: Bound on a feature trial's training seconds over a cached-logit vanilla trial: a sanity
+#: bound (a live teacher pass per batch, as fitnet and sp need, costs a few times more).
+COST_BOUND = 8.0
+
+
+def run(quick: bool = False) -> list[Any]:
+    """Benchmark 6: the training seconds per run of vanilla plus each feature term against
+    vanilla with cached logits, the same MLP pair, side by side (1 seed when ``quick``)."""
+    from benchmarks.common import Result, emit, note
+
+    print("\n== 6. cost of a feature trial vs a cached-logit trial (MLP pair, digits) ==")
+    rows = [row for row in KIND_ROWS if row[0] in
+            ("vanilla", *(f"vanilla + {name}" for name in FEATURES))]
+    seeds = 1 if quick else 3
+    seconds = {r["method"]: r["train_time_s"] for r in measure(seeds, rows)}
+    base = seconds["vanilla"]
+    note(f"vanilla with cached logits: {base:.2f} s per run (mean of {seeds} seed(s))")
+    return [emit(Result(f"feature_cost[{name}]", seconds[f"vanilla + {name}"] / base, "<=",
+                        COST_BOUND, raw=f"{seconds[f'vanilla + {name}']:.2f} s vs {base:.2f} s"))
+            for name in FEATURES]
 
 
 def measure(seeds: int, rows: list[tuple[str, dict[str, Any]]] = ROWS) -> list[dict[str, Any]]:

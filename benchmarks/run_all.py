@@ -1,7 +1,7 @@
 """Run every benchmark and print a summary of the judged figures.
 
     .venv/bin/python -m benchmarks.run_all            # full (about an hour on 2 CPU cores)
-    .venv/bin/python -m benchmarks.run_all --quick    # smoke run of all five (~10 minutes)
+    .venv/bin/python -m benchmarks.run_all --quick    # smoke run of all six (~10 minutes)
     .venv/bin/python -m benchmarks.run_all --only step cache data
     .venv/bin/python -m benchmarks.run_all --json results.json
 
@@ -50,12 +50,19 @@ def _asha(quick: bool) -> list[Result]:
     return bench_asha.run(quick)
 
 
+def _features(quick: bool) -> list[Result]:
+    from benchmarks import methods_table
+
+    return methods_table.run(quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Result]]] = {
     "step": _step,  # 1
     "cache": _cache,  # 2
     "sweep": _sweep,  # 3a + 3b
     "data": _data,  # 4
     "asha": _asha,  # 5
+    "features": _features,  # 6
 }
 
 
