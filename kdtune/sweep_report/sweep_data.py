@@ -88,19 +88,13 @@ def setting(row: pd.Series, key: str) -> Any:
 def method_reads(method: Any, key: str) -> bool:
     """Whether KD method ``method`` reads config key ``key`` (``alpha``, ``temperature``):
     the sweep logs every key of the resolved config, also those a method ignores."""
-    if method == "none":
-        return False
-    try:
-        from kdtune.methods import get_method
+    from kdtune.errors import KdtuneError
+    from kdtune.methods import get_method
 
-        spec = get_method(str(method))
-    except (ValueError, KeyError):
+    try:
+        return get_method(str(method)).reads(key)
+    except KdtuneError:  # a method not registered here (a plugin's): assume it does
         return True
-    for name in ("reads", "uses"):
-        check = getattr(spec, name, None)
-        if callable(check):
-            return bool(check(key))
-    return True
 
 
 def settings_label(row: pd.Series, keys: Iterable[str]) -> str:
