@@ -133,7 +133,8 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
         values = list(by_seed.values())
         row: dict[str, Any] = {
             "finalist": finalist, "seeds": len(values),
-            "config": " ".join(f"{k}={config[k]}" for k in searched if k in config),
+            "config": " ".join(f"{k}={config[k]:.3g}" if isinstance(config[k], float)
+                               else f"{k}={config[k]}" for k in searched if k in config),
             "test_accuracy": statistics.fmean(values),
             "sd": statistics.stdev(values) if len(values) > 1 else None,
             "ci95": list(t_interval(values)) if len(values) > 1 else None,
