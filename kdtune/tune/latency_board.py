@@ -113,9 +113,11 @@ class SharedLatency:
                     measured = measured or measure()
                     figure = self.ask(lambda b, ms=measured: b.publish.remote(key, ms))
                 return float(figure)
-            except ray.exceptions.RayActorError:
-                # the board is starting on a busy node, or the process that held it ended:
-                # ask again (a new handle finds it, or starts another) before going alone
+            except (ray.exceptions.RayActorError, ValueError):
+                # the board is starting on a busy node, the process that held it ended, or
+                # another trial was creating it at this moment (Ray's get-or-create looks it
+                # up by name again and may not see it yet): ask again (a new handle finds it,
+                # or starts another) before going alone
                 self.actor = None
                 time.sleep(min(2.0, 0.1 * 2**attempt))
         return measured or measure()
