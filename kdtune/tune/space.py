@@ -63,7 +63,10 @@ NOT_SEARCHABLE = (*DATA_KEYS, "seed", "teacher", "out", "device", "threads")
 NOT_FIXED = {"teacher": "give the teacher in the top-level teacher: section",
              "out": "the search layer chooses each trial's output folder"}
 #: Fields the ``teacher`` section may not set.
-NOT_TEACHER = {**{k: "the teacher takes it from fixed" for k in DATA_KEYS},
+#: (``train_per_class`` may differ: validation and test do not depend on it, so a teacher
+#: that learns from more of the training part never sees the students' held-out images.)
+NOT_TEACHER = {**{k: "the teacher takes it from fixed" for k in DATA_KEYS
+                  if k != "train_per_class"},
                **{k: "the teacher is trained alone (method none)"
                   for k in ("method", "feature_method", "alpha", "temperature", "kd_warmup",
                             "teacher")},

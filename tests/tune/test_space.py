@@ -572,6 +572,20 @@ def test_a_feature_method_the_pair_cannot_serve_is_refused_at_load(tmp_path: Pat
         ("none", "pkt")
 
 
+def test_the_teacher_may_learn_from_more_of_the_training_part(tmp_path: Path) -> None:
+    """``teacher.train_per_class`` (null: every training image) differs from the students'
+    ``fixed.train_per_class``; the other data fields stay the sweep's."""
+    space = load_space(write(tmp_path, edit(fixed__train_per_class=10,
+                                            teacher__train_per_class=None)))
+    teacher = teacher_config(space)
+    assert teacher is not None and teacher.train_per_class is None
+    assert trial_config(space, {"method": "none", "hidden": [16], "lr": 0.1}
+                        ).train_per_class == 10
+    with pytest.raises(KdtuneError, match=r"teacher\.split_seed: not allowed here: the "
+                                          r"teacher takes it from fixed"):
+        load_space(write(tmp_path, edit(teacher__split_seed=3)))
+
+
 def test_feature_method_and_its_parameters_are_validated(tmp_path: Path) -> None:
     """``feature_method`` is searched beside ``method``; its parameters need a when: on it,
     kd_warmup is read by a feature term even with method none, and a feature term needs a
