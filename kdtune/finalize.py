@@ -197,7 +197,7 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     and the teacher's test accuracy."""
     from pathlib import Path
 
-    from kdtune.tune.latency_board import board_name, end_board, seed_board
+    from kdtune.tune.latency_board import end_board, seed_board, start_board
     from kdtune.tune.sweep import (
         Interrupts,
         Store,
@@ -243,7 +243,7 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
         # a finalist's speedup is the one its trials reported
         trials = tracker.trial_runs(name)
         context = prepare_context(space, store, console, len(jobs), recorded=trials)
-        context.latency_board = board_name(run.info.run_id)
+        context.latency_board = start_board()
         seed_board(context.latency_board, trials, context.data)
         teacher_accuracy = _log_teacher(tracker, run.info.run_id, name, context)
         try:

@@ -3,18 +3,16 @@
 Each worker times the architectures it trains (``kdtune.metrics.cpu_latency_ms``). Two
 workers timing the same student get different numbers (load, the CPU model of their node),
 so without a shared figure a latency objective or a ``kdtune best`` table could rank two
-identical students apart. A sweep names one board, a small detached actor (no CPU reserved)
-that the first trial needing it starts (so nothing is added to the sweep's start-up); the
-first trial to finish with an architecture times it and publishes the figure, and every later
-trial, on any worker or node, reports that figure. A trial asks the board once per
-architecture. The driver ends the board with the sweep; a resumed sweep finds it again or,
-after the cluster went down, seeds a new one with what its trials had reported
-(:func:`seed_board`).
+identical students apart. The driver starts one board per sweep, a small actor (no CPU
+reserved) that it owns, and hands it to every trial with the sweep's context; the first trial
+to time an architecture publishes its figure, and every later trial, on any worker or node,
+reports that figure. A trial asks the board once per architecture. The board ends with the
+driver (the driver also stops it when the sweep ends); a resumed sweep, or ``kdtune
+finalize``, starts a new one holding what the sweep's trials reported (:func:`seed_board`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -30,8 +28,7 @@ if TYPE_CHECKING:  # the board's own process imports this module: no torch, no p
 
 #: The final metrics the board holds, by batch size.
 METRICS = {1: "latency_ms_b1", 256: "latency_ms_b256"}
-NAMESPACE = "kdtune"
-#: Times a worker asks a board that does not answer before it reports its own figure.
+#: Times a trial asks a board that is unavailable for a moment before it reports its own figure.
 BOARD_ATTEMPTS = 8
 
 
@@ -49,28 +46,18 @@ class LatencyBoard:
         return self._ms.setdefault(key, ms)
 
 
-def board(name: str) -> Any:
-    """The board actor called ``name``, started if there is none yet. Detached: it outlives
-    the trial that started it (Ray ends a trial's actor when it no longer needs it), and a
-    sweep resumed after a crash finds it again; the driver ends it with the sweep
-    (:func:`end_board`)."""
+def start_board() -> Any:
+    """Start a sweep's board; its handle. The board belongs to this driver: it ends with it."""
     import ray
 
-    return ray.remote(num_cpus=0)(LatencyBoard).options(
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+    return ray.remote(num_cpus=0)(LatencyBoard).remote()
 
 
-def end_board(name: str) -> None:
-    """Stop board ``name`` if it runs (the sweep is over)."""
+def end_board(board: Any) -> None:
+    """Stop ``board`` (the sweep is over)."""
     import ray
 
-    with contextlib.suppress(ValueError):  # never started: no trial needed it
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-
-
-def board_name(sweep_run_id: str) -> str:
-    """The board of the sweep whose MLflow parent run is ``sweep_run_id``."""
-    return f"kdtune-latency-{sweep_run_id}"
+    ray.kill(board)
 
 
 def board_key(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> str:
@@ -80,16 +67,15 @@ def board_key(model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> s
 
 
 class SharedLatency:
-    """A latency function for ``TrainingRun.final_metrics`` that reads and fills board
-    ``name``. A published figure never changes, so it asks the board once per architecture
-    and batch size; :attr:`waited_s` counts the seconds spent waiting for the board (starting
-    it, asking it): sweep overhead, not the trainer's work."""
+    """A latency function for ``TrainingRun.final_metrics`` that reads and fills ``board``.
+    A published figure never changes, so it asks the board once per architecture and batch
+    size; :attr:`waited_s` counts the seconds spent waiting for the board: sweep overhead, not
+    the trainer's work."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, board: Any) -> None:
+        self.board = board
         self.known: dict[str, float] = {}
         self.waited_s = 0.0
-        self.actor: Any = None
 
     def __call__(self, model: nn.Module, in_shape: tuple[int, ...], batch_size: int) -> float:
         from kdtune.metrics import cpu_latency_ms
@@ -102,43 +88,39 @@ class SharedLatency:
 
     def figure(self, key: str, measure: Callable[[], float]) -> float:
         """The board's figure for ``key``, published from ``measure()`` if it has none yet;
-        this process's own measurement when the board does not answer."""
+        this process's own measurement when the board is gone (its driver ended)."""
         import ray
 
         measured = None
         for attempt in range(BOARD_ATTEMPTS):
             try:
-                figure = self.ask(lambda b: b.get.remote(key))
+                figure = self.ask(self.board.get, key)
                 if figure is None:
                     measured = measured or measure()
-                    figure = self.ask(lambda b, ms=measured: b.publish.remote(key, ms))
+                    figure = self.ask(self.board.publish, key, measured)
                 return float(figure)
-            except (ray.exceptions.RayActorError, ValueError):
-                # the board is starting on a busy node, the process that held it ended, or
-                # another trial was creating it at this moment (Ray's get-or-create looks it
-                # up by name again and may not see it yet): ask again (a new handle finds it,
-                # or starts another) before going alone
-                self.actor = None
+            except ray.exceptions.ActorUnavailableError:  # for a moment (a busy node): again
                 time.sleep(min(2.0, 0.1 * 2**attempt))
+            except ray.exceptions.RayActorError:  # the board died with its driver
+                break
         return measured or measure()
 
-    def ask(self, call: Callable[[Any], Any]) -> Any:
-        """``ray.get(call(board))``, its wall time added to :attr:`waited_s`."""
+    def ask(self, method: Any, *args: Any) -> Any:
+        """``ray.get(method.remote(*args))``, its wall time added to :attr:`waited_s`."""
         import ray
 
         start = time.perf_counter()
         try:
-            self.actor = self.actor or board(self.name)
-            return ray.get(call(self.actor))
+            return ray.get(method.remote(*args))
         finally:
             self.waited_s += time.perf_counter() - start
 
 
-def seed_board(name: str, runs: pd.DataFrame, data: DataSplits) -> int:
-    """Start board ``name`` holding the latencies the sweep's trials already logged (rows of
-    ``Tracker.trial_runs``), so that trials after a resume report the same figures for the
-    same architectures (the first figure of an architecture, as a board keeps; a run whose
-    config no longer builds is skipped). Returns how many figures were published."""
+def seed_board(board: Any, runs: pd.DataFrame, data: DataSplits) -> int:
+    """Publish on ``board`` the latencies the sweep's trials already logged (rows of
+    ``Tracker.trial_runs``), so that trials after a resume, and finalists, report the same
+    figures for the same architectures (the first figure of an architecture, as a board keeps;
+    a run whose config no longer builds is skipped). Returns how many figures it published."""
     import ray
 
     from kdtune.config import TrainConfig
@@ -159,7 +141,5 @@ def seed_board(name: str, runs: pd.DataFrame, data: DataSplits) -> int:
             continue
         for batch_size, ms in known.items():
             figures.setdefault(board_key(model, data.in_shape, batch_size), ms)
-    if figures:  # else the first trial that needs the board starts it
-        actor = board(name)
-        ray.get([actor.publish.remote(key, ms) for key, ms in figures.items()])
+    ray.get([board.publish.remote(key, ms) for key, ms in figures.items()])
     return len(figures)

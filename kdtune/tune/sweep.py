@@ -38,7 +38,7 @@ from kdtune.tracking import (
     sqlite_path,
     transient_tracking_error,
 )
-from kdtune.tune.latency_board import board_name, end_board, seed_board
+from kdtune.tune.latency_board import end_board, seed_board, start_board
 from kdtune.tune.space import (
     DATA_KEYS,
     SearchSpace,
@@ -442,7 +442,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
             console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
             experiment_dir = store.experiment_dir(name)
             tracker.log_artifact(parent, space.source)
-            context.latency_board = board_name(parent)
+            context.latency_board = start_board()
             sweep = _Sweep(name, space, store, tracker, study, parent, context, experiment_dir,
                            console)
             return _run_segments(sweep, _new_tuner(sweep, "", num_samples), interrupts)
@@ -617,7 +617,7 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
     check_resources(space, console)
     runs = tracker.trial_runs(name)
     context = prepare_context(space, store, console, total, recorded=runs)
-    context.latency_board = board_name(run.info.run_id)
+    context.latency_board = start_board()
     seed_board(context.latency_board, runs, context.data)
     context.ended = frozenset(t for t, ft in trials.items() if ft.state.is_finished())
     sweep = _Sweep(name, space, store, tracker, study, run.info.run_id, context, base_dir,
@@ -705,7 +705,7 @@ def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOut
                     break  # interrupted: resume continues
                 tuner = _next_tuner(sweep, total) if len(trials) > before else None
     finally:
-        end_board(board_name(sweep.parent))
+        end_board(sweep.context.latency_board)
     trials = sweep.study.sweep_trials()
     finished = all(t.state.is_finished() for t in trials.values()) and (
         len(trials) >= total or sweep.space.search.sampler == "grid")

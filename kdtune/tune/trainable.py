@@ -76,9 +76,9 @@ class SweepContext:
     #: On resume: trials the study had told (finished, pruned or failed) before the driver
     #: died, though Ray's last snapshot still had them running. They must not train again.
     ended: frozenset[str] = frozenset()
-    #: The name of the sweep's :mod:`latency board <kdtune.tune.latency_board>` (None: each
+    #: The sweep's :mod:`latency board <kdtune.tune.latency_board>`, an actor handle (None: each
     #: worker times students itself).
-    latency_board: str | None = None
+    latency_board: Any = None
 
 
 def mean_metrics(per_seed: list[Mapping[str, float]]) -> dict[str, float]:

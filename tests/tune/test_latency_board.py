@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
 
 import pytest
 import torch
@@ -17,10 +16,10 @@ from kdtune.tune.latency_board import (
     METRICS,
     LatencyBoard,
     SharedLatency,
-    board,
     board_key,
     end_board,
     seed_board,
+    start_board,
 )
 
 from .conftest import SweepRecord
@@ -31,10 +30,6 @@ SHAPE = (1, 8, 8)
 def mlp(width: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return create_model("mlp", num_classes=10, in_shape=SHAPE, hidden=(width,))
-
-
-def new_name() -> str:
-    return f"test-board-{uuid.uuid4().hex}"
 
 
 def test_first_published_figure_stays() -> None:
@@ -57,36 +52,37 @@ def test_workers_report_the_published_figure(ray_session: None) -> None:
 
     # the task below refers to this module, which Ray's workers cannot import by its name
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    name = new_name()
+    board = start_board()
 
     @ray.remote(num_cpus=1)
-    def time_on_a_worker(width: int, seed: int) -> tuple[float, int]:
-        return SharedLatency(name)(mlp(width, seed), SHAPE, 1), os.getpid()
+    def time_on_a_worker(board: object, width: int, seed: int) -> tuple[float, int]:
+        return SharedLatency(board)(mlp(width, seed), SHAPE, 1), os.getpid()
 
-    # the first worker to need the board starts it, times the architecture and publishes
-    first, pid = ray.get(time_on_a_worker.remote(16, 0))
+    # the first worker to time an architecture publishes its figure
+    first, pid = ray.get(time_on_a_worker.remote(board, 16, 0))
     assert first > 0 and pid != os.getpid()
-    assert ray.get(board(name).get.remote(board_key(mlp(16), SHAPE, 1))) == first
+    assert ray.get(board.get.remote(board_key(mlp(16), SHAPE, 1))) == first
     # another process (the driver here) reads that figure instead of timing its own; the
     # wait for the board is counted apart (a trial's trainer_s leaves it out)
-    latency = SharedLatency(name)
+    latency = SharedLatency(board)
     assert latency(mlp(16, seed=7), SHAPE, 1) == first
     assert latency.waited_s > 0
     # a figure already on the board is what every worker reports: no worker times it again
-    ray.get(board(name).publish.remote(board_key(mlp(8), SHAPE, 1), 123.0))
-    assert ray.get(time_on_a_worker.remote(8, 3))[0] == 123.0
+    ray.get(board.publish.remote(board_key(mlp(8), SHAPE, 1), 123.0))
+    assert ray.get(time_on_a_worker.remote(board, 8, 3))[0] == 123.0
+    end_board(board)
 
 
 @pytest.mark.parametrize("batch_size", [1, 256])
 def test_batch_sizes_are_timed_apart(ray_session: None, batch_size: int) -> None:
     import ray
 
-    name = new_name()
-    measured = SharedLatency(name)(mlp(8), SHAPE, batch_size)
-    actor = board(name)
-    assert ray.get(actor.get.remote(board_key(mlp(8), SHAPE, batch_size))) == measured
+    board = start_board()
+    measured = SharedLatency(board)(mlp(8), SHAPE, batch_size)
+    assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, batch_size))) == measured
     other = 256 if batch_size == 1 else 1
-    assert ray.get(actor.get.remote(board_key(mlp(8), SHAPE, other))) is None
+    assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, other))) is None
+    end_board(board)
 
 
 def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
@@ -101,8 +97,8 @@ def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
     finished = runs[runs["status"] == "FINISHED"]
     assert len(finished) >= 1
     data = load_data(TrainConfig(dataset="digits"))
-    name = new_name()
-    published = seed_board(name, runs, data)
+    board = start_board()
+    published = seed_board(board, runs, data)
     widths = {row["params.hidden"] for _, row in finished.iterrows()}
     assert published == 2 * len(widths)  # b1 and b256 of each architecture
     for _, row in finished.iterrows():
@@ -110,10 +106,11 @@ def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
         model = build_student(config, data)
         for batch, metric in METRICS.items():
             key = board_key(model, data.in_shape, batch)
-            assert ray.get(board(name).get.remote(key)) == row[f"metrics.{metric}"]
+            assert ray.get(board.get.remote(key)) == row[f"metrics.{metric}"]
+    end_board(board)
 
 
-def test_nothing_to_seed_starts_no_board(ray_session: None, asha_sweep: SweepRecord) -> None:
+def test_nothing_to_seed_publishes_nothing(ray_session: None, asha_sweep: SweepRecord) -> None:
     import ray
 
     from kdtune.config import TrainConfig
@@ -121,10 +118,10 @@ def test_nothing_to_seed_starts_no_board(ray_session: None, asha_sweep: SweepRec
 
     runs = asha_sweep.tracker().trial_runs("asha")
     without = runs.drop(columns=[c for c in runs.columns if "latency" in c])
-    name = new_name()
-    assert seed_board(name, without, load_data(TrainConfig(dataset="digits"))) == 0
-    with pytest.raises(ValueError):
-        ray.get_actor(name, namespace="kdtune")
+    board = start_board()
+    assert seed_board(board, without, load_data(TrainConfig(dataset="digits"))) == 0
+    assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, 1))) is None
+    end_board(board)
 
 
 def test_trials_stopped_early_report_their_latency_too(asha_sweep: SweepRecord) -> None:
@@ -135,20 +132,20 @@ def test_trials_stopped_early_report_their_latency_too(asha_sweep: SweepRecord) 
     assert (killed["metrics.params"] > 0).all()
 
 
-def test_the_driver_ends_the_board(ray_session: None) -> None:
+def test_a_trial_whose_board_is_gone_reports_its_own_figure(ray_session: None) -> None:
+    """The board ends with its driver (or when the sweep ends): a trial still running then
+    times the student itself instead of failing."""
     import ray
 
-    name = new_name()
-    SharedLatency(name)(mlp(8), SHAPE, 1)
-    ray.get_actor(name, namespace="kdtune")  # running
-    end_board(name)
-    deadline = time.monotonic() + 20  # ray.kill returns at once; the name goes with the actor
+    board = start_board()
+    SharedLatency(board)(mlp(8), SHAPE, 1)
+    end_board(board)
+    deadline = time.monotonic() + 20  # ray.kill returns at once
     while time.monotonic() < deadline:
         try:
-            ray.get_actor(name, namespace="kdtune")
-        except ValueError:
+            ray.get(board.get.remote("k"))
+        except ray.exceptions.RayActorError:
             break
         time.sleep(0.1)
-    with pytest.raises(ValueError):
-        ray.get_actor(name, namespace="kdtune")
-    end_board(name)  # no board: nothing to do
+    latency = SharedLatency(board)
+    assert latency(mlp(16), SHAPE, 1) > 0
