@@ -151,14 +151,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def architecture(ckpt: dict[str, Any]) -> tuple[str, dict[str, Any], int, tuple[int, ...]]:
+    """The model a teacher checkpoint holds: name, options, classes and input shape."""
+    return (ckpt["model"]["name"], dict(ckpt["model"]["kwargs"]),
+            int(ckpt["data"]["num_classes"]), tuple(ckpt["data"]["in_shape"]))
+
+
+def checkpoint_architecture(path: str | Path
+                            ) -> tuple[str, dict[str, Any], int, tuple[int, ...]] | None:
+    """:func:`architecture` of the checkpoint at ``path``, its weights not read (memory-
+    mapped, not verified), or None when the file is not one (:func:`read_checkpoint` says
+    why)."""
+    try:
+        return architecture(torch.load(path, map_location="cpu", weights_only=True,
+                                       mmap=True))
+    except Exception:
+        return None
+
+
 def teacher_from_checkpoint(ckpt: dict[str, Any]) -> Teacher:
     spec = {k: ckpt[k] for k in ("model", "data", "metrics")}
-    data = ckpt["data"]
+    name, kwargs, num_classes, in_shape = architecture(ckpt)
     # Building the model draws random initial weights; keep that off the global RNG so that
     # loading a teacher inside a run does not shift the student's dropout stream.
     with torch.random.fork_rng(devices=[]):
-        model = create_model(ckpt["model"]["name"], data["num_classes"],
-                             tuple(data["in_shape"]), **ckpt["model"]["kwargs"])
+        model = create_model(name, num_classes, in_shape, **kwargs)
     model.load_state_dict(ckpt["state_dict"])
     model.eval().requires_grad_(False)
     return Teacher(model=model, fingerprint=ckpt["fingerprint"], spec=spec)

@@ -20,7 +20,7 @@ from kdtune.sweep_report.sweep_data import (
     leaderboard,
 )
 from kdtune.versions import RECORDED_PACKAGES, package_versions
-from kdtune.vocabulary import TAG_GIT_SHA, TAG_SPACE, TAG_VERSION, TAG_VERSIONS
+from kdtune.vocabulary import TAG_GIT_SHA, TAG_SPACE, TAG_SPACE_SHA, TAG_VERSION, TAG_VERSIONS
 
 #: Leaderboard columns: (metric, heading).
 BOARD_COLUMNS = (("val_accuracy", "val accuracy"),
@@ -121,7 +121,7 @@ def _facts(data: SweepData) -> str:
     rows = [
         ("status", parent.info.status),
         ("space file", tags.get(TAG_SPACE, "not recorded")),
-        ("space sha256", tags.get("kdtune.space_sha256", "not recorded")),
+        ("space sha256", tags.get(TAG_SPACE_SHA, "not recorded")),
         ("objective", ", ".join(f"{m} ({d})" for m, d in zip(data.metrics, data.modes,
                                                               strict=True))),
         ("search", f"sampler {params.get('sampler', '?')}, scheduler "

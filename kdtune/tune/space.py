@@ -442,7 +442,9 @@ class _Loader:
             path = self.resolve(value)
             if not Path(path).is_file():
                 raise self.err("teacher.path", f"no such file {path!r}")
-            self.teacher_model = _checkpoint_model(path)
+            from kdtune.teacher import checkpoint_architecture
+
+            self.teacher_model = checkpoint_architecture(path)
             return TeacherSettings(path=path, config=None)
         from kdtune.methods import all_params
 
@@ -892,7 +894,6 @@ class _Loader:
             raise self.err(key, f"{exc}{trial}") from None
         self.models_checked.add(model_key)
 
-
     def check_feature_pair(self, cfg: TrainConfig, key: str, params: Mapping[str, Any]) -> None:
         """Build ``cfg``'s feature term for its student and the teacher on PyTorch's meta
         device: a pair the method cannot serve (feature maps asked of an MLP, stages one of
@@ -901,18 +902,19 @@ class _Loader:
         from kdtune.methods import get_feature_method
 
         spec = get_feature_method(cfg.feature_method)
-        pair = (cfg.model, repr(sorted(cfg.model_kwargs().items())), cfg.feature_method,
+        options = cfg.model_kwargs()
+        pair = (cfg.model, repr(sorted(options.items())), cfg.feature_method,
                 repr(sorted((k, v) for k, v in cfg.method_params.items() if spec.reads(k))))
         if spec.inputs is None or self.teacher_model is None or pair in self.pairs_checked:
             return
         import torch
 
         name, kwargs, num_classes, in_shape = self.teacher_model
-        if (num_classes, tuple(in_shape)) != tuple(dataset_shape(cfg.dataset)):
+        shape = dataset_shape(cfg.dataset)
+        if (num_classes, tuple(in_shape)) != tuple(shape):
             return  # a teacher of other data: loading it says so
         try:
-            student = self.feature_shapes(cfg.model, cfg.model_kwargs(),
-                                          *dataset_shape(cfg.dataset), spec.inputs)
+            student = self.feature_shapes(cfg.model, options, *shape, spec.inputs)
             teacher = self.feature_shapes(name, kwargs, num_classes, in_shape, spec.inputs)
             with torch.device("meta"):
                 spec.make_term(student, teacher, cfg.method_params, 2)
@@ -942,19 +944,6 @@ class _Loader:
 
 
 # -- small helpers -----------------------------------------------------------------------------
-def _checkpoint_model(path: str) -> tuple[str, dict[str, Any], int, tuple[int, ...]] | None:
-    """The architecture a teacher checkpoint holds (its weights are not read), or None when
-    the file is not one (loading the teacher says why)."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return (ckpt["model"]["name"], dict(ckpt["model"]["kwargs"]),
-                int(ckpt["data"]["num_classes"]), tuple(ckpt["data"]["in_shape"]))
-    except Exception:
-        return None
-
-
 def _teacher_dict(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     data = {k: fixed[k] for k in (*DATA_KEYS, *TEACHER_DEFAULT_KEYS) if k in fixed}
     data.update(config)
