@@ -38,6 +38,8 @@ DIRECTIONS = ("max", "min")
 TAG_KIND = "kdtune.kind"  # "sweep" (parent run) or "trial" (child run)
 TAG_SWEEP = "kdtune.sweep"
 TAG_TRIAL_ID = "kdtune.trial_id"  # the Ray trial id of a child run
+TAG_READABLE_ID = "kdtune.id"  # a child run's readable id (see trial_label, finalist_label)
+TAG_UNUSED = "kdtune.unused_params"  # comma-joined config keys the run's methods do not read
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUNG = "kdtune.rung"  # the epoch at which early stopping ended a KILLED trial
 TAG_ERROR = "kdtune.error"  # the error of a FAILED trial, one line
@@ -54,6 +56,11 @@ TAG_TEACHER_FINGERPRINT = "kdtune.teacher_fingerprint"
 TAG_GIT_SHA = "kdtune.git_sha"
 TAG_RAY_ADDRESS = "kdtune.ray_address"
 TAG_NUM_SAMPLES = "kdtune.num_samples"  # the sweep's number of trials (extending raises it)
+#: JSON list on a sweep's parent run, one entry per run of a driver that trained for it
+#: (``{"kind": one of SEGMENT_KINDS, "start": ms, "end": ms or null}``, times in epoch
+#: milliseconds; ``end`` is null while it runs, or when its driver was killed)
+TAG_SEGMENTS = "kdtune.segments"
+SEGMENT_KINDS = ("search", "resume", "extend", "finalize")
 TAG_STAGE = "kdtune.stage"  # "final" on a finalist run (kdtune finalize); absent on trials
 STAGE_FINAL = "final"
 TAG_ROLE = "kdtune.role"  # a finalist run's role: one of FINAL_ROLES
@@ -66,3 +73,20 @@ PARAM_OBJECTIVE_MODES = "objective.modes"
 PARAM_SEARCHED = "searched"
 PARAM_TEACHER = "teacher"
 
+
+
+# -- readable run ids ------------------------------------------------------------------------
+def trial_label(sweep: str, number: int) -> str:
+    """A search trial's readable id: the sweep and its Optuna trial number, ``NAME#12``."""
+    return f"{sweep}#{number}"
+
+
+def finalist_label(trial: str, role: str, seed: int) -> str:
+    """A finalist run's readable id, from the readable id of the trial it re-trains:
+    ``NAME#12/seed3`` (distilled), ``NAME#12/alone/seed3`` (its student-alone baseline)."""
+    return f"{trial}/seed{seed}" if role == ROLE_KD else f"{trial}/alone/seed{seed}"
+
+
+def teacher_label(sweep: str) -> str:
+    """The readable id of a sweep's teacher run (read on the test set by finalize)."""
+    return f"{sweep}/teacher"
