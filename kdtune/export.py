@@ -29,7 +29,13 @@ from kdtune.sweep_results import (
     teacher_facts,
 )
 from kdtune.tracking import Tracker, require_store
-from kdtune.vocabulary import TAG_EXPORT_FORMAT, TAG_SWEEP, TAG_TEACHER_FINGERPRINT, TAG_TRIAL_ID
+from kdtune.vocabulary import (
+    LATENCY_SPREAD_METRICS,
+    TAG_EXPORT_FORMAT,
+    TAG_SWEEP,
+    TAG_TEACHER_FINGERPRINT,
+    TAG_TRIAL_ID,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,7 +54,8 @@ INPUT_NAME, OUTPUT_NAME = "x", "logits"
 #: Where ``--register`` logs the files inside the student's run (``export/onnx`` ...).
 ARTIFACT_DIR = "export"
 SHOWN_METRICS = ("val_accuracy", "val_accuracy_sd", "test_accuracy", "test_accuracy_sd",
-                 "params", "flops", "latency_ms_b1", "latency_ms_b256", "speedup")
+                 "params", "flops", "latency_ms_b1", "latency_ms_b256", *LATENCY_SPREAD_METRICS,
+                 "speedup")
 
 
 @dataclass(frozen=True)

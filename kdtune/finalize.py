@@ -26,6 +26,8 @@ from kdtune.report import STUDENT_FILE
 from kdtune.tracking import Tracker, config_from_run
 from kdtune.tune.space import load_space
 from kdtune.vocabulary import (
+    LATENCY_FIGURES,
+    LATENCY_SPREADS,
     ROLE_ALONE,
     ROLE_KD,
     ROLE_TEACHER,
@@ -272,10 +274,13 @@ def _log_teacher(tracker: Tracker, parent: str, name: str, context: Any) -> floa
                                                             .teacher_path},
                                  tags={TAG_SWEEP: name, TAG_STAGE: STAGE_FINAL,
                                        TAG_ROLE: ROLE_TEACHER, TAG_FINALIST: "teacher"})
-    tracker.end_trial(run_id, "FINISHED", metrics={
-        "test_accuracy": accuracy,
-        "params": sum(p.numel() for p in context.teacher.model.parameters()),
-        "latency_ms_b256": context.teacher.latency_ms(256)})
+    latency = context.teacher.latency(256)
+    metrics = {"test_accuracy": accuracy,
+               "params": sum(p.numel() for p in context.teacher.model.parameters()),
+               LATENCY_FIGURES[256]: latency.ms}
+    if math.isfinite(latency.iqr_ms):  # unknown for a figure recorded without one
+        metrics[LATENCY_SPREADS[256]] = latency.iqr_ms
+    tracker.end_trial(run_id, "FINISHED", metrics=metrics)
     return accuracy
 
 

@@ -3,19 +3,66 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from kdtune.models import count_params
 
-__all__ = ["LatencyFn", "accuracy", "count_flops", "count_params", "cpu_latency_ms", "evaluate",
-           "predict"]
+__all__ = ["LATENCY_POLICY", "Latency", "LatencyFn", "TimingPolicy", "accuracy", "count_flops",
+           "count_params", "cpu_latency", "evaluate", "predict"]
 
-LatencyFn = Callable[[nn.Module, tuple[int, ...], int], float]
-"""``latency(model, in_shape, batch_size) -> ms``: how a run's final metrics time a model."""
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How kdtune times a model on the CPU (:func:`cpu_latency`); every latency it reports --
+    ``kdtune train``, a sweep's trials and finalists, the teacher on a sweep's driver -- is
+    timed with :data:`LATENCY_POLICY`."""
+
+    #: torch intra-op threads while timing, whatever the run's own threads: the figure does
+    #: not depend on the machine's cores or a trial's CPUs, and a pass never waits for a
+    #: second thread that the OS has given to another process.
+    threads: int = 1
+    #: seconds of untimed passes first (at least one pass): caches, allocator, lazy kernels.
+    warmup_s: float = 0.1
+    #: seconds of timed passes (at least ``min_passes``; a model whose one pass outlasts this
+    #: is timed once).
+    budget_s: float = 0.4
+    min_passes: int = 3
+
+
+LATENCY_POLICY = TimingPolicy()
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency figure: the median of the timed passes (ms) and their interquartile range
+    (ms). ``passes`` and ``threads`` say how it was timed (0 for a figure read from a
+    record rather than timed in this process)."""
+
+    ms: float
+    iqr_ms: float
+    passes: int = 0
+    threads: int = 0
+
+    @classmethod
+    def of(cls, seconds: list[float], *, threads: int) -> Latency:
+        """The figure of passes that took ``seconds`` each."""
+        ms = [1000.0 * t for t in seconds]
+        if len(ms) > 1:
+            q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+        else:
+            q1 = q3 = ms[0]
+        return cls(statistics.median(ms), q3 - q1, len(ms), threads)
+
+
+LatencyFn = Callable[[nn.Module, tuple[int, ...], int], Latency]
+"""``latency(model, in_shape, batch_size) -> Latency``: how a run's final metrics time a
+model."""
 
 
 @torch.no_grad()
@@ -68,7 +115,7 @@ def _count_flops(model: nn.Module, in_shape: tuple[int, ...]) -> int:
 
 #: Latency measured per architecture in this process: a sweep's worker (actors are reused)
 #: measures each student architecture and batch size once, not once per trial or seed.
-_LATENCY_MS: dict[tuple, float] = {}
+_LATENCY: dict[tuple, Latency] = {}
 _FLOPS: dict[tuple, int] = {}
 
 
@@ -78,29 +125,30 @@ def architecture_key(model: nn.Module) -> tuple:
     return type(model).__qualname__, shapes
 
 
-def cpu_latency_ms(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, *,
-                   repeats: int = 10, warmup: int = 2, budget_s: float = 0.5) -> float:
-    """Wall time in milliseconds of one forward pass of a batch on the CPU (fastest pass).
+def cpu_latency(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, *,
+                policy: TimingPolicy = LATENCY_POLICY) -> Latency:
+    """The CPU latency of one forward pass of a batch of ``batch_size``, timed per ``policy``
+    (kdtune's one way of timing, :data:`LATENCY_POLICY`): the median of the timed passes,
+    with their interquartile range.
 
-    The model is copied to the CPU and timed in eval mode; the original is not moved. After
-    ``warmup`` passes, ``repeats`` passes are timed, but no more than fit in ``budget_s``
-    (at least 3): a ResNet-8 batch of 256 takes ~150 ms on one core, and a trial should not
-    spend seconds timing it. A model whose first pass alone exceeds the budget (a ResNet-50
-    batch of 256 takes ~11 s on one core) is timed once more after it: at that length the
-    noise is a small fraction. The result is remembered per (architecture, input shape, batch
-    size, torch threads) in this process.
+    The model is copied to the CPU and timed in eval mode with ``policy.threads`` torch
+    threads, whatever threads the caller runs with (restored after); the original is not
+    moved. Warm-up passes run for ``policy.warmup_s`` (at least one pass), then passes are
+    timed for ``policy.budget_s`` (at least ``policy.min_passes``) -- except a model whose
+    warm-up pass alone outlasted the budget (a ResNet-50 batch of 256 takes ~11 s on one
+    core), timed once: at that length the noise is a small fraction. The result is
+    remembered per (architecture, input shape, batch size, timing threads) in this process.
     """
-    key = (architecture_key(model), tuple(in_shape), batch_size, torch.get_num_threads())
-    if key not in _LATENCY_MS:
-        _LATENCY_MS[key] = _time_forward(model, in_shape, batch_size, repeats, warmup,
-                                         budget_s)
-    return _LATENCY_MS[key]
+    key = (architecture_key(model), tuple(in_shape), batch_size, policy.threads)
+    if key not in _LATENCY:
+        with torch_threads(policy.threads):
+            _LATENCY[key] = _time_forward(model, in_shape, batch_size, policy)
+    return _LATENCY[key]
 
 
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` inside the block (as a trial sets them to its
-    CPUs), restored after it."""
+    """torch's intra-op threads set to ``count`` inside the block, restored after it."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -110,25 +158,23 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _time_forward(model: nn.Module, in_shape: tuple[int, ...], batch_size: int, repeats: int,
-                  warmup: int, budget_s: float) -> float:
+def _time_forward(model: nn.Module, in_shape: tuple[int, ...], batch_size: int,
+                  policy: TimingPolicy) -> Latency:
     import copy
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     x = torch.randn(batch_size, *in_shape)
-    at_least = 3
-    for i in range(warmup):
-        start = time.perf_counter()
+    start = time.perf_counter()
+    first = None
+    while first is None or time.perf_counter() - start < policy.warmup_s:
+        begin = time.perf_counter()
         cpu_model(x)
-        first = time.perf_counter() - start
-        if i == 0 and first > budget_s / 4:
-            at_least = 1 if first > budget_s else 3
-            break  # a slow pass: once is warm enough
+        first = first if first is not None else time.perf_counter() - begin
+    at_least = 1 if first > policy.budget_s else policy.min_passes
     times: list[float] = []
-    while len(times) < repeats and (len(times) < at_least or sum(times) < budget_s):
-        start = time.perf_counter()
+    start = time.perf_counter()
+    while len(times) < at_least or time.perf_counter() - start < policy.budget_s:
+        begin = time.perf_counter()
         cpu_model(x)
-        times.append(time.perf_counter() - start)
-    # the fastest pass: noise (another trial on the core, the OS) only ever adds time, so the
-    # minimum is what the model costs, and trials measured on different workers agree
-    return 1000.0 * min(times)
+        times.append(time.perf_counter() - begin)
+    return Latency.of(times, threads=torch.get_num_threads())

@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kdtune.vocabulary import LATENCY_SPREADS, TEACHER_LATENCY_SPREAD
+
 # How each metric is shown: (label, format).
 _FORMATS: dict[str, tuple[str, str]] = {
     "val_accuracy": ("val accuracy", "{:.4f}"),
@@ -23,11 +25,14 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "flops": ("FLOPs / sample", "{:,.0f}"),
     "latency_ms_b1": ("CPU ms, batch 1", "{:.3f}"),
     "latency_ms_b256": ("CPU ms, batch 256", "{:.3f}"),
+    LATENCY_SPREADS[1]: ("CPU ms, batch 1, IQR", "{:.3f}"),
+    LATENCY_SPREADS[256]: ("CPU ms, batch 256, IQR", "{:.3f}"),
     "speedup": ("speedup vs teacher", "{:.2f}x"),
     "train_time_s": ("train time (s)", "{:.2f}"),
     "teacher_params": ("teacher params", "{:,.0f}"),
     "teacher_test_accuracy": ("teacher test accuracy", "{:.4f}"),
     "teacher_latency_ms_b256": ("teacher CPU latency, batch 256 (ms)", "{:.3f}"),
+    TEACHER_LATENCY_SPREAD: ("teacher CPU latency, batch 256, IQR (ms)", "{:.3f}"),
     "student_alone": ("student alone", "{:.4f}"),
     "gap_closed": ("gap closed", "{:.0%}"),
 }

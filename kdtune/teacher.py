@@ -29,7 +29,7 @@ from torch import nn
 from kdtune.cache import cache_root
 from kdtune.data import Augmentation, DataSplits
 from kdtune.errors import KdtuneError
-from kdtune.metrics import cpu_latency_ms, evaluate, predict
+from kdtune.metrics import Latency, cpu_latency, evaluate, predict
 from kdtune.models import create_model
 
 FORMAT = "kdtune-teacher/1"
@@ -52,18 +52,19 @@ class Teacher:
     # Teacher logits on un-augmented training sets, by ``DataSplits.key``. Filled once (on a
     # sweep's driver) and carried along when the teacher is shipped to trials.
     outputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    _latency: dict[int, float] = field(default_factory=dict, repr=False)
+    _latency: dict[int, Latency] = field(default_factory=dict, repr=False)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
         return tuple(self.spec["data"]["in_shape"])  # type: ignore[return-value]
 
-    def latency_ms(self, batch_size: int, known: float | None = None) -> float:
-        """CPU latency of a forward pass, measured once per batch size and remembered; a
-        figure ``known`` from before (what a sweep's trials reported) is taken as it is."""
+    def latency(self, batch_size: int, known: Latency | None = None) -> Latency:
+        """CPU latency of a forward pass, timed as a student's is (``cpu_latency``), once per
+        batch size and remembered; a figure ``known`` from before (what a sweep's trials
+        reported) is taken as it is."""
         if batch_size not in self._latency:
             self._latency[batch_size] = known if known is not None else \
-                cpu_latency_ms(self.model, self.in_shape, batch_size)
+                cpu_latency(self.model, self.in_shape, batch_size)
         return self._latency[batch_size]
 
     def test_accuracy(self, data: DataSplits) -> float:

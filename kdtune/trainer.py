@@ -22,7 +22,14 @@ from kdtune.config import TrainConfig
 from kdtune.data import DataSplits, load_dataset
 from kdtune.errors import KdtuneError
 from kdtune.methods import get_feature_method, get_method, training_loss
-from kdtune.metrics import LatencyFn, count_flops, count_params, cpu_latency_ms, evaluate
+from kdtune.metrics import (
+    Latency,
+    LatencyFn,
+    count_flops,
+    count_params,
+    cpu_latency,
+    evaluate,
+)
 from kdtune.models import create_model
 from kdtune.teacher import (
     Teacher,
@@ -36,6 +43,12 @@ from kdtune.teacher import (
     view_logits,
 )
 from kdtune.teacher import train_logits as cached_teacher_logits
+from kdtune.vocabulary import (
+    LATENCY_FIGURES,
+    LATENCY_SPREADS,
+    TEACHER_LATENCY,
+    TEACHER_LATENCY_SPREAD,
+)
 
 Callback = Callable[[Mapping[str, float], "TrainingRun"], None]
 CHECKPOINT_FORMAT = "kdtune-run/1"
@@ -369,27 +382,31 @@ class TrainingRun:
 
     # -- final report ----------------------------------------------------------------------
     def cost_metrics(self, *, measure_latency: bool = True,
-                     latency: LatencyFn = cpu_latency_ms) -> dict[str, float]:
-        """What the student costs (size, FLOPs, CPU latency, speedup over the teacher) and the
-        teacher's size and latency: known before the first epoch. ``latency`` times the
-        student (a sweep passes one that shares figures between its trials)."""
+                     latency: LatencyFn = cpu_latency) -> dict[str, float]:
+        """What the student costs (size, FLOPs, CPU latency with its spread, speedup over the
+        teacher) and the teacher's size and latency: known before the first epoch.
+        ``latency`` times the student (a sweep passes one that shares figures between its
+        trials); every latency is timed by :func:`~kdtune.metrics.cpu_latency`'s one policy
+        (one torch thread, whatever ``config.threads``), the teacher's too, so ``speedup``
+        compares figures timed the same way."""
         model, in_shape = self.model, self.data.in_shape
         metrics: dict[str, float] = {"params": count_params(model),
                                      "flops": count_flops(model, in_shape)}
         if measure_latency:
-            metrics["latency_ms_b1"] = latency(model, in_shape, 1)
-            metrics["latency_ms_b256"] = latency(model, in_shape, 256)
+            for batch_size, name in LATENCY_FIGURES.items():
+                _add_latency(metrics, name, LATENCY_SPREADS[batch_size],
+                             latency(model, in_shape, batch_size))
         if self.teacher is not None:
             t = self.teacher
             # the teacher is frozen (requires_grad False): count all its parameters
             metrics["teacher_params"] = sum(p.numel() for p in t.model.parameters())
             if measure_latency:
-                metrics["teacher_latency_ms_b256"] = t.latency_ms(256)
-                metrics["speedup"] = t.latency_ms(256) / metrics["latency_ms_b256"]
+                _add_latency(metrics, TEACHER_LATENCY, TEACHER_LATENCY_SPREAD, t.latency(256))
+                metrics["speedup"] = metrics[TEACHER_LATENCY] / metrics[LATENCY_FIGURES[256]]
         return metrics
 
     def final_metrics(self, *, measure_latency: bool = True, test: bool = True,
-                      latency: LatencyFn = cpu_latency_ms) -> dict[str, float]:
+                      latency: LatencyFn = cpu_latency) -> dict[str, float]:
         """Validation accuracy and loss with :meth:`cost_metrics`; with ``test``, the test
         accuracy of the student and of the teacher.
 
@@ -412,6 +429,14 @@ class TrainingRun:
             if self.teacher is not None:
                 metrics["teacher_test_accuracy"] = self.teacher.test_accuracy(data)
         return metrics
+
+
+def _add_latency(metrics: dict[str, float], name: str, spread: str, figure: Latency) -> None:
+    """``figure`` as the metric ``name`` and its spread as ``spread`` (left out when unknown:
+    a figure a sweep recorded without one)."""
+    metrics[name] = figure.ms
+    if math.isfinite(figure.iqr_ms):
+        metrics[spread] = figure.iqr_ms
 
 
 def _wants_channels_last(config: TrainConfig, model: nn.Module, device: torch.device) -> bool:

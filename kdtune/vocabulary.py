@@ -8,18 +8,30 @@ from __future__ import annotations
 EPOCH_METRICS = ("train_loss", "val_accuracy", "val_loss", "lr")
 #: Per-epoch metrics a scheduler can rank trials by at a rung.
 RUNG_METRICS = ("val_accuracy", "val_loss")
+#: A student's CPU latency by batch size: the median wall time (ms) of its timed forward
+#: passes (``kdtune.metrics.cpu_latency``: one torch thread, a fixed warm-up and time budget).
+LATENCY_FIGURES = {1: "latency_ms_b1", 256: "latency_ms_b256"}
+#: The spread of each latency figure by batch size: the interquartile range (ms) of the passes
+#: it is the median of, logged beside it.
+LATENCY_SPREADS = {1: "latency_ms_b1_iqr", 256: "latency_ms_b256_iqr"}
+LATENCY_SPREAD_METRICS = tuple(LATENCY_SPREADS.values())
+#: The teacher's latency at batch 256 (timed as a student's) and its spread; ``speedup`` is
+#: this figure over the student's ``latency_ms_b256``.
+TEACHER_LATENCY, TEACHER_LATENCY_SPREAD = "teacher_latency_ms_b256", "teacher_latency_ms_b256_iqr"
 #: What a trained student costs: measured before its first epoch and sent with every result,
-#: so early stopping can weigh them at every rung.
-COST_METRICS = ("params", "flops", "latency_ms_b1", "latency_ms_b256", "speedup")
+#: so early stopping can weigh them at every rung (with the latency spreads, not objectives).
+COST_METRICS = ("params", "flops", *LATENCY_FIGURES.values(), "speedup")
 #: The teacher's figures, reported beside a student's.
-TEACHER_METRICS = ("teacher_params", "teacher_test_accuracy", "teacher_latency_ms_b256")
+TEACHER_METRICS = ("teacher_params", "teacher_test_accuracy", TEACHER_LATENCY,
+                   TEACHER_LATENCY_SPREAD)
 #: Metrics a method's extra parts report (dml: the best of its peers).
 PART_METRICS = ("best_peer_val_accuracy",)
 #: Spread over a trial's training seeds (sample sd of ``<metric>``), when it trains several.
 SPREAD_METRICS = ("val_accuracy_sd", "test_accuracy_sd")
 #: Metrics of a trial's end, logged once when it ends.
 FINAL_METRICS = ("val_accuracy", "val_loss", "test_accuracy", *SPREAD_METRICS, *COST_METRICS,
-                 "train_time_s", *TEACHER_METRICS, *PART_METRICS, "epoch")
+                 *LATENCY_SPREAD_METRICS, "train_time_s", *TEACHER_METRICS, *PART_METRICS,
+                 "epoch")
 #: Metrics a sweep may optimise (``test_accuracy`` is reported, never optimised).
 OBJECTIVE_METRICS = ("val_accuracy", "val_loss", *COST_METRICS, "train_time_s")
 
@@ -29,8 +41,10 @@ MODES = {
     "teacher_test_accuracy": "max",
     "train_loss": "min", "val_loss": "min", "lr": "min", "params": "min", "flops": "min",
     "latency_ms_b1": "min", "latency_ms_b256": "min", "train_time_s": "min", "epoch": "max",
+    "latency_ms_b1_iqr": "min", "latency_ms_b256_iqr": "min",
     "val_accuracy_sd": "min", "test_accuracy_sd": "min", "best_peer_val_accuracy": "max",
     "teacher_params": "min", "teacher_latency_ms_b256": "min",
+    "teacher_latency_ms_b256_iqr": "min",
 }
 DIRECTIONS = ("max", "min")
 

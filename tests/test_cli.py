@@ -51,6 +51,48 @@ def test_train_with_teacher_reports_speedup(teacher_path: Path,
     assert metrics["speedup"] > 0
 
 
+def test_train_times_latency_by_the_one_policy(teacher_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``kdtune train`` trains with the threads it is given (here 2, every core of a 2-core
+    machine); its latency figures are timed as a sweep trial times them, with the policy's
+    one thread: the figure it reports for the student (and the teacher) is the one this
+    process holds for that architecture, timed once, that a trial of any CPU count would
+    read. Each figure comes with its spread."""
+    from kdtune.config import TrainConfig
+    from kdtune.metrics import LATENCY_POLICY, cpu_latency, torch_threads
+    from kdtune.teacher import load_teacher
+    from kdtune.trainer import build_student, load_data
+    from kdtune.vocabulary import (
+        LATENCY_FIGURES,
+        LATENCY_SPREADS,
+        TEACHER_LATENCY,
+        TEACHER_LATENCY_SPREAD,
+    )
+
+    argv = ["train", "--method", "vanilla", "--teacher", str(teacher_path), "--hidden", "27",
+            "--epochs", "1", "--device", "cpu", "--threads", "2", "--json"]
+    before = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(before)
+    metrics = last_json(capsys.readouterr().out)
+    config = TrainConfig(hidden=(27,))
+    data = load_data(config)
+    student = build_student(config, data)
+    for batch_size, name in LATENCY_FIGURES.items():
+        with torch_threads(3):  # a trial with 3 CPUs: the same figure
+            figure = cpu_latency(student, data.in_shape, batch_size)
+        assert figure.threads == LATENCY_POLICY.threads == 1
+        assert metrics[name] == figure.ms
+        assert metrics[LATENCY_SPREADS[batch_size]] == figure.iqr_ms >= 0
+    teacher = load_teacher(teacher_path).latency(256)
+    assert teacher.threads == 1
+    assert metrics[TEACHER_LATENCY] == teacher.ms
+    assert metrics[TEACHER_LATENCY_SPREAD] == teacher.iqr_ms >= 0
+    assert metrics["speedup"] == pytest.approx(teacher.ms / metrics[LATENCY_FIGURES[256]])
+
+
 def test_config_file_with_flag_override_and_out(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "student.yaml"

@@ -1,4 +1,4 @@
-"""Metrics: accuracy, FLOPs, and CPU latency measured once per architecture."""
+"""Metrics: accuracy, FLOPs, and CPU latency timed by one policy, once per architecture."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import time
 import pytest
 import torch
 
-from kdtune.metrics import accuracy, architecture_key, count_flops, cpu_latency_ms
+from kdtune.metrics import (
+    LATENCY_POLICY,
+    Latency,
+    TimingPolicy,
+    accuracy,
+    architecture_key,
+    count_flops,
+    cpu_latency,
+)
 from kdtune.models import create_model
 
 
@@ -37,11 +45,40 @@ def test_latency_is_measured_once_per_architecture() -> None:
     b = create_model("mlp", 10, (1, 8, 8), hidden=(17,))  # other weights, same compute
     c = create_model("mlp", 10, (1, 8, 8), hidden=(18,))
     assert architecture_key(a) == architecture_key(b) != architecture_key(c)
-    first = cpu_latency_ms(a, (1, 8, 8), 4)
+    first = cpu_latency(a, (1, 8, 8), 4)
     calls: list[int] = []
     b.register_forward_hook(lambda *args: calls.append(1))  # copied along with the model
-    assert cpu_latency_ms(b, (1, 8, 8), 4) == first and calls == []
-    assert cpu_latency_ms(b, (1, 8, 8), 5) > 0 and calls  # another batch size is measured
+    assert cpu_latency(b, (1, 8, 8), 4) == first and calls == []
+    assert cpu_latency(b, (1, 8, 8), 5).ms > 0 and calls  # another batch size is measured
+
+
+@pytest.mark.parametrize("caller_threads", [1, 2])
+def test_latency_is_timed_with_the_policy_threads_whatever_the_callers(
+        caller_threads: int) -> None:
+    """The figure does not depend on the threads of the process that times it (``kdtune
+    train`` runs with every core's threads, a trial with its CPUs): timing runs with the
+    policy's threads, and the caller's are restored."""
+    model = create_model("mlp", 10, (1, 8, 8), hidden=(23 + caller_threads,))
+    before = torch.get_num_threads()
+    torch.set_num_threads(caller_threads)
+    try:
+        figure = cpu_latency(model, (1, 8, 8), 2)
+        assert torch.get_num_threads() == caller_threads
+    finally:
+        torch.set_num_threads(before)
+    assert figure.threads == LATENCY_POLICY.threads == 1
+    # the median of passes timed for the policy's budget, with their spread
+    assert figure.passes >= LATENCY_POLICY.min_passes
+    assert figure.ms > 0 and figure.iqr_ms >= 0
+
+
+def test_median_and_interquartile_range() -> None:
+    figure = Latency.of([0.004, 0.001, 0.002, 0.003, 0.100], threads=1)
+    assert figure.ms == pytest.approx(3.0)  # the median: a preempted pass does not move it
+    assert figure.iqr_ms == pytest.approx(2.0)  # 4 ms - 2 ms
+    assert (figure.passes, figure.threads) == (5, 1)
+    once = Latency.of([0.25], threads=1)
+    assert (once.ms, once.iqr_ms) == (pytest.approx(250.0), 0.0)
 
 
 @pytest.mark.parametrize(("budget_s", "passes"), [
@@ -49,7 +86,7 @@ def test_latency_is_measured_once_per_architecture() -> None:
     (0.04, 1 + 1),  # a pass longer than the whole budget: timed once after its warm-up
 ])
 def test_latency_timing_stops_at_its_budget(budget_s: float, passes: int) -> None:
-    """A slow forward is timed a few times, not warmup + repeats times."""
+    """A slow forward is timed a few times, not for as many passes as a fast one."""
     from kdtune import metrics
 
     calls: list[int] = []
@@ -60,6 +97,7 @@ def test_latency_timing_stops_at_its_budget(budget_s: float, passes: int) -> Non
             time.sleep(0.05)
             return x
 
-    assert metrics._time_forward(Slow(), (2,), 1, repeats=10, warmup=2,
-                                 budget_s=budget_s) >= 50
-    assert len(calls) == passes
+    policy = TimingPolicy(warmup_s=0.01, budget_s=budget_s)
+    figure = metrics._time_forward(Slow(), (2,), 1, policy)
+    assert len(calls) == passes and figure.passes == passes - 1
+    assert figure.ms >= 50 and figure.iqr_ms >= 0

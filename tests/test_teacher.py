@@ -228,8 +228,25 @@ def test_student_runs_share_the_cached_logits(teacher_path: Path, tiny_student) 
 
 
 def test_latency_is_measured_once(teacher: Teacher) -> None:
-    first = teacher.latency_ms(4)
-    assert first > 0 and teacher.latency_ms(4) == first
+    first = teacher.latency(4)
+    assert first.ms > 0 and first.iqr_ms >= 0 and teacher.latency(4) is first
+
+
+def test_the_teacher_is_timed_with_the_policy_threads(teacher: Teacher) -> None:
+    """speedup = teacher / student latency: the teacher is timed by the students' policy
+    (one torch thread), whatever threads the process that times it runs with."""
+    import torch
+
+    from kdtune.metrics import LATENCY_POLICY
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        figure = teacher.latency(3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert figure.threads == LATENCY_POLICY.threads == 1
 
 
 def test_test_accuracy_is_evaluated_once_per_teacher_and_data(teacher_path: Path,

@@ -27,10 +27,11 @@ from kdtune.trainer import (
     resolve_device,
     train,
 )
+from kdtune.vocabulary import LATENCY_SPREAD_METRICS, TEACHER_LATENCY_SPREAD
 
 # Metrics that measure wall time: they differ between identical runs.
 TIMED = {"train_time_s", "elapsed_s", "latency_ms_b1", "latency_ms_b256", "speedup",
-         "teacher_latency_ms_b256"}
+         "teacher_latency_ms_b256", *LATENCY_SPREAD_METRICS, TEACHER_LATENCY_SPREAD}
 SYNTH = SyntheticSpec(num_classes=4, in_shape=(3, 16, 16), n_train=96, n_test=24, seed=1)
 
 

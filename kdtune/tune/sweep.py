@@ -84,10 +84,13 @@ from kdtune.vocabulary import (
     TAG_TEACHER_FINGERPRINT,
     TAG_VERSION,
     TAG_VERSIONS,
+    TEACHER_LATENCY,
+    TEACHER_LATENCY_SPREAD,
 )
 
 if TYPE_CHECKING:  # torch is imported beside Ray's start (start_ray)
     from kdtune.data import DataSplits
+    from kdtune.metrics import Latency
     from kdtune.teacher import Teacher
 
 #: Study attribute: the sweep's Ray experiments (segments), relative to its first one.
@@ -193,12 +196,9 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
         check_compatible(teacher, data_spec(data, data_config.split_seed,
                                             data_config.val_fraction), source="teacher")
         _precompute_teacher_outputs(space, data, teacher, num_samples, console)
-        # measured once here, ships with the teacher to every trial: with the torch threads a
-        # trial times its student with (its CPUs), so that speedup compares like with like
-        from kdtune.metrics import torch_threads
-
-        with torch_threads(threads):
-            teacher.latency_ms(256, known=_recorded_teacher_latency(recorded))
+        # timed once here (kdtune's one timing policy, as trials time their students: speedup
+        # compares like with like) and shipped with the teacher to every trial
+        teacher.latency(256, known=_recorded_teacher_latency(recorded))
     gpus = space.resources.gpus
     overrides = {"device": "cuda" if gpus > 0 else "cpu", "threads": threads}
     settings = TrialSettings(fixed=dict(space.fixed), seeds=space.seeds,
@@ -206,12 +206,17 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
     return SweepContext(settings=settings, data=data, teacher=teacher)
 
 
-def _recorded_teacher_latency(runs: Any) -> float | None:
-    """The teacher latency (batch 256) the sweep's trials reported, if they did."""
-    column = "metrics.teacher_latency_ms_b256"
+def _recorded_teacher_latency(runs: Any) -> Latency | None:
+    """The teacher latency (batch 256) the sweep's trials reported, with its spread, if they
+    did (the first trial that reported it)."""
+    from kdtune.metrics import Latency
+
+    column, spread = f"metrics.{TEACHER_LATENCY}", f"metrics.{TEACHER_LATENCY_SPREAD}"
     if runs is None or column not in runs.columns or not runs[column].notna().any():
         return None
-    return float(runs[column].dropna().iloc[0])
+    row = runs[runs[column].notna()].iloc[0]
+    iqr = row[spread] if spread in runs.columns else None
+    return Latency(float(row[column]), float("nan") if iqr is None else float(iqr))
 
 
 def _precompute_teacher_outputs(space: SearchSpace, data: DataSplits, teacher: Teacher,

@@ -128,11 +128,11 @@ def _train(configs: Callable[[], list[TrainConfig]], context: SweepContext, *,
     restored. ``configs`` builds the configs (a bad one fails the trial like a trainer error)."""
     from ray import tune
 
-    from kdtune.metrics import cpu_latency_ms
+    from kdtune.metrics import cpu_latency
     from kdtune.trainer import TrainingRun
 
     board = None if context.latency_board is None else SharedLatency(context.latency_board)
-    latency = board or cpu_latency_ms
+    latency = board or cpu_latency
 
     def waited_s() -> float:  # waiting for the latency board: the sweep's time
         return board.waited_s if board else 0.0

@@ -1,5 +1,5 @@
-"""The sweep's latency board: one CPU-latency figure per student architecture, whichever
-worker trained the student."""
+"""The sweep's latency board: one CPU-latency figure (with its spread) per student
+architecture, whichever worker trained the student."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from kdtune.metrics import LATENCY_POLICY, Latency, cpu_latency
 from kdtune.models import create_model
 from kdtune.tune.latency_board import (
-    METRICS,
     LatencyBoard,
     SharedLatency,
     board_key,
@@ -21,6 +21,7 @@ from kdtune.tune.latency_board import (
     seed_board,
     start_board,
 )
+from kdtune.vocabulary import LATENCY_FIGURES, LATENCY_SPREADS
 
 from .conftest import SweepRecord
 
@@ -35,9 +36,9 @@ def mlp(width: int, seed: int = 0) -> nn.Module:
 def test_first_published_figure_stays() -> None:
     b = LatencyBoard()
     assert b.get("k") is None
-    assert b.publish("k", 1.5) == 1.5
-    assert b.publish("k", 9.0) == 1.5
-    assert b.get("k") == 1.5
+    assert b.publish("k", (1.5, 0.1)) == (1.5, 0.1)
+    assert b.publish("k", (9.0, 2.0)) == (1.5, 0.1)  # the figure and its spread together
+    assert b.get("k") == (1.5, 0.1)
 
 
 def test_key_is_the_architecture_not_the_weights() -> None:
@@ -55,22 +56,64 @@ def test_workers_report_the_published_figure(ray_session: None) -> None:
     board = start_board()
 
     @ray.remote(num_cpus=1)
-    def time_on_a_worker(board: object, width: int, seed: int) -> tuple[float, int]:
+    def time_on_a_worker(board: object, width: int, seed: int) -> tuple[Latency, int]:
         return SharedLatency(board)(mlp(width, seed), SHAPE, 1), os.getpid()
 
-    # the first worker to time an architecture publishes its figure
+    # the first worker to time an architecture publishes its figure and spread
     first, pid = ray.get(time_on_a_worker.remote(board, 16, 0))
-    assert first > 0 and pid != os.getpid()
-    assert ray.get(board.get.remote(board_key(mlp(16), SHAPE, 1))) == first
+    assert first.ms > 0 and first.iqr_ms >= 0 and pid != os.getpid()
+    assert first.threads == LATENCY_POLICY.threads  # timed by the policy, not the worker
+    assert ray.get(board.get.remote(board_key(mlp(16), SHAPE, 1))) == (first.ms, first.iqr_ms)
     # another process (the driver here) reads that figure instead of timing its own; the
     # wait for the board is counted apart (a trial's trainer_s leaves it out)
     latency = SharedLatency(board)
-    assert latency(mlp(16, seed=7), SHAPE, 1) == first
+    read = latency(mlp(16, seed=7), SHAPE, 1)
+    assert (read.ms, read.iqr_ms) == (first.ms, first.iqr_ms)
     assert latency.waited_s > 0
     # a figure already on the board is what every worker reports: no worker times it again
-    ray.get(board.publish.remote(board_key(mlp(8), SHAPE, 1), 123.0))
-    assert ray.get(time_on_a_worker.remote(board, 8, 3))[0] == 123.0
+    ray.get(board.publish.remote(board_key(mlp(8), SHAPE, 1), (123.0, 4.0)))
+    other = ray.get(time_on_a_worker.remote(board, 8, 3))[0]
+    assert (other.ms, other.iqr_ms) == (123.0, 4.0)
     end_board(board)
+
+
+def test_a_trial_and_kdtune_train_time_by_the_same_policy(ray_session: None) -> None:
+    """A sweep trial (a Ray worker training with its CPUs as torch threads, here 2) and
+    ``kdtune train`` (this process, every core's threads) time the same architecture the
+    same way: the policy's threads, warm-up and budget, the median with its spread."""
+    import ray
+    from ray import cloudpickle
+
+    from kdtune.config import TrainConfig
+    from kdtune.trainer import train
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    board = start_board()
+
+    @ray.remote(num_cpus=1)
+    def trial(board: object) -> tuple[int, Latency, Latency]:
+        torch.set_num_threads(2)  # as a trial with resources.cpus 2 trains
+        latency = SharedLatency(board)
+        return (torch.get_num_threads(), latency(mlp(29), SHAPE, 1),
+                latency(mlp(29), SHAPE, 256))
+
+    threads, b1, b256 = ray.get(trial.remote(board))
+    end_board(board)
+    assert threads == 2
+    config = TrainConfig(dataset="digits", model="mlp", hidden=(29,), method="none",
+                         epochs=1, device="cpu", threads=2)
+    before = torch.get_num_threads()
+    try:
+        metrics = train(config).metrics
+    finally:
+        torch.set_num_threads(before)
+    own = [cpu_latency(mlp(29), SHAPE, b) for b in (1, 256)]  # what train() timed, remembered
+    assert [metrics[LATENCY_FIGURES[b]] for b in (1, 256)] == [f.ms for f in own]
+    assert [metrics[LATENCY_SPREADS[b]] for b in (1, 256)] == [f.iqr_ms for f in own]
+    for figure in (b1, b256, *own):
+        assert figure.threads == LATENCY_POLICY.threads == 1
+        assert figure.passes >= LATENCY_POLICY.min_passes
+        assert figure.ms > 0 and figure.iqr_ms >= 0
 
 
 @pytest.mark.parametrize("batch_size", [1, 256])
@@ -79,7 +122,8 @@ def test_batch_sizes_are_timed_apart(ray_session: None, batch_size: int) -> None
 
     board = start_board()
     measured = SharedLatency(board)(mlp(8), SHAPE, batch_size)
-    assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, batch_size))) == measured
+    assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, batch_size))) == \
+        (measured.ms, measured.iqr_ms)
     other = 256 if batch_size == 1 else 1
     assert ray.get(board.get.remote(board_key(mlp(8), SHAPE, other))) is None
     end_board(board)
@@ -104,9 +148,37 @@ def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
     for _, row in finished.iterrows():
         config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
         model = build_student(config, data)
-        for batch, metric in METRICS.items():
+        for batch, metric in LATENCY_FIGURES.items():
             key = board_key(model, data.in_shape, batch)
-            assert ray.get(board.get.remote(key)) == row[f"metrics.{metric}"]
+            assert ray.get(board.get.remote(key)) == (row[f"metrics.{metric}"],
+                                                      row[f"metrics.{LATENCY_SPREADS[batch]}"])
+    end_board(board)
+
+
+def test_figures_recorded_without_a_spread_are_seeded_without_one(
+        ray_session: None, asha_sweep: SweepRecord) -> None:
+    """A sweep whose trials logged no spread keeps their figures; a trial reading one of them
+    gets the figure with an unknown (NaN) spread, which its cost metrics leave out."""
+    import math
+
+    import ray
+
+    from kdtune.config import TrainConfig
+    from kdtune.tracking import config_from_run
+    from kdtune.trainer import build_student, load_data
+
+    runs = asha_sweep.tracker().trial_runs("asha")
+    without = runs.drop(columns=[f"metrics.{m}" for m in LATENCY_SPREADS.values()])
+    data = load_data(TrainConfig(dataset="digits"))
+    board = start_board()
+    assert seed_board(board, without, data) > 0
+    row = without[without["metrics.latency_ms_b1"].notna()].iloc[0]
+    config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
+    ms, iqr = ray.get(board.get.remote(board_key(build_student(config, data),
+                                                 data.in_shape, 1)))
+    assert ms == row["metrics.latency_ms_b1"] and math.isnan(iqr)
+    figure = SharedLatency(board)(build_student(config, data), data.in_shape, 1)
+    assert figure.ms == ms and math.isnan(figure.iqr_ms)
     end_board(board)
 
 
@@ -148,4 +220,4 @@ def test_a_trial_whose_board_is_gone_reports_its_own_figure(ray_session: None) -
             break
         time.sleep(0.1)
     latency = SharedLatency(board)
-    assert latency(mlp(16), SHAPE, 1) > 0
+    assert latency(mlp(16), SHAPE, 1).ms > 0

@@ -20,12 +20,14 @@ import kdtune
 from kdtune.cli import main
 from kdtune.config import TrainConfig
 from kdtune.tracking import config_from_run, decode_param
+from kdtune.vocabulary import LATENCY_SPREAD_METRICS, TEACHER_LATENCY_SPREAD
 
 from .conftest import BASE_SPACE, SweepRecord, sqlite_uri, write_space
 
 EPOCHS = BASE_SPACE["fixed"]["epochs"]
 FINAL = ("params", "flops", "latency_ms_b1", "latency_ms_b256", "speedup",
          "train_time_s")
+SPREADS = (*LATENCY_SPREAD_METRICS, TEACHER_LATENCY_SPREAD)
 RUNGS = {1, 2, 4}  # grace 1, reduction factor 2, max_t 6
 
 
@@ -122,6 +124,8 @@ def test_per_epoch_history_and_final_metrics(asha_sweep: SweepRecord) -> None:
         if status == "FINISHED":
             for name in FINAL:
                 assert row[f"metrics.{name}"] > 0, name
+            for name in SPREADS:  # each latency figure's spread, beside it
+                assert row[f"metrics.{name}"] >= 0, name
             assert "metrics.test_accuracy" not in row  # search trials never read the test set
         else:  # KILLED by ASHA at a rung, with the rung as a tag
             assert status == "KILLED"

@@ -89,44 +89,54 @@ def test_embeddings_too_when_a_feature_method_reads_them(tmp_path: Path,
         {data.key}
 
 
-def test_the_teacher_is_timed_with_the_threads_a_trial_times_its_student_with(
-        tmp_path: Path, synthetic_teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """speedup = teacher / student latency at batch 256: the student is timed in its trial
-    with the trial's CPUs as torch threads, so the teacher (timed once, on the driver) is too."""
+def test_the_teacher_is_timed_as_a_trial_times_its_student(tmp_path: Path,
+                                                          synthetic_teacher: Path) -> None:
+    """speedup = teacher / student latency at batch 256: the driver times the teacher once,
+    by the policy a trial times its student by: one torch thread, whatever the trials' CPUs
+    (here 2, the threads they train with) or the driver's own threads."""
     import torch
 
-    from kdtune import metrics
+    from kdtune.metrics import LATENCY_POLICY
 
-    seen: list[int] = []
-    real = metrics._time_forward
-
-    def recording(*args: object, **kwargs: object) -> float:
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(metrics, "_time_forward", recording)
-    monkeypatch.setattr(metrics, "_LATENCY_MS", {})
+    path = space_file(tmp_path, synthetic_teacher, augment="false")
+    path.write_text(path.read_text() + "resources: {cpus: 2, gpus: 0}\n")
+    space = load_space(path)
+    store = Store.resolve(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "ray"))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        plan(tmp_path, synthetic_teacher, num_samples=2, augment="false")
-        assert seen == [1]  # resources.cpus defaults to 1
+        context = prepare_context(space, store, Console(quiet=True), 2)
         assert torch.get_num_threads() == 2  # the driver's own threads, back
     finally:
         torch.set_num_threads(before)
+    assert context.settings.overrides["threads"] == 2  # the trials train with their CPUs
+    assert context.teacher is not None
+    figure = context.teacher.latency(256)
+    assert figure.threads == LATENCY_POLICY.threads == 1
+    assert figure.passes >= 1 and figure.ms > 0 and figure.iqr_ms >= 0
 
 
 def test_a_resumed_or_finalized_sweep_keeps_the_teacher_latency_its_trials_reported(
         tmp_path: Path, synthetic_teacher: Path) -> None:
-    """speedup = teacher / student latency: the teacher's figure is the one the sweep's trials
-    reported (the first they logged), not a new measurement of the driver that resumes or
-    finalizes it."""
+    """speedup = teacher / student latency: the teacher's figure, with its spread, is the one
+    the sweep's trials reported (the first they logged), not a new measurement of the driver
+    that resumes or finalizes it."""
+    import math
+
     import pandas as pd
 
     space = load_space(space_file(tmp_path, synthetic_teacher, augment="false"))
     store = Store.resolve(f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "ray"))
-    recorded = pd.DataFrame({"metrics.teacher_latency_ms_b256": [float("nan"), 12.5, 12.5]})
+    recorded = pd.DataFrame({"metrics.teacher_latency_ms_b256": [float("nan"), 12.5, 12.5],
+                             "metrics.teacher_latency_ms_b256_iqr": [float("nan"), 0.5, 0.5]})
     context = prepare_context(space, store, Console(quiet=True), 2, recorded=recorded)
-    assert context.teacher is not None and context.teacher.latency_ms(256) == 12.5
+    assert context.teacher is not None
+    figure = context.teacher.latency(256)
+    assert (figure.ms, figure.iqr_ms) == (12.5, 0.5)
+    # a figure recorded without a spread keeps its figure; its spread is unknown
+    without = recorded.drop(columns=["metrics.teacher_latency_ms_b256_iqr"])
+    older = prepare_context(space, store, Console(quiet=True), 2, recorded=without)
+    assert older.teacher is not None and older.teacher.latency(256).ms == 12.5
+    assert math.isnan(older.teacher.latency(256).iqr_ms)
     fresh = prepare_context(space, store, Console(quiet=True), 2)  # a new sweep measures it
-    assert fresh.teacher is not None and 0 < fresh.teacher.latency_ms(256) != 12.5
+    assert fresh.teacher is not None and 0 < fresh.teacher.latency(256).ms != 12.5
