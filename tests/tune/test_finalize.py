@@ -63,11 +63,18 @@ def test_finalists_train_on_fresh_seeds_beside_their_baselines(
     assert set(alone["params.method"]) == {"none"} and len(alone) % SEEDS == 0
     assert runs.loc[roles != "teacher", "metrics.test_accuracy"].between(0, 1).all()
     assert (runs["status"] == "FINISHED").all()
-    # one latency per architecture, the one the sweep's trials reported (the sweep's board)
+    # one latency per architecture, with its spread: the one the sweep's trials reported
+    # (the sweep's board)
     trials = tracker.trial_runs("fin")
     for hidden, group in runs[roles != "teacher"].groupby("params.hidden"):
-        sweep_figure = trials.loc[trials["params.hidden"] == hidden, "metrics.latency_ms_b1"]
-        assert set(group["metrics.latency_ms_b1"]) == {sweep_figure.iloc[0]}, hidden
+        for metric in ("metrics.latency_ms_b1", "metrics.latency_ms_b1_iqr"):
+            sweep_figure = trials.loc[trials["params.hidden"] == hidden, metric]
+            assert set(group[metric]) == {sweep_figure.iloc[0]}, (hidden, metric)
+    teacher_run = runs[roles == "teacher"].iloc[0]  # the teacher's, as the trials reported it
+    for metric, teacher_metric in (("latency_ms_b256", "teacher_latency_ms_b256"),
+                                   ("latency_ms_b256_iqr", "teacher_latency_ms_b256_iqr")):
+        assert teacher_run[f"metrics.{metric}"] == \
+            trials[f"metrics.{teacher_metric}"].dropna().iloc[0]
     for hidden, group in kd.groupby("params.hidden"):  # and the same speedup over the teacher
         sweep_speedup = trials.loc[trials["params.hidden"] == hidden, "metrics.speedup"]
         assert set(group["metrics.speedup"]) == {sweep_speedup.iloc[0]}, hidden
