@@ -94,10 +94,21 @@ def test_latency_timing_stops_at_its_budget(budget_s: float, passes: int) -> Non
     class Slow(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             calls.append(1)
-            time.sleep(0.05)
+            begin = time.thread_time()
+            while time.thread_time() - begin < 0.05:  # 50 ms of compute on this thread
+                pass
             return x
 
     policy = TimingPolicy(warmup_s=0.01, budget_s=budget_s)
     figure = metrics._time_forward(Slow(), (2,), 1, policy)
     assert len(calls) == passes and figure.passes == passes - 1
     assert figure.ms >= 50 and figure.iqr_ms >= 0
+
+
+def test_passes_are_timed_by_the_timing_threads_cpu_clock() -> None:
+    """With one torch thread the forward runs on the timing thread, whose CPU clock does not
+    run while the OS gives the core to another process; with more, the wall clock."""
+    from kdtune.metrics import pass_clock
+
+    assert pass_clock(1) is time.thread_time  # Linux: a nanosecond thread clock
+    assert pass_clock(2) is time.perf_counter
