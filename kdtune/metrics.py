@@ -66,8 +66,9 @@ def pass_clock(threads: int) -> Callable[[], float]:
     """The clock a pass is timed by (seconds): with one torch thread, the calling thread's CPU
     clock -- on an idle core it reads what the wall clock reads (measured within 5% for a
     0.03 ms MLP pass, 0.3% for ResNet passes of milliseconds), and it stops while the OS runs
-    another process on the core, the main noise of a shared machine; with more threads (whose work that clock would miss), or where the
-    thread clock is coarse (Windows), the wall clock."""
+    another process on the core, the main noise of a shared machine; with more threads (whose
+    work that clock would miss), or where the thread clock is coarse (Windows), the wall
+    clock."""
     if threads == 1 and time.get_clock_info("thread_time").resolution <= 1e-6:
         return time.thread_time
     return time.perf_counter
