@@ -87,6 +87,8 @@ def test_exported_onnx_and_pt2_give_the_students_logits(asha_sweep: SweepRecord,
     assert side["input"]["shape"] == ["batch", 1, 8, 8] and side["input"]["dtype"] == "float32"
     assert side["config"]["hidden"] == list(config.hidden)
     assert side["metrics"]["val_accuracy"] == pytest.approx(best["metrics.val_accuracy"])
+    for metric in ("latency_ms_b256", "latency_ms_b256_iqr"):  # each figure with its spread
+        assert side["metrics"][metric] == pytest.approx(best[f"metrics.{metric}"])
     assert side["check"]["max_abs_logit_diff"] <= 1e-5
     # The recorded preprocessing turns raw digits into exactly the tensors the student saw.
     pre = side["preprocessing"]
