@@ -213,6 +213,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _after_sweep(outcome: Any, args: argparse.Namespace) -> int:
     from kdtune.best import show_best
 
+    if outcome.failure:
+        print(f"kdtune {args.command}: error: {outcome.failure}", file=sys.stderr)
+        return 1
     if not outcome.finished:
         return 1
     from kdtune.urls import redact
@@ -460,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
-        return _run(args, the_command=argv is None)
+        return _run(args, the_command=interactive)
     finally:
         if interactive:  # the kdtune command: a Ctrl-C while it shuts down ends it quietly
             _quiet_exit_on_ctrl_c()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import math
 import numbers
 import re
@@ -29,6 +30,8 @@ from kdtune.vocabulary import OBJECTIVE_METRICS, RUNG_METRICS
 
 if TYPE_CHECKING:
     import optuna
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Objective", "Parameter", "Resources", "SchedulerSettings", "SearchSettings", "SearchSpace",
@@ -918,11 +921,19 @@ class _Loader:
             teacher = self.feature_shapes(name, kwargs, num_classes, in_shape, spec.inputs)
             with torch.device("meta"):
                 spec.make_term(student, teacher, cfg.method_params, 2)
-        except KdtuneError as exc:
-            shown = ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
-            raise self.err(key, f"{exc} (in the trial {{{shown}}})") from None
-        except Exception:  # a model the meta device cannot run: its trials will tell
-            pass
+        except Exception as exc:
+            if not meta_unsupported(exc):
+                shown = ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
+                reason = str(exc) if isinstance(exc, KdtuneError) else \
+                    f"building feature method {cfg.feature_method!r} for student " \
+                    f"{cfg.model!r} and teacher {name!r} failed: {type(exc).__name__}: " \
+                    f"{' '.join(str(exc).split())[:300]}"
+                raise self.err(key, f"{reason} (in the trial {{{shown}}})") from None
+            # a model the meta device cannot run: its trials will tell
+            logger.warning("%s: the load-time check of feature method %r for student %r and "
+                           "teacher %r was skipped: the meta device cannot run them (%s)",
+                           self.shown, cfg.feature_method, cfg.model, name,
+                           type(exc).__name__)
         self.pairs_checked.add(pair)
 
     def feature_shapes(self, model: str, kwargs: Mapping[str, Any], num_classes: int,
@@ -944,6 +955,14 @@ class _Loader:
 
 
 # -- small helpers -----------------------------------------------------------------------------
+def meta_unsupported(exc: BaseException) -> bool:
+    """Whether ``exc`` says that PyTorch's meta device cannot run an operation: one with no
+    meta kernel (``NotImplementedError``), or one that reads a tensor's values, which a meta
+    tensor does not have (``RuntimeError`` "... on meta tensors")."""
+    return isinstance(exc, NotImplementedError) or (
+        isinstance(exc, RuntimeError) and "meta tensor" in str(exc))
+
+
 def _teacher_dict(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     data = {k: fixed[k] for k in (*DATA_KEYS, *TEACHER_DEFAULT_KEYS) if k in fixed}
     data.update(config)
