@@ -317,6 +317,10 @@ class _Loader:
         self.path = Path(path).expanduser().absolute()
         self.types = TrainConfig.key_types()
         self.models_checked: set[tuple[str, str, str]] = set()
+        #: Keys of ``fixed`` with an effect in some trial checked so far; why the others have
+        #: none (see ``kdtune.no_effect``).
+        self.effective: set[str] = set()
+        self.no_effect: dict[str, str] = {}
         self.pairs_checked: set[tuple[str, ...]] = set()
         self.shapes: dict[tuple[Any, ...], list[Any]] = {}  # see feature_shapes
         #: The teacher's architecture (name, options, classes, input shape), when known.
@@ -344,6 +348,7 @@ class _Loader:
         parameters = self.parse_parameters(data.get("parameters"), fixed)
         objectives = self.parse_objectives(data.get("objective"))
         self.check_branches(parameters, fixed, teacher)
+        self.check_fixed_effects(fixed)
         search = self.parse_search(self.mapping(data, "search"), parameters, objectives)
         scheduler = self.parse_scheduler(self.mapping(data, "scheduler"), parameters, fixed,
                                          objectives)
@@ -462,6 +467,9 @@ class _Loader:
             cfg = TrainConfig.from_dict(_teacher_dict(fixed, config))
         except KdtuneError as exc:
             raise self.err("teacher", str(exc)) from None
+        from kdtune.no_effect import refuse_no_effect
+
+        refuse_no_effect(cfg, {k: f"{self.shown}: teacher.{k}" for k in config})
         self.check_model_options(cfg, lambda k: f"teacher.{k}" if k in config else f"fixed.{k}")
         self.check_model_values(cfg, "teacher")
         from kdtune.data.datasets import dataset_shape
@@ -860,11 +868,19 @@ class _Loader:
 
     def check_config(self, params: Mapping[str, Any], fixed: Mapping[str, Any], key: str,
                      branch: Mapping[str, Any]) -> None:
+        from kdtune.no_effect import no_effect
+
         try:
             cfg = TrainConfig.from_dict({**fixed, **params})
         except KdtuneError as exc:
             shown = ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
             raise self.err(key, f"{exc} (in the trial {{{shown}}})") from None
+        for name in fixed:  # a fixed value has an effect when it has one in some trial
+            reason = no_effect(cfg, name) if name not in self.effective else None
+            if reason is None:
+                self.effective.add(name)
+            else:
+                self.no_effect.setdefault(name, reason)
         if key != "parameters":  # a variant: blame the value that was varied
             self.check_model_options(cfg, lambda k: key)
         else:
@@ -874,6 +890,14 @@ class _Loader:
         blamed = "parameters.feature_method.choices" if "feature_method" in params \
             else "fixed.feature_method"
         self.check_feature_pair(cfg, blamed if key == "parameters" else key, params)
+
+    def check_fixed_effects(self, fixed: Mapping[str, Any]) -> None:
+        """A value under ``fixed`` that changes nothing in any trial of the sweep is refused
+        (its field's default is not the user's input)."""
+        for name, value in fixed.items():
+            if name not in self.effective and value != _default(name):
+                raise self.err(f"fixed.{name}", f"has no effect here: {self.no_effect[name]}; "
+                                                "drop it")
 
     def check_model_values(self, cfg: TrainConfig, key: str,
                            params: Mapping[str, Any] | None = None) -> None:

@@ -272,12 +272,12 @@ def test_expand_grid_refuses_numeric_parameters() -> None:
 def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "teacher.pt").write_bytes(b"x")
-    data = edit(fixed__data_root="data", teacher={"path": "teacher.pt"})
+    data = edit(fixed__dataset="mnist", fixed__data_root="data", teacher={"path": "teacher.pt"})
     space = load_space(write(tmp_path / "sub", data))
     assert space.fixed["data_root"] == str(tmp_path / "sub" / "data")
     assert space.teacher is not None and space.teacher.path == str(tmp_path / "sub/teacher.pt")
     assert teacher_config(space) is None
-    home = load_space(write(tmp_path, edit(fixed__data_root="~/d")))
+    home = load_space(write(tmp_path, edit(fixed__dataset="mnist", fixed__data_root="~/d")))
     assert home.fixed["data_root"] == str(Path.home() / "d")
 
 
