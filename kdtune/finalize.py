@@ -241,7 +241,7 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     from kdtune.tune.latency_board import end_board, seed_board, start_board
     from kdtune.tune.sweep import Interrupts, Store, prepare_context, start_ray
 
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)  # a line stays one line
     if top < 1:
         raise KdtuneError(f"--top {top} must be >= 1")
     if seeds < 2:

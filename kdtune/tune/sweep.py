@@ -416,7 +416,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     parent MLflow run created) once Ray runs, the cluster can run its trials and the data and
     the teacher are ready: from then on ``kdtune resume`` continues it, whenever the driver
     stops; an error before (bad input of any kind) leaves nothing registered."""
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)  # a line stays one line
     space = load_space(space_file)
     num_samples = _num_samples(space, num_samples)
     teacher = None
@@ -626,7 +626,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     """Finish an interrupted sweep (finished trials stay, unfinished ones continue), or with
     ``num_samples`` (the new total) add trials to a sweep, finished or not. One driver at a
     time: a sweep another live driver runs is refused (:class:`DriverLock`)."""
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)  # a line stays one line
     store = Store.resolve(mlflow_uri, storage, study_storage)
     from kdtune.tracking import require_store
 
