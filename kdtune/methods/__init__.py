@@ -65,6 +65,7 @@ from kdtune.methods.features import (
     get_feature_method,
     list_feature_methods,
     register_feature_method,
+    unregister_feature_method,
 )
 
 #: The entry-point group a package registers its methods under.
@@ -142,6 +143,7 @@ __all__ = [
     "tf_kd",
     "training_loss",
     "two_temperature",
+    "unregister_feature_method",
     "unregister_method",
     "unused_keys",
     "vanilla",

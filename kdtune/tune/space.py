@@ -321,6 +321,8 @@ class _Loader:
         #: none (see ``kdtune.no_effect``).
         self.effective: set[str] = set()
         self.no_effect: dict[str, str] = {}
+        #: Feature-pair checks skipped because the meta device cannot run them (logged once).
+        self.skipped: set[tuple[str, ...]] = set()
         self.pairs_checked: set[tuple[str, ...]] = set()
         self.shapes: dict[tuple[Any, ...], list[Any]] = {}  # see feature_shapes
         #: The teacher's architecture (name, options, classes, input shape), when known.
@@ -953,11 +955,14 @@ class _Loader:
                     f"{cfg.model!r} and teacher {name!r} failed: {type(exc).__name__}: " \
                     f"{' '.join(str(exc).split())[:300]}"
                 raise self.err(key, f"{reason} (in the trial {{{shown}}})") from None
-            # a model the meta device cannot run: its trials will tell
-            logger.warning("%s: the load-time check of feature method %r for student %r and "
-                           "teacher %r was skipped: the meta device cannot run them (%s)",
-                           self.shown, cfg.feature_method, cfg.model, name,
-                           type(exc).__name__)
+            # a model the meta device cannot run: its trials will tell (said once per kind)
+            skipped = (cfg.feature_method, cfg.model, name, type(exc).__name__)
+            if skipped not in self.skipped:
+                self.skipped.add(skipped)
+                logger.warning("%s: the load-time check of feature method %r for student %r and "
+                               "teacher %r was skipped: the meta device cannot run them (%s)",
+                               self.shown, cfg.feature_method, cfg.model, name,
+                               type(exc).__name__)
         self.pairs_checked.add(pair)
 
     def feature_shapes(self, model: str, kwargs: Mapping[str, Any], num_classes: int,

@@ -205,6 +205,11 @@ def test_a_smaller_top_leaves_the_others_out_of_the_table(
     assert "keep their runs" in out
     # the report and export see the finalists of this table only
     assert set(runs.loc[final_mask(runs, "kd"), "tags.kdtune.finalist"]) == {first}
+    # the parent run records each driver run that trained (a finalize that reused every run
+    # trained nothing and is not one)
+    parent = tracker.sweep_run("fin").data.tags["kdtune.driver_runs"]
+    assert [r["kind"] for r in json.loads(parent)] == ["search", "finalize", "extend",
+                                                       "finalize"]
 
 
 def _config(params: dict[str, Any]) -> Any:

@@ -121,3 +121,25 @@ def test_a_second_grid_of_a_file_running_now_is_refused(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "a grid sweep of" in lines[0] and "runs now as 'grid'" in lines[0]
     assert Tracker(sqlite_uri(store)).sweep_names() == []
+
+
+def test_the_teacher_is_said_to_be_trained_or_reused_before_it_is(asha_sweep: SweepRecord
+                                                                  ) -> None:
+    """The first driver says it trains the teacher; a later one (resume, finalize) that finds
+    it says so first, and trains nothing."""
+    import io
+
+    from rich.console import Console
+
+    from kdtune.tune.space import load_space
+    from kdtune.tune.sweep import Store, prepare_context
+
+    lines = asha_sweep.output.splitlines()
+    assert lines[0] == "training the teacher once on the driver ..."
+    assert lines[1].startswith("teacher: ") and "reused" not in lines[1]
+    buffer = io.StringIO()
+    store = Store.resolve(asha_sweep.uri, str(asha_sweep.storage))
+    prepare_context(load_space(asha_sweep.space), store, Console(file=buffer, width=300), 8)
+    said = buffer.getvalue().splitlines()
+    assert said[0] == f"{lines[1]} (trained earlier with the same config)", said
+    assert not any("training the teacher" in ln or ln.startswith("epoch") for ln in said)
