@@ -11,6 +11,7 @@ from typing import Any
 
 from kdtune.errors import KdtuneError
 from kdtune.report import print_table, table_from_rows
+from kdtune.vocabulary import TAG_UNUSED
 
 #: Result columns shown beside the objective (when the runs have them).
 SHOWN_METRICS = ("val_accuracy", "params", "latency_ms_b1", "speedup")
@@ -146,32 +147,11 @@ def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any
     for p in param_cols:
         value = r[f"params.{p}"]
         row[p] = decode_param(value) if isinstance(value, str) else None
-    unused = _unused_by_method(row.get("method"), row.get("feature_method"))
-    for p in unused:  # resolved defaults the methods ignore
-        if p in row:
+    unused = r.get(f"tags.{TAG_UNUSED}")
+    for p in unused.split(",") if isinstance(unused, str) else ():
+        if p in row:  # resolved defaults the run's methods ignore
             row[p] = None
     return row
-
-
-def _unused_by_method(method: Any, feature_method: Any = None) -> tuple[str, ...]:
-    """The method-dependent keys (alpha, temperature, kd_warmup, every method parameter) that
-    neither ``method`` nor ``feature_method`` reads, per the method registries."""
-    from kdtune.methods import all_params, get_feature_method, get_method, list_methods
-    from kdtune.methods.features import list_feature_methods
-    from kdtune.methods.registry import KD_FIELDS
-
-    if method not in list_methods():
-        return ()
-    spec = get_method(method)
-    if feature_method not in list_feature_methods():
-        feature_method = "none"
-    fspec = get_feature_method(feature_method)
-    def unused(k: str) -> bool:
-        if k == "kd_warmup":  # ramps both terms
-            return not spec.reads(k) and not fspec.reads(k)
-        return not spec.reads(k) or not fspec.reads(k)
-
-    return tuple(k for k in (*KD_FIELDS, *all_params()) if unused(k))
 
 
 def write_config(row: Any, path: str | Path) -> Path:

@@ -126,13 +126,19 @@ _NOT_CONFIG = {"command", "config", "json", "func", "retrain"}
 
 
 def _config_from_args(args: argparse.Namespace, **forced: Any) -> Any:
-    from kdtune.config import TrainConfig
+    """The config of the flags given (and of ``--config``'s file, which they override); a
+    value the user gave that changes nothing for the chosen input is refused."""
+    from kdtune.config import TrainConfig, load_yaml_mapping
+    from kdtune.no_effect import refuse_no_effect
 
-    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    given.update(forced)
-    if args.config:
-        return TrainConfig.from_yaml(args.config, **given)
-    return TrainConfig.from_dict(given, where="command line")
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    data = load_yaml_mapping(args.config) if args.config else {}
+    config = TrainConfig.from_dict({**data, **flags, **forced},
+                                   where=args.config or "command line")
+    shown = {**{k: f"{args.config}: {k}" for k in data},
+             **{k: "--" + k.replace("_", "-") for k in flags}}
+    refuse_no_effect(config, {k: v for k, v in shown.items() if k not in forced})
+    return config
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -213,6 +219,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _after_sweep(outcome: Any, args: argparse.Namespace) -> int:
     from kdtune.best import show_best
 
+    if outcome.failure:
+        print(f"kdtune {args.command}: error: {outcome.failure}", file=sys.stderr)
+        return 1
     if not outcome.finished:
         return 1
     from kdtune.urls import redact
@@ -460,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
-        return _run(args, the_command=argv is None)
+        return _run(args, the_command=interactive)
     finally:
         if interactive:  # the kdtune command: a Ctrl-C while it shuts down ends it quietly
             _quiet_exit_on_ctrl_c()

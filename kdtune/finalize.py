@@ -2,12 +2,19 @@
 baselines, read on the test set once, summarised with intervals.
 
 The finalists are chosen on validation only (the sweep's objective; the Pareto front for
-several). Each trains with ``S`` training seeds the sweep did not use (``split_seed`` stays the
-sweep's, so every run sees the same test split), and so does its baseline: the same
-configuration with ``method: none`` and no feature term (the student alone). The sweep's
-teacher is read on the test set once. The runs are Ray trials of their own experiment
-(``<sweep folder>/finalize``, resumable like a sweep), logged as child runs of the sweep's
-parent tagged ``kdtune.stage=final``; search queries, counts and clean-up leave them out.
+several), among every trial the sweep has when it runs (an extended sweep's too). Each trains
+with ``S`` training seeds the sweep did not use (``split_seed`` stays the sweep's, so every
+run sees the same test split), and so does its baseline: the same configuration with ``method:
+none`` and no feature term (the student alone). The sweep's teacher is read on the test set
+once. The runs are Ray trials logged as child runs of the sweep's parent tagged
+``kdtune.stage=final``; search queries, counts and clean-up leave them out.
+
+Finalize runs exactly the finalist runs its ``--top``/``--seeds`` need that are not finished
+in MLflow yet: a finished run is reused, whichever earlier finalize made it. Each invocation
+that trains puts its runs in a Ray experiment of its own (``<sweep folder>/finalize``, then
+``finalize-2``, ...); one stopped before its end is restored and continued by the next, when
+every run it still owes is needed. Finalist runs of trials that fall out of the top stay in
+MLflow, tagged ``kdtune.out_of_top``, and leave the table.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +31,7 @@ from rich.console import Console
 from kdtune.config import TrainConfig
 from kdtune.errors import Interrupted, KdtuneError
 from kdtune.report import STUDENT_FILE
-from kdtune.tracking import Tracker, config_from_run
+from kdtune.tracking import Tracker, config_from_run, decode_param
 from kdtune.tune.space import load_space
 from kdtune.vocabulary import (
     LATENCY_FIGURES,
@@ -33,12 +41,15 @@ from kdtune.vocabulary import (
     ROLE_TEACHER,
     STAGE_FINAL,
     TAG_FINALIST,
+    TAG_OUT_OF_TOP,
+    TAG_READABLE_ID,
     TAG_ROLE,
     TAG_SPACE,
     TAG_SPACE_SHA,
     TAG_STAGE,
     TAG_STORAGE,
     TAG_SWEEP,
+    teacher_label,
 )
 
 #: Config fields a finalist run takes from the finalize run itself, not from the trial.
@@ -64,26 +75,49 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return mean - half, mean + half
 
 
-def finalist_jobs(finalists: Any, searched: Sequence[str], seeds: Sequence[int]
-                  ) -> list[dict[str, Any]]:
+def finalist_jobs(finalists: Any, seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Ray trial configs of a finalize run: each finalist's configuration (rows of
     ``Tracker.best_configs``) and its student-alone baseline, once per seed; a baseline
-    shared by several finalists runs once."""
+    shared by several finalists runs once. A job's ``finalist`` is the readable id of the
+    trial it re-trains."""
     jobs, baselines = [], set()
     for _, row in finalists.iterrows():
+        label = trial_id_of(row)
         config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
-                                       where=f"trial {row['trial_id']}")
+                                       where=f"trial {label}")
         kd = _params(config)
         alone = _params(student_alone(config))
         key = baseline_key(config)
         for seed in seeds:
-            jobs.append({"params": kd, "seed": seed, "role": ROLE_KD,
-                         "finalist": str(row["trial_id"])})
+            jobs.append({"params": kd, "seed": seed, "role": ROLE_KD, "finalist": label})
             if key not in baselines:
                 jobs.append({"params": alone, "seed": seed, "role": ROLE_ALONE,
-                             "finalist": str(row["trial_id"])})
+                             "finalist": label})
         baselines.add(key)
     return jobs
+
+
+def trial_id_of(row: Any) -> str:
+    """A trial's readable id (a row of ``Tracker.trial_runs``); its Ray trial id when it has
+    none (a sweep of an older kdtune)."""
+    label = row.get(f"tags.{TAG_READABLE_ID}")
+    return str(label) if isinstance(label, str) else str(row["trial_id"])
+
+
+def job_key(role: str, finalist: str, config: TrainConfig, seed: int) -> tuple[str, str, int]:
+    """What one finalist run trains: a distilled finalist by the trial it re-trains, a
+    baseline by :func:`baseline_key` (shared by the finalists of one student), and the seed."""
+    return role, finalist if role == ROLE_KD else baseline_key(config), int(seed)
+
+
+def _job_key(job: Mapping[str, Any]) -> tuple[str, str, int]:
+    return job_key(job["role"], job["finalist"], TrainConfig.from_dict(job["params"]),
+                   job["seed"])
+
+
+def _run_key(row: Any) -> tuple[str, str, int]:
+    return job_key(row[f"tags.{TAG_ROLE}"], str(row.get(f"tags.{TAG_FINALIST}")),
+                   _run_config(row), int(decode_param(row["params.seed"])))
 
 
 def _params(config: TrainConfig) -> dict[str, Any]:
@@ -114,16 +148,22 @@ def _run_config(row: Any) -> TrainConfig:
     return TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
 
 
-def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
-              ) -> list[dict[str, Any]]:
-    """One row per finalist (rows of ``Tracker.final_runs``): test accuracy mean ± sd and its
-    95% t-interval over seeds, the gain over the student alone with a paired t-interval
-    (seeds paired), whether that interval excludes 0, the gap closed
-    ``(KD - alone) / (teacher - alone)``, and the student's cost."""
+def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str],
+              jobs: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per finalist (rows of ``Tracker.final_runs``; with ``jobs``, only the runs of
+    those jobs, so the table shows what was asked): test accuracy mean ± sd and its 95%
+    t-interval over seeds, the gain over the student alone with a paired t-interval (seeds
+    paired), whether that interval excludes 0, the gap closed ``(KD - alone) / (teacher -
+    alone)``, and the student's cost."""
     done = runs[runs["status"] == "FINISHED"]
+    done = done[done[f"tags.{TAG_ROLE}"] != ROLE_TEACHER]
+    if jobs is not None:
+        wanted = {_job_key(j) for j in jobs}
+        done = done[[_run_key(r) in wanted for _, r in done.iterrows()]]
     kd = done[done[f"tags.{TAG_ROLE}"] == ROLE_KD]
     alone = done[done[f"tags.{TAG_ROLE}"] == ROLE_ALONE]
     alone_keys = [baseline_key(_run_config(r)) for _, r in alone.iterrows()]
+    order = list(dict.fromkeys(j["finalist"] for j in jobs or ()))
     rows = []
     for finalist, group in kd.groupby(f"tags.{TAG_FINALIST}", sort=False):
         config = config_from_run(group.iloc[0], fields=TrainConfig.field_names())
@@ -156,6 +196,9 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
                 # (a teacher no better than the student alone leaves no gap to close)
                 row["gap_closed"] = row["gain"] / (teacher_accuracy - row["student_alone"])
         rows.append(row)
+    if order:  # the finalists' own order: best first
+        rows.sort(key=lambda r: order.index(r["finalist"]) if r["finalist"] in order
+                  else len(order))
     return rows
 
 
@@ -195,21 +238,12 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
                  study_storage: str | None = None,
                  console: Console | None = None) -> tuple[list[dict[str, Any]], float | None]:
     """Re-train the ``top`` best configurations of a finished sweep with ``seeds`` fresh
-    training seeds each, beside their baselines and the teacher; returns the finalists table
-    and the teacher's test accuracy."""
-    from pathlib import Path
-
+    training seeds each, beside their baselines and the teacher (the runs not finished
+    already); returns the finalists table and the teacher's test accuracy."""
     from kdtune.tune.latency_board import end_board, seed_board, start_board
-    from kdtune.tune.sweep import (
-        Interrupts,
-        Store,
-        is_uri,
-        prepare_context,
-        ray_tune_logs,
-        start_ray,
-    )
+    from kdtune.tune.sweep import Interrupts, Store, prepare_context, start_ray
 
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)  # a line stays one line
     if top < 1:
         raise KdtuneError(f"--top {top} must be >= 1")
     if seeds < 2:
@@ -232,48 +266,95 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     if finalists.empty:
         raise KdtuneError(f"sweep {name!r} has no finished trial to finalize")
     searched = [p.name for p in space.parameters]
-    jobs = finalist_jobs(finalists, searched, fresh_seeds(space.seeds, seeds))
+    jobs = finalist_jobs(finalists, fresh_seeds(space.seeds, seeds))
+    parent = run.info.run_id
+    existing = tracker.final_runs(name)
+    finished = _finished_keys(existing)
+    todo = [j for j in jobs if _job_key(j) not in finished]
+    chosen = [trial_id_of(r) for _, r in finalists.iterrows()]
+    dropped = _mark_out_of_top(tracker, existing, jobs)
+    console.print(f"finalizing sweep {name!r}: {len(finalists)} finalist(s) ({', '.join(chosen)})"
+                  f" x {seeds} fresh seeds, with their student-alone baselines: {len(jobs)} "
+                  f"runs, {len(jobs) - len(todo)} finished already (reused), {len(todo)} to "
+                  f"train; {store.describe()}")
+    if dropped:
+        console.print(f"finalists no longer in the top {top} keep their runs (tagged "
+                      f"{TAG_OUT_OF_TOP}) and leave the table: {', '.join(dropped)}")
     base = store.experiment_dir(name) if storage else tags[TAG_STORAGE]
-    folder = f"{base}/finalize" if is_uri(base) else Path(base) / "finalize"
-    console.print(f"finalizing sweep {name!r}: {len(finalists)} finalist(s) x {seeds} fresh "
-                  f"seeds, with their student-alone baselines ({len(jobs)} runs); "
-                  f"{store.describe()}")
     hint = f"run `kdtune finalize {name}` again: it continues where it stopped"
-    with Interrupts(hint) as interrupts:
-        start_ray(address, console)
-        # the sweep's latency figures (the teacher's, and each architecture's on its board):
-        # a finalist's speedup is the one its trials reported
-        trials = tracker.trial_runs(name)
-        context = prepare_context(space, store, console, len(jobs), recorded=trials)
-        context.latency_board = start_board()
-        seed_board(context.latency_board, trials, context.data)
-        teacher_accuracy = _log_teacher(tracker, run.info.run_id, name, context)
-        try:
-            with ray_tune_logs(store.logs / f"{name}-finalize.log"), interrupts.fitting():
-                _fit(space, context, tracker, run.info.run_id, name, jobs, folder)
-        finally:
-            end_board(context.latency_board)
-        if interrupts.count:
-            interrupts.hint = ""
-            raise Interrupted(f"finalize of {name!r} stopped (Ctrl-C); {hint}")
-    rows = summarise(tracker.final_runs(name), teacher_accuracy, searched)
-    _log_table(tracker, run.info.run_id, rows)
+    teacher_run = (not existing.empty) and (existing[f"tags.{TAG_ROLE}"] == ROLE_TEACHER).any()
+    if todo or not teacher_run:
+        with Interrupts(hint) as interrupts:
+            start_ray(address, console)
+            # the sweep's latency figures (the teacher's, and each architecture's on its
+            # board): a finalist's speedup is the one its trials reported
+            trials = tracker.trial_runs(name)
+            context = prepare_context(space, store, console, len(todo), recorded=trials)
+            _log_teacher(tracker, parent, name, context)
+            if todo:
+                context.latency_board = start_board()
+                seed_board(context.latency_board, trials, context.data)
+                driver_run = tracker.start_driver_run(parent, "finalize")
+                try:
+                    with interrupts.fitting():
+                        _fit(space, context, tracker, parent, name, todo, base, store, console)
+                finally:
+                    end_board(context.latency_board)
+                    tracker.end_driver_run(parent, driver_run)
+                if interrupts.count:
+                    raise Interrupted(f"finalize of {name!r} stopped (Ctrl-C); {hint}")
+    runs = tracker.final_runs(name)
+    teacher_accuracy = _teacher_accuracy(runs)
+    rows = summarise(runs, teacher_accuracy, searched, jobs)
+    _log_table(tracker, parent, rows)
     return rows, teacher_accuracy
 
 
-def _log_teacher(tracker: Tracker, parent: str, name: str, context: Any) -> float | None:
+def _finished_keys(runs: Any) -> set[tuple[str, str, int]]:
+    """The jobs that have a FINISHED finalist run among ``runs``."""
+    if runs.empty:
+        return set()
+    done = runs[(runs["status"] == "FINISHED") & (runs[f"tags.{TAG_ROLE}"] != ROLE_TEACHER)]
+    return {_run_key(r) for _, r in done.iterrows()}
+
+
+def _mark_out_of_top(tracker: Tracker, runs: Any, jobs: Sequence[Mapping[str, Any]]
+                     ) -> list[str]:
+    """Tag each existing finalist run in or out of this finalize's top (a baseline is in
+    while a finalist of the top shares it); return the finalists newly out of it."""
+    if runs.empty:
+        return []
+    wanted = {k[:2] for k in map(_job_key, jobs)}  # (role, finalist or baseline), any seed
+    dropped = []
+    for _, row in runs[runs[f"tags.{TAG_ROLE}"] != ROLE_TEACHER].iterrows():
+        out = "false" if _run_key(row)[:2] in wanted else "true"
+        if row.get(f"tags.{TAG_OUT_OF_TOP}") != out:
+            tracker.client.set_tag(row["run_id"], TAG_OUT_OF_TOP, out)
+            if out == "true" and row[f"tags.{TAG_ROLE}"] == ROLE_KD:
+                dropped.append(str(row[f"tags.{TAG_FINALIST}"]))
+    return list(dict.fromkeys(dropped))
+
+
+def _teacher_accuracy(runs: Any) -> float | None:
+    if runs.empty:
+        return None
+    teacher = runs[(runs[f"tags.{TAG_ROLE}"] == ROLE_TEACHER) & (runs["status"] == "FINISHED")]
+    return None if teacher.empty else float(teacher.iloc[0]["metrics.test_accuracy"])
+
+
+def _log_teacher(tracker: Tracker, parent: str, name: str, context: Any) -> None:
     """The teacher read on the test set once, as a finalist run of its own (once per sweep)."""
     if context.teacher is None:
-        return None
+        return
     runs = tracker.final_runs(name)
     if not runs.empty and (runs[f"tags.{TAG_ROLE}"] == ROLE_TEACHER).any():
-        row = runs[runs[f"tags.{TAG_ROLE}"] == ROLE_TEACHER].iloc[0]
-        return float(row["metrics.test_accuracy"])
+        return
     accuracy = context.teacher.test_accuracy(context.data)
     run_id = tracker.start_trial(parent, "teacher", params={"teacher": context.settings
                                                             .teacher_path},
                                  tags={TAG_SWEEP: name, TAG_STAGE: STAGE_FINAL,
-                                       TAG_ROLE: ROLE_TEACHER, TAG_FINALIST: "teacher"})
+                                       TAG_ROLE: ROLE_TEACHER, TAG_FINALIST: "teacher",
+                                       TAG_READABLE_ID: teacher_label(name)})
     latency = context.teacher.latency(256)
     metrics = {"test_accuracy": accuracy,
                "params": sum(p.numel() for p in context.teacher.model.parameters()),
@@ -281,55 +362,93 @@ def _log_teacher(tracker: Tracker, parent: str, name: str, context: Any) -> floa
     if math.isfinite(latency.iqr_ms):  # unknown for a figure recorded without one
         metrics[LATENCY_SPREADS[256]] = latency.iqr_ms
     tracker.end_trial(run_id, "FINISHED", metrics=metrics)
-    return accuracy
 
 
 def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
-         jobs: list[dict[str, Any]], folder: Any) -> None:
-    """The finalist runs as Ray trials: a new experiment, or the one an interrupted
-    ``finalize`` left (restored; its finished runs are not trained again)."""
+         todo: list[dict[str, Any]], base: Any, store: Any, console: Console) -> None:
+    """Train the ``todo`` finalist runs as Ray trials: first the latest finalize experiment
+    when it stopped before its end and every run it still owes is among ``todo`` (restored,
+    its finished trials not trained again), then a new experiment for what is left."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from kdtune.tune.callbacks import MlflowTrials, Progress
-    from kdtune.tune.sweep import trial_dirname
+    from kdtune.tune.sweep import log_student, ray_tune_logs, trial_dirname_of
     from kdtune.tune.trainable import run_final
 
     resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
     trainable = tune.with_resources(tune.with_parameters(run_final, context=context),
                                     resources)
-    if tune.Tuner.can_restore(str(folder)):
-        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
-    else:
-        where = str(folder)
-        tuner = tune.Tuner(
-            trainable, param_space={"job": tune.grid_search(jobs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=space.search.max_concurrent,
-                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=where.rstrip("/").rsplit("/", 1)[1],
-                storage_path=where.rstrip("/").rsplit("/", 1)[0], verbose=0,
-                callbacks=[MlflowTrials(tracker, parent, name, context.settings),
-                           Progress("test_accuracy", "max"), JsonLoggerCallback(),
-                           CSVLoggerCallback()],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=0)))
-    results = tuner.fit()
-    from pathlib import Path
-
-    from kdtune.tune.sweep import log_student
-
+    folders = _finalize_folders(base)
+    finished = _finished_keys(tracker.final_runs(name))
+    results = []
+    with ray_tune_logs(store.logs / f"{name}-finalize.log"):
+        if folders and tune.Tuner.can_restore(str(folders[-1])):
+            tuner = tune.Tuner.restore(str(folders[-1]), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+            owed = {_job_key(r.config["job"]) for r in tuner.get_results()
+                    if r.config and "job" in r.config} - finished
+            if owed and owed <= {_job_key(j) for j in todo}:
+                console.print(f"continuing the finalize that stopped before its end: "
+                              f"{len(owed)} run(s)")
+                results.extend(tuner.fit())
+                finished = _finished_keys(tracker.final_runs(name))
+        left = [j for j in todo if _job_key(j) not in finished]
+        if left:
+            folder = _join(base, f"finalize-{len(folders) + 1}" if folders else "finalize")
+            results.extend(_new_tuner(trainable, folder, left, space, tracker, parent, name,
+                                      context).fit())
     for result in results:  # the distilled students' weights, for `kdtune export`
         job = (result.config or {}).get("job", {})
-        run_id = tracker.find_trial(parent, Path(result.path).name.removeprefix("trial_"))
+        trial_id = Path(result.path).name.removeprefix(trial_dirname_of(""))
+        run_id = tracker.find_trial(parent, trial_id)
         if job.get("role") == ROLE_KD and result.checkpoint is not None and run_id is not None \
                 and STUDENT_FILE not in {a.path for a in tracker.client.list_artifacts(run_id)}:
             log_student(tracker, run_id, result.checkpoint)
-    if any(r.error is not None for r in results):
-        raise KdtuneError(f"{sum(r.error is not None for r in results)} finalist run(s) "
-                          f"failed; see their MLflow runs (tag kdtune.error); run `kdtune "
-                          f"finalize {name}` again to retry them")
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        raise KdtuneError(f"{failed} finalist run(s) failed; see their MLflow runs (tag "
+                          f"kdtune.error); run `kdtune finalize {name}` again to retry them")
+
+
+def _new_tuner(trainable: Any, folder: Any, jobs: list[dict[str, Any]], space: Any,
+               tracker: Tracker, parent: str, name: str, context: Any) -> Any:
+    """A Ray experiment at ``folder`` with one trial per job."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from kdtune.tune.callbacks import MlflowTrials, Progress, TrialLabels
+    from kdtune.tune.sweep import trial_dirname
+
+    where = str(folder).rstrip("/")
+    return tune.Tuner(
+        trainable, param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=space.search.max_concurrent,
+                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=where.rsplit("/", 1)[1], storage_path=where.rsplit("/", 1)[0], verbose=0,
+            callbacks=[MlflowTrials(tracker, parent, name, context.settings),
+                       Progress("test_accuracy", "max", TrialLabels(name, None)),
+                       JsonLoggerCallback(), CSVLoggerCallback()],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def _finalize_folders(base: Any) -> list[Any]:
+    """The sweep's finalize experiments so far (``finalize``, ``finalize-2``, ...), oldest
+    first."""
+    from kdtune.tune.sweep import location_exists
+
+    folders = []
+    while location_exists(folder := _join(base, f"finalize-{len(folders) + 1}"
+                                          if folders else "finalize")):
+        folders.append(folder)
+    return folders
+
+
+def _join(base: Any, name: str) -> Any:
+    from kdtune.tune.sweep import is_uri
+
+    return f"{str(base).rstrip('/')}/{name}" if is_uri(base) else Path(base) / name
 
 
 def _log_table(tracker: Tracker, parent: str, rows: list[dict[str, Any]]) -> None:

@@ -24,6 +24,7 @@ from kdtune.vocabulary import (
     ROLE_KD,
     ROLE_TEACHER,
     STAGE_FINAL,
+    TAG_OUT_OF_TOP,
     TAG_ROLE,
     TAG_STAGE,
     TAG_TEACHER_FINGERPRINT,
@@ -45,13 +46,14 @@ def finalist_mask(frame: pd.DataFrame) -> pd.Series:
 
 
 def final_mask(frame: pd.DataFrame, role: str | None = None) -> pd.Series:
-    """True for the finalist runs (of ``role``: ``kd``, ``student_alone`` or ``teacher``)."""
+    """True for the finalist runs (of ``role``: ``kd``, ``student_alone`` or ``teacher``) of
+    the trials the latest ``kdtune finalize`` chose (not those tagged out of its top)."""
     import pandas as pd
 
     stage, roles = f"tags.{TAG_STAGE}", f"tags.{TAG_ROLE}"
     if stage not in frame.columns:
         return pd.Series(False, index=frame.index)
-    final = frame[stage] == STAGE_FINAL
+    final = (frame[stage] == STAGE_FINAL) & (frame.get(f"tags.{TAG_OUT_OF_TOP}") != "true")
     return final if role is None else final & (frame.get(roles) == role)
 
 

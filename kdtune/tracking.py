@@ -30,12 +30,15 @@ from kdtune.errors import KdtuneError, choose_one
 from kdtune.urls import file_lock, recall, redact, remember
 from kdtune.vocabulary import (
     DIRECTIONS,
+    DRIVER_RUN_KINDS,
     MODES,
     PARAM_OBJECTIVE_METRICS,
     PARAM_OBJECTIVE_MODES,
     STAGE_FINAL,
+    TAG_DRIVER_RUNS,
     TAG_KIND,
     TAG_PARENT,
+    TAG_READABLE_ID,
     TAG_STAGE,
     TAG_SWEEP,
     TAG_TRIAL_ID,
@@ -370,6 +373,40 @@ class Tracker:
             modes = [MODES.get(m, "max") for m in metrics]
         return metrics, modes
 
+    def driver_runs(self, parent_id: str) -> list[dict[str, Any]]:
+        """The runs of kdtune drivers that trained for the sweep, as recorded on its parent run
+        (see ``TAG_DRIVER_RUNS``)."""
+        text = self.client.get_run(parent_id).data.tags.get(TAG_DRIVER_RUNS)
+        return json.loads(text) if text else []
+
+    def start_driver_run(self, parent_id: str, kind: str) -> int:
+        """Record on the parent run that a driver starts training for the sweep (``kind``:
+        one of ``DRIVER_RUN_KINDS``); returns its index for :meth:`end_driver_run`."""
+        if kind not in DRIVER_RUN_KINDS:
+            raise ValueError(f"driver run kind must be one of {DRIVER_RUN_KINDS}, not {kind!r}")
+        runs = self.driver_runs(parent_id)
+        runs.append({"kind": kind, "start": int(time.time() * 1000), "end": None})
+        self._set_driver_runs(parent_id, runs)
+        return len(runs) - 1
+
+    def end_driver_run(self, parent_id: str, index: int) -> None:
+        """Record the end of the driver run :meth:`start_driver_run` returned ``index`` for."""
+        runs = self.driver_runs(parent_id)
+        if 0 <= index < len(runs):
+            runs[index]["end"] = int(time.time() * 1000)
+            self._set_driver_runs(parent_id, runs)
+
+    def _set_driver_runs(self, parent_id: str, runs: list[dict[str, Any]]) -> None:
+        text = json.dumps(runs, separators=(",", ":"))
+        while len(text) > _MAX_TAG_LEN and len(runs) > 2:
+            # a very long history: the two oldest entries become one that keeps their sum
+            a, b = runs[0], runs[1]
+            seconds = sum(driver_run_seconds(x) or 0.0 for x in (a, b))
+            runs[:2] = [{"kind": "earlier", "start": a["start"], "end": b["end"] or b["start"],
+                         "seconds": seconds}]
+            text = json.dumps(runs, separators=(",", ":"))
+        self.client.set_tag(parent_id, TAG_DRIVER_RUNS, text)
+
     # -- trials ---------------------------------------------------------------------------
     def find_trial(self, parent_id: str, trial_id: str) -> str | None:
         """Run id of the child run for Ray trial ``trial_id`` under ``parent_id``, if any."""
@@ -398,7 +435,8 @@ class Tracker:
                          TAG_TRIAL_ID: trial_id})
         if run_id is None:
             run = self.client.create_run(parent.info.experiment_id, tags=all_tags,
-                                         run_name=f"{sweep}/{trial_id}")
+                                         run_name=all_tags.get(TAG_READABLE_ID,
+                                                               f"{sweep}/{trial_id}"))
             run_id = run.info.run_id
             self._log(run_id, params=params)
         else:
@@ -558,6 +596,16 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
 
 
 # -- helpers ------------------------------------------------------------------------------
+def driver_run_seconds(run: Mapping[str, Any]) -> float | None:
+    """How long a recorded driver run lasted (None while it runs, or if its driver was killed
+    before it recorded its end)."""
+    if "seconds" in run:
+        return float(run["seconds"])
+    if run.get("end") is None:
+        return None
+    return (int(run["end"]) - int(run["start"])) / 1000
+
+
 def _check_logged(frame: pd.DataFrame, metrics: Sequence[str], sweep: str, *,
                   typos_only: bool = False) -> None:
     """A one-line error naming the closest logged metric if one of ``metrics`` never was

@@ -71,10 +71,10 @@ TAG_GIT_SHA = "kdtune.git_sha"
 TAG_RAY_ADDRESS = "kdtune.ray_address"
 TAG_NUM_SAMPLES = "kdtune.num_samples"  # the sweep's number of trials (extending raises it)
 #: JSON list on a sweep's parent run, one entry per run of a driver that trained for it
-#: (``{"kind": one of SEGMENT_KINDS, "start": ms, "end": ms or null}``, times in epoch
+#: (``{"kind": one of DRIVER_RUN_KINDS, "start": ms, "end": ms or null}``, times in epoch
 #: milliseconds; ``end`` is null while it runs, or when its driver was killed)
-TAG_SEGMENTS = "kdtune.segments"
-SEGMENT_KINDS = ("search", "resume", "extend", "finalize")
+TAG_DRIVER_RUNS = "kdtune.driver_runs"
+DRIVER_RUN_KINDS = ("search", "resume", "extend", "finalize")
 TAG_STAGE = "kdtune.stage"  # "final" on a finalist run (kdtune finalize); absent on trials
 STAGE_FINAL = "final"
 TAG_ROLE = "kdtune.role"  # a finalist run's role: one of FINAL_ROLES
@@ -82,9 +82,13 @@ ROLE_KD, ROLE_ALONE, ROLE_TEACHER = "kd", "student_alone", "teacher"
 FINAL_ROLES = (ROLE_KD, ROLE_ALONE, ROLE_TEACHER)
 TAG_EXPORT_FORMAT = "kdtune.format"  # a registered model version's file format (kdtune export)
 TAG_FINALIST = "kdtune.finalist"  # the sweep trial whose configuration a finalist run trains
+#: "true" on the finalist runs of trials that the latest ``kdtune finalize`` did not choose
+#: (they keep their runs and leave its table); "false" on those it chose
+TAG_OUT_OF_TOP = "kdtune.out_of_top"
 PARAM_OBJECTIVE_METRICS = "objective.metrics"
 PARAM_OBJECTIVE_MODES = "objective.modes"
 PARAM_SEARCHED = "searched"
+PARAM_SAMPLER_SEED = "sampler_seed"  # the seed the sweep's sampler was started with
 PARAM_TEACHER = "teacher"
 
 

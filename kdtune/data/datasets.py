@@ -179,6 +179,11 @@ def _load_digits(split_seed: int, **_: object) -> _Raw:
     return _Raw(x_pool, y_pool, x_test, y_test, scale=16.0, num_classes=10, augment=None)
 
 
+def _synthetic_augmentation(spec: SyntheticSpec) -> Augmentation | None:
+    """Crop and flip for synthetic images of at least 16 pixels; none for smaller ones."""
+    return Augmentation() if spec.in_shape[1] >= 16 else None
+
+
 def make_synthetic(spec: SyntheticSpec) -> tuple[torch.Tensor, np.ndarray]:
     """Generate all ``n_train + n_test`` synthetic images (float32) and labels from the seed."""
     c, h, w = spec.in_shape
@@ -203,7 +208,7 @@ def _load_synthetic(split_seed: int, synthetic: SyntheticSpec | None, **_: objec
     spec = synthetic or SyntheticSpec()
     x, y = make_synthetic(spec)
     x_pool, y_pool, x_test, y_test = _carve_test(x, y, spec.n_test, split_seed)
-    augment = Augmentation() if spec.in_shape[1] >= 16 else None
+    augment = _synthetic_augmentation(spec)
     return _Raw(x_pool, y_pool, x_test, y_test, scale=1.0, num_classes=spec.num_classes,
                 augment=augment)
 
@@ -296,6 +301,25 @@ _LOADERS: dict[str, Callable[..., _Raw]] = {
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
     return list(_LOADERS)
+
+
+def list_file_datasets() -> list[str]:
+    """The datasets read from files (``data_root``, ``download``); the others are built in."""
+    return list(_TORCHVISION)
+
+
+def dataset_reads_files(name: str) -> bool:
+    """Whether dataset ``name`` reads files, so that ``data_root`` and ``download`` matter."""
+    return name in _TORCHVISION
+
+
+def dataset_augments(name: str) -> bool:
+    """Whether dataset ``name`` has an augmentation (``augment`` turns it on or off)."""
+    if name in _TORCHVISION:
+        return _TORCHVISION[name].augment is not None
+    if name == "synthetic":
+        return _synthetic_augmentation(SyntheticSpec()) is not None
+    return False
 
 
 def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:

@@ -65,6 +65,7 @@ from kdtune.methods.features import (
     get_feature_method,
     list_feature_methods,
     register_feature_method,
+    unregister_feature_method,
 )
 
 #: The entry-point group a package registers its methods under.
@@ -90,6 +91,22 @@ def load_plugins() -> list[str]:
 
 
 PLUGINS = load_plugins()
+
+
+def unused_keys(method: str, feature_method: str = "none") -> tuple[str, ...]:
+    """The method-dependent config keys (``alpha``, ``temperature``, ``kd_warmup`` and every
+    registered method parameter) that neither ``method`` nor ``feature_method`` reads: a
+    run's resolved value of such a key changes nothing."""
+    from kdtune.methods.registry import KD_FIELDS
+
+    spec, fspec = get_method(method), get_feature_method(feature_method)
+
+    def unused(key: str) -> bool:
+        if key == "kd_warmup":  # ramps both terms
+            return not spec.reads(key) and not fspec.reads(key)
+        return not spec.reads(key) or not fspec.reads(key)
+
+    return tuple(k for k in (*KD_FIELDS, *all_params()) if unused(k))
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -126,6 +143,8 @@ __all__ = [
     "tf_kd",
     "training_loss",
     "two_temperature",
+    "unregister_feature_method",
     "unregister_method",
+    "unused_keys",
     "vanilla",
 ]

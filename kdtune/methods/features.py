@@ -179,6 +179,16 @@ def register_feature_method(
     return decorate
 
 
+def unregister_feature_method(name: str) -> None:
+    """Remove the feature method ``name`` and the parameters no other feature method
+    declares (for tests)."""
+    spec = get_feature_method(name)
+    del _FEATURES[name]
+    for p in spec.params:
+        if not any(p in other.params for other in _FEATURES.values()):
+            registry._FEATURE_PARAMS.pop(p.name, None)
+
+
 def list_feature_methods() -> list[str]:
     """Names of all registered feature methods (``none`` first), in registration order."""
     return list(_FEATURES)

@@ -41,9 +41,9 @@ from kdtune.errors import KdtuneError, choose_one
 LossFn = Callable[..., "Tensor | None"]
 """``fn(student_logits, teacher_logits, labels, *, [temperature], <params>, [progress])``."""
 AdjustFn = Callable[[Tensor, Tensor], Tensor]
+"""``adjust(teacher_logits, labels) -> new teacher logits`` (float32 in, a new tensor out)."""
 PeersFn = Callable[[Callable[[], nn.Module], Mapping[str, Any]], nn.Module]
 """``peers(make_student, params) -> module``: an online method's peers (see register_method)."""
-"""``adjust(teacher_logits, labels) -> new teacher logits`` (float32 in, a new tensor out)."""
 L = TypeVar("L", bound=LossFn)
 
 #: The shared config fields a method may or may not read (see :meth:`MethodSpec.reads`).

@@ -39,6 +39,7 @@ from rich.table import Table
 
 from kdtune.tracking import Tracker, transient_tracking_error
 from kdtune.tune.searcher import stopped_early
+from kdtune.tune.study import SweepStudy
 from kdtune.tune.trainable import (
     EPOCH_KEY,
     FAILURE_KEY,
@@ -55,12 +56,16 @@ from kdtune.vocabulary import (
     TAG_ERROR,
     TAG_FINALIST,
     TAG_NODE,
+    TAG_READABLE_ID,
     TAG_RETRIES,
     TAG_ROLE,
     TAG_RUNG,
     TAG_STAGE,
     TAG_SWEEP,
     TAG_TRACEBACK,
+    TAG_UNUSED,
+    finalist_label,
+    trial_label,
 )
 
 #: MLflow statuses of a trial that ended for good (a FAILED trial that Ray restores retries).
@@ -69,20 +74,53 @@ ENDED = ("FINISHED", "KILLED")
 WAIT_S = 10.0
 
 
+class TrialLabels:
+    """The readable ids of a sweep's Ray trials (:func:`~kdtune.vocabulary.trial_label`,
+    :func:`~kdtune.vocabulary.finalist_label`): a search trial's holds its Optuna trial
+    number, which the searcher tagged with the Ray trial id when it asked; a finalist run's
+    holds the readable id of the trial it re-trains and its seed (its ``job``)."""
+
+    def __init__(self, sweep: str, study: SweepStudy | None) -> None:
+        self.sweep, self.study = sweep, study
+        self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sweep": self.sweep, "study": self.study}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["sweep"], state["study"])
+
+    def __call__(self, trial_id: str, config: Mapping[str, Any]) -> str:
+        job = config.get("job")
+        if job is not None:
+            return finalist_label(job["finalist"], job["role"], int(job["seed"]))
+        if self.study is None:
+            return trial_id
+        if trial_id not in self.numbers:  # read the study again: a trial asked since
+            self.numbers.update({t: ft.number for t, ft in self.study.sweep_trials().items()})
+        return trial_label(self.sweep, self.numbers[trial_id]) if trial_id in self.numbers \
+            else trial_id
+
+
 def describe(settings: TrialSettings, trial_config: Mapping[str, Any]
              ) -> tuple[dict[str, Any], dict[str, str]]:
     """The full config a trial trains with (first seed, plus the list of seeds) and the tags of
-    its run: a search trial's config holds its parameters; a finalist run's (``kdtune
-    finalize``) holds one ``job``: a configuration, one seed, its role and finalist."""
+    its run: the config keys its methods do not read; for a finalist run (``kdtune
+    finalize``), whose config holds one ``job`` (a configuration, one seed, its role and
+    finalist), also its stage, role and finalist."""
+    from kdtune.methods import unused_keys
+
     job = trial_config.get("job")
     if job is None:
         config = settings.config(trial_config, settings.seeds[0]).to_dict()
         config["seeds"] = list(settings.seeds)
-        return config, {}
-    config = settings.config(job["params"], int(job["seed"])).to_dict()
-    config["seeds"] = [int(job["seed"])]
-    return config, {TAG_STAGE: STAGE_FINAL, TAG_ROLE: job["role"],
-                    TAG_FINALIST: job["finalist"]}
+        tags = {}
+    else:
+        config = settings.config(job["params"], int(job["seed"])).to_dict()
+        config["seeds"] = [int(job["seed"])]
+        tags = {TAG_STAGE: STAGE_FINAL, TAG_ROLE: job["role"], TAG_FINALIST: job["finalist"]}
+    tags[TAG_UNUSED] = ",".join(unused_keys(config["method"], config["feature_method"]))
+    return config, tags
 
 
 class MlflowTrials(Callback):
@@ -97,9 +135,10 @@ class MlflowTrials(Callback):
     """
 
     def __init__(self, tracker: Tracker, parent_id: str, sweep: str,
-                 settings: TrialSettings) -> None:
+                 settings: TrialSettings, study: SweepStudy | None = None) -> None:
         self.tracker, self.parent_id, self.sweep = tracker, parent_id, sweep
         self.settings = settings
+        self.labels = TrialLabels(sweep, study)  # used on the writer thread only
         # read and written on the writer thread only
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged
@@ -195,6 +234,7 @@ class MlflowTrials(Callback):
                 history = self.tracker.client.get_metric_history(existing, "val_accuracy")
                 self.last_step[existing] = max((m.step for m in history), default=0)
             config, tags = describe(self.settings, trial.config)
+            tags[TAG_READABLE_ID] = self.labels(trial.trial_id, trial.config)
             self.run_ids[trial.trial_id] = self.tracker.start_trial(
                 self.parent_id, trial.trial_id, params=config,
                 config_yaml=yaml.safe_dump(config, sort_keys=False),
@@ -287,18 +327,19 @@ def _notice(message: str) -> None:
 class Progress(Callback):
     """Live table of trials (a line per finished trial when not on a terminal)."""
 
-    def __init__(self, metric: str, mode: str, *, console: Console | None = None) -> None:
-        self.metric, self.mode = metric, mode
+    def __init__(self, metric: str, mode: str, labels: TrialLabels | None = None, *,
+                 console: Console | None = None) -> None:
+        self.metric, self.mode, self.labels = metric, mode, labels
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.rows: dict[str, dict[str, Any]] = {}
         self.live: Live | None = None
         self.started = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:  # consoles and live displays do not pickle
-        return {"metric": self.metric, "mode": self.mode, "rows": {}}
+        return {"metric": self.metric, "mode": self.mode, "labels": self.labels}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["metric"], state["mode"])
+        self.__init__(state["metric"], state["mode"], state.get("labels"))
 
     def setup(self, **info: Any) -> None:
         if self.console.is_terminal:
@@ -307,7 +348,10 @@ class Progress(Callback):
             self.live.start()
 
     def _update(self, trial: Any, status: str, result: Mapping[str, Any] | None = None) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"config": _summary(trial.config)})
+        row = self.rows.get(trial.trial_id)
+        if row is None:
+            label = self.labels(trial.trial_id, trial.config) if self.labels else trial.trial_id
+            row = self.rows[trial.trial_id] = {"id": label, "config": _summary(trial.config)}
         row["status"] = status
         if result:
             row["epoch"] = f"{int(result.get(EPOCH_KEY, 0))}/{int(result.get(PLANNED_KEY, 0))}"
@@ -329,16 +373,17 @@ class Progress(Callback):
                       caption=self._best_caption())
         for col in ("trial", "config", "epoch", self.metric, "status"):
             table.add_column(col)
-        for trial_id, row in self.rows.items():
+        for row in self.rows.values():
             value = f"{row['value']:.4f}" if "value" in row else "-"
-            table.add_row(trial_id, row["config"], row.get("epoch", "-"), value, row["status"])
+            table.add_row(row["id"], row["config"], row.get("epoch", "-"), value, row["status"])
         return table
 
     def _best_caption(self) -> str:
         best = self.best()
         if best is None:
             return ""
-        return f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f}  {best[1]['config']}"
+        return (f"best so far: {best[1]['id']} {self.metric}={best[1]['value']:.4f}  "
+                f"{best[1]['config']}")
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._update(trial, "RUNNING")
@@ -367,7 +412,7 @@ class Progress(Callback):
         if self.live is None:
             row = self.rows[trial_id]
             value = f"{row['value']:.4f}" if "value" in row else "-"
-            self.console.print(f"trial {trial_id} {row['status']:<11} {self.metric}={value}  "
+            self.console.print(f"{row['id']} {row['status']:<11} {self.metric}={value}  "
                                f"{row['config']}" + (f"  ({note})" if note else ""))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -379,7 +424,7 @@ class Progress(Callback):
 def _summary(params: Mapping[str, Any]) -> str:
     job = params.get("job")
     if job is not None:  # a finalist run (kdtune finalize)
-        return f"{job['role']} of trial {job['finalist']}, seed {job['seed']}"
+        return str(job["role"])
     parts = []
     for key, value in params.items():
         if isinstance(value, float):

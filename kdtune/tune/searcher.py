@@ -27,7 +27,17 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from kdtune.tune.study import ATTR_RAY_ID, ATTR_REPEAT_OF, SweepStudy
+from kdtune.tune.study import (
+    ATTR_MAX_CONCURRENT,
+    ATTR_NUM_SAMPLES,
+    ATTR_RAY_ID,
+    ATTR_REPEAT_OF,
+    ATTR_SAMPLER,
+    ATTR_SEED,
+    ATTR_SPACE,
+    ATTR_SPACE_SHA,
+    SweepStudy,
+)
 from kdtune.tune.trainable import EPOCH_KEY, FAILURE_KEY, PLANNED_KEY
 from kdtune.urls import redact
 
@@ -39,10 +49,6 @@ logger = logging.getLogger(__name__)
 #: Neighbours, then random draws, tried before a repeated configuration is trained again
 #: (a space with fewer configurations than trials).
 MAX_NEIGHBOURS, MAX_RANDOM = 64, 256
-#: Study attributes: the sweep's search settings (see :func:`search_attrs`).
-ATTR_SPACE, ATTR_SPACE_SHA = "space_file", "space_sha256"
-ATTR_NUM_SAMPLES, ATTR_MAX_CONCURRENT = "num_samples", "max_concurrent"
-ATTR_SAMPLER, ATTR_SEED = "sampler", "seed"
 
 
 def search_attrs(space: SearchSpace, num_samples: int) -> dict[str, Any]:
@@ -106,9 +112,8 @@ class StudySearcher(Searcher):
                 return Searcher.FINISHED
             s.study.enqueue_trial(s.encode(point))
         trial, config = s.ask()
-        for attempt in range(MAX_NEIGHBOURS + MAX_RANDOM):
-            if config_key(config) not in s.proposed:
-                break
+        attempt = 0
+        while config_key(config) in s.proposed and attempt < MAX_NEIGHBOURS + MAX_RANDOM:
             trial.set_user_attr(ATTR_REPEAT_OF, s.proposed[config_key(config)])
             s.study.tell(trial, state=TrialState.FAIL)
             if attempt < MAX_NEIGHBOURS:
@@ -117,7 +122,9 @@ class StudySearcher(Searcher):
                 trial, config = s.ask()
             else:  # the neighbourhood is used up: anywhere in the space
                 trial, config = s.ask(randomly=True)
-        else:
+            attempt += 1
+        if config_key(config) in s.proposed:  # every try was a repeat: train this one again
+            trial.set_user_attr(ATTR_REPEAT_OF, s.proposed[config_key(config)])
             logger.warning("every configuration tried was trained already (last: %s): trial %s "
                            "trains it again", config, trial_id)
         trial.set_user_attr(ATTR_RAY_ID, trial_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import math
 import numbers
 import re
@@ -29,6 +30,8 @@ from kdtune.vocabulary import OBJECTIVE_METRICS, RUNG_METRICS
 
 if TYPE_CHECKING:
     import optuna
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Objective", "Parameter", "Resources", "SchedulerSettings", "SearchSettings", "SearchSpace",
@@ -314,6 +317,12 @@ class _Loader:
         self.path = Path(path).expanduser().absolute()
         self.types = TrainConfig.key_types()
         self.models_checked: set[tuple[str, str, str]] = set()
+        #: Keys of ``fixed`` with an effect in some trial checked so far; why the others have
+        #: none (see ``kdtune.no_effect``).
+        self.effective: set[str] = set()
+        self.no_effect: dict[str, str] = {}
+        #: Feature-pair checks skipped because the meta device cannot run them (logged once).
+        self.skipped: set[tuple[str, ...]] = set()
         self.pairs_checked: set[tuple[str, ...]] = set()
         self.shapes: dict[tuple[Any, ...], list[Any]] = {}  # see feature_shapes
         #: The teacher's architecture (name, options, classes, input shape), when known.
@@ -341,6 +350,7 @@ class _Loader:
         parameters = self.parse_parameters(data.get("parameters"), fixed)
         objectives = self.parse_objectives(data.get("objective"))
         self.check_branches(parameters, fixed, teacher)
+        self.check_fixed_effects(fixed)
         search = self.parse_search(self.mapping(data, "search"), parameters, objectives)
         scheduler = self.parse_scheduler(self.mapping(data, "scheduler"), parameters, fixed,
                                          objectives)
@@ -459,6 +469,9 @@ class _Loader:
             cfg = TrainConfig.from_dict(_teacher_dict(fixed, config))
         except KdtuneError as exc:
             raise self.err("teacher", str(exc)) from None
+        from kdtune.no_effect import refuse_no_effect
+
+        refuse_no_effect(cfg, {k: f"{self.shown}: teacher.{k}" for k in config})
         self.check_model_options(cfg, lambda k: f"teacher.{k}" if k in config else f"fixed.{k}")
         self.check_model_values(cfg, "teacher")
         from kdtune.data.datasets import dataset_shape
@@ -857,11 +870,19 @@ class _Loader:
 
     def check_config(self, params: Mapping[str, Any], fixed: Mapping[str, Any], key: str,
                      branch: Mapping[str, Any]) -> None:
+        from kdtune.no_effect import no_effect
+
         try:
             cfg = TrainConfig.from_dict({**fixed, **params})
         except KdtuneError as exc:
             shown = ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
             raise self.err(key, f"{exc} (in the trial {{{shown}}})") from None
+        for name in fixed:  # a fixed value has an effect when it has one in some trial
+            reason = no_effect(cfg, name) if name not in self.effective else None
+            if reason is None:
+                self.effective.add(name)
+            else:
+                self.no_effect.setdefault(name, reason)
         if key != "parameters":  # a variant: blame the value that was varied
             self.check_model_options(cfg, lambda k: key)
         else:
@@ -871,6 +892,14 @@ class _Loader:
         blamed = "parameters.feature_method.choices" if "feature_method" in params \
             else "fixed.feature_method"
         self.check_feature_pair(cfg, blamed if key == "parameters" else key, params)
+
+    def check_fixed_effects(self, fixed: Mapping[str, Any]) -> None:
+        """A value under ``fixed`` that changes nothing in any trial of the sweep is refused
+        (its field's default is not the user's input)."""
+        for name, value in fixed.items():
+            if name not in self.effective and value != _default(name):
+                raise self.err(f"fixed.{name}", f"has no effect here: {self.no_effect[name]}; "
+                                                "drop it")
 
     def check_model_values(self, cfg: TrainConfig, key: str,
                            params: Mapping[str, Any] | None = None) -> None:
@@ -918,11 +947,22 @@ class _Loader:
             teacher = self.feature_shapes(name, kwargs, num_classes, in_shape, spec.inputs)
             with torch.device("meta"):
                 spec.make_term(student, teacher, cfg.method_params, 2)
-        except KdtuneError as exc:
-            shown = ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
-            raise self.err(key, f"{exc} (in the trial {{{shown}}})") from None
-        except Exception:  # a model the meta device cannot run: its trials will tell
-            pass
+        except Exception as exc:
+            if not meta_unsupported(exc):
+                shown = ", ".join(f"{k}={_plain(v)}" for k, v in params.items())
+                reason = str(exc) if isinstance(exc, KdtuneError) else \
+                    f"building feature method {cfg.feature_method!r} for student " \
+                    f"{cfg.model!r} and teacher {name!r} failed: {type(exc).__name__}: " \
+                    f"{' '.join(str(exc).split())[:300]}"
+                raise self.err(key, f"{reason} (in the trial {{{shown}}})") from None
+            # a model the meta device cannot run: its trials will tell (said once per kind)
+            skipped = (cfg.feature_method, cfg.model, name, type(exc).__name__)
+            if skipped not in self.skipped:
+                self.skipped.add(skipped)
+                logger.warning("%s: the load-time check of feature method %r for student %r and "
+                               "teacher %r was skipped: the meta device cannot run them (%s)",
+                               self.shown, cfg.feature_method, cfg.model, name,
+                               type(exc).__name__)
         self.pairs_checked.add(pair)
 
     def feature_shapes(self, model: str, kwargs: Mapping[str, Any], num_classes: int,
@@ -944,6 +984,14 @@ class _Loader:
 
 
 # -- small helpers -----------------------------------------------------------------------------
+def meta_unsupported(exc: BaseException) -> bool:
+    """Whether ``exc`` says that PyTorch's meta device cannot run an operation: one with no
+    meta kernel (``NotImplementedError``), or one that reads a tensor's values, which a meta
+    tensor does not have (``RuntimeError`` "... on meta tensors")."""
+    return isinstance(exc, NotImplementedError) or (
+        isinstance(exc, RuntimeError) and "meta tensor" in str(exc))
+
+
 def _teacher_dict(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     data = {k: fixed[k] for k in (*DATA_KEYS, *TEACHER_DEFAULT_KEYS) if k in fixed}
     data.update(config)

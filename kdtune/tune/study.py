@@ -48,6 +48,10 @@ ATTR_REASKED = "reasked_after_resume"
 ATTR_REPEAT_OF = "repeat_of"
 #: Prefix of the user attributes holding a trial's early-stopping decisions, one per rung.
 ATTR_RUNG = "rung_"
+#: Study attributes: the sweep's search settings (``searcher.search_attrs``).
+ATTR_SPACE, ATTR_SPACE_SHA = "space_file", "space_sha256"
+ATTR_NUM_SAMPLES, ATTR_MAX_CONCURRENT = "num_samples", "max_concurrent"
+ATTR_SAMPLER, ATTR_SEED = "sampler", "seed"
 
 
 def study_of_sweep(name: str, tags: Mapping[str, str], study_storage: str | None = None
@@ -290,6 +294,16 @@ class DriverLock:
             thread.start()
             return
         raise SweepBusy(f"sweep {self.study.name!r}: could not take its driver lock")
+
+    def held(self) -> bool:
+        """Whether a live driver holds the lock now (nothing is taken or cleared)."""
+        storage = self.study.storage
+        try:
+            holder = storage.get_study_user_attrs(storage.get_study_id_from_name(self.name)
+                                                  ).get("driver")
+        except KeyError:
+            return False
+        return holder is None or _alive(holder)  # (None: being taken at this moment)
 
     def _clear_abandoned(self, storage: BaseStorage) -> None:
         """Delete the lock if its driver is gone; raise :class:`SweepBusy` if it runs."""

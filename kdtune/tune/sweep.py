@@ -49,8 +49,12 @@ from kdtune.tune.space import (
     teacher_config,
 )
 from kdtune.tune.study import (
+    ATTR_NUM_SAMPLES,
     ATTR_RAY_ID,
     ATTR_REASKED,
+    ATTR_SEED,
+    ATTR_SPACE,
+    ATTR_SPACE_SHA,
     DriverLock,
     SweepBusy,
     SweepStudy,
@@ -71,9 +75,11 @@ from kdtune.versions import git_sha, package_versions
 from kdtune.vocabulary import (
     PARAM_OBJECTIVE_METRICS,
     PARAM_OBJECTIVE_MODES,
+    PARAM_SAMPLER_SEED,
     PARAM_SEARCHED,
     PARAM_TEACHER,
     RUNG_METRICS,
+    TAG_ERROR,
     TAG_GIT_SHA,
     TAG_NUM_SAMPLES,
     TAG_RAY_ADDRESS,
@@ -184,13 +190,18 @@ def prepare_context(space: SearchSpace, store: Store, console: Console,
     if space.teacher is not None:
         teacher_path = space.teacher.path
         if teacher_path is None:
-            console.print("training the teacher once on the driver ...")
-            from kdtune.teacher_store import obtain_teacher
+            from kdtune.teacher_store import find_teacher, obtain_teacher
 
-            path, _, reused = obtain_teacher(teacher_config(space), out=store.teachers,
-                                             callbacks=[epoch_printer()])
+            config = teacher_config(space)
+            found = find_teacher(config, store.teachers) if store.teachers.is_dir() else None
+            if found is not None:
+                console.print(f"teacher: {found} (trained earlier with the same config)")
+            else:
+                console.print("training the teacher once on the driver ...")
+            path, _, _ = obtain_teacher(config, out=store.teachers, callbacks=[epoch_printer()])
             teacher_path = str(path)
-            console.print(f"teacher: {path}" + (" (reused: same config)" if reused else ""))
+            if found is None:
+                console.print(f"teacher: {path}")
         if teacher is None:
             teacher = load_teacher(teacher_path)
         check_compatible(teacher, data_spec(data, data_config.split_seed,
@@ -375,6 +386,8 @@ class SweepOutcome:
     finished: bool
     tracking_uri: str
     experiment_dir: Path | str
+    #: Why the sweep failed as a whole (every trial failed): one line; None otherwise.
+    failure: str | None = None
 
 
 @dataclass
@@ -408,7 +421,7 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     parent MLflow run created) once Ray runs, the cluster can run its trials and the data and
     the teacher are ready: from then on ``kdtune resume`` continues it, whenever the driver
     stops; an error before (bad input of any kind) leaves nothing registered."""
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)  # a line stays one line
     space = load_space(space_file)
     num_samples = _num_samples(space, num_samples)
     teacher = None
@@ -426,58 +439,120 @@ def run_sweep(space_file: str, *, name: str | None = None, address: str | None =
     from concurrent.futures import ThreadPoolExecutor
 
     with Interrupts() as interrupts:
-        # Opening the stores (importing MLflow and Optuna; for a new SQLite store, creating it)
-        # runs in a thread beside Ray's start-up; the main thread uses them once they are open.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            opening = pool.submit(lambda: (tracker.ensure_experiment(),
-                                           SweepStudy(store.study_url, "").exists()))
-            if space.search.warm_start is not None or not new_store:
+        with _removed_if_refused(store, tracker):
+            # Opening the stores (importing MLflow and Optuna; for a new SQLite store, creating
+            # it) runs in a thread beside Ray's start-up; the main thread uses them once open.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                opening = pool.submit(lambda: (tracker.ensure_experiment(),
+                                               SweepStudy(store.study_url, "").exists()))
+                if space.search.warm_start is not None or not new_store:
+                    opening.result()
+                    if name is not None:
+                        _check_name_free(tracker, SweepStudy(store.study_url, name), name,
+                                         store)
+                warm = warm_start_configs(space, tracker, console)
+                start_ray(address, console)
+                check_resources(space, console)
+                context = prepare_context(space, store, console, num_samples, teacher)
                 opening.result()
-                if name is not None:
-                    _check_name_free(tracker, SweepStudy(store.study_url, name), name, store)
-            warm = warm_start_configs(space, tracker, console)
-            start_ray(address, console)
-            check_resources(space, console)
-            context = prepare_context(space, store, console, num_samples, teacher)
-            opening.result()
-        name, study, parent, lock = _register(space, store, tracker, name, num_samples, warm,
-                                              address, context)
+            name, study, parent, lock, running = _register(space, store, tracker, name,
+                                                           num_samples, warm, address, context)
         interrupts.hint = f"continue with `kdtune resume {name}`"
         try:
             console.print(f"sweep {name!r}: {num_samples} trials; {store.describe()}")
+            if running:
+                console.print(f"sampler seed {study.attrs[ATTR_SEED]} (search.seed "
+                              f"{space.search.seed} + {running}: {running} other sweep(s) of "
+                              "this file run now)")
             experiment_dir = store.experiment_dir(name)
             tracker.log_artifact(parent, space.source)
             context.latency_board = start_board()
             sweep = _Sweep(name, space, store, tracker, study, parent, context, experiment_dir,
                            console)
-            return _run_segments(sweep, _new_tuner(sweep, "", num_samples), interrupts)
+            return _run_segments(sweep, _new_tuner(sweep, "", num_samples), interrupts,
+                                 "search")
         finally:
             lock.release()
 
 
+@contextlib.contextmanager
+def _removed_if_refused(store: Store, tracker: Tracker) -> Iterator[None]:
+    """A start refused before its sweep is registered leaves nothing: the local store files
+    and folders it created (the SQLite databases with their lock files, the store folder, the
+    Ray storage folder) are removed again -- unless another driver registered a sweep in
+    them meanwhile."""
+    local = [p for p in (sqlite_path(store.tracking_uri), sqlite_path(store.study_url))
+             if p is not None]
+    candidates = [*local, *(p.with_name(f".{p.name}.lock") for p in local),
+                  *(p.parent for p in local)]
+    if isinstance(store.storage, Path):
+        candidates.append(store.storage)
+    new = [p for p in dict.fromkeys(candidates) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        if new and not _holds_a_sweep(store, tracker):
+            import shutil
+
+            for path in new:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
+
+
+def _holds_a_sweep(store: Store, tracker: Tracker) -> bool:
+    """Whether the MLflow store or the study storage holds any sweep now."""
+    try:
+        return bool(tracker.sweep_names()) or bool(
+            SweepStudy(store.study_url, "").storage.get_all_studies())
+    except Exception:  # a store that cannot be read: leave it as it is
+        return True
+
+
 def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | None,
               num_samples: int, warm: list[dict[str, Any]], address: str | None,
-              context: SweepContext) -> tuple[str, SweepStudy, str, DriverLock]:
+              context: SweepContext) -> tuple[str, SweepStudy, str, DriverLock, int]:
     """Claim the sweep's name and create its study and parent run; return them with the
-    driver lock held. Without ``name``: the space's name or the next free ``name-2``, ...
-    (two drivers started at once get two names); a name is free when no sweep has it, no Ray
-    experiment folder has it and no live driver holds its lock. A study of that name left
-    without a parent run (its driver was killed while registering it) is replaced."""
+    driver lock held, and how many other drivers of this file run at once (see below).
+
+    Without ``name``: the space's name or the next free ``name-2``, ... (two drivers started
+    at once get two names); a name is free when no sweep has it, no Ray experiment folder has
+    it and no live driver holds its lock. A study of that name left without a parent run (its
+    driver was killed while registering it) is replaced.
+
+    The sampler's seed is ``search.seed``, plus ``k`` when the ``k`` names before this one are
+    being run by live drivers at this moment (the same file searched twice at once must not
+    train the same configurations twice); a sweep of the file run again later keeps the seed.
+    A grid is refused then: a second grid sweep at once would train the same grid."""
     from kdtune.tune.searcher import search_attrs
 
     base = name or space.name
     known = set(tracker.sweep_names())
+    running = 0  # names before this one whose driver runs now
+    def another_runs(candidate: str) -> None:
+        nonlocal running
+        if space.search.sampler == "grid":
+            raise KdtuneError(f"a grid sweep of {space.source} runs now as {candidate!r}; a "
+                              "second one at the same time would train the same grid: wait "
+                              "for it to end")
+        running += 1
+
     for candidate in [name] if name else [base, *(f"{base}-{k}" for k in range(2, 10_000))]:
-        if name is None and (candidate in known or
-                             location_exists(store.experiment_dir(candidate))):
-            continue
         study = SweepStudy(store.study_url, candidate)
         lock = DriverLock(study)
+        if name is None and (candidate in known or
+                             location_exists(store.experiment_dir(candidate))):
+            if lock.held():
+                another_runs(candidate)
+            continue
         try:
             lock.acquire()
         except SweepBusy:
             if name is not None:
                 raise
+            another_runs(candidate)
             continue
         try:
             if tracker.find_sweep(candidate) is not None:  # registered by a driver now gone
@@ -489,8 +564,9 @@ def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | No
                 raise _folder_taken(name, store)  # made meanwhile by a driver of other stores
             if study.exists():
                 study.delete()
-            study.create(space.modes, {**search_attrs(space, num_samples),
-                                       ATTR_SEGMENTS: [""]})
+            attrs = search_attrs(space, num_samples)
+            attrs[ATTR_SEED] += running
+            study.create(space.modes, {**attrs, ATTR_SEGMENTS: [""]})
             for config in warm:
                 study.study.enqueue_trial(optuna_params(config))
             parent = tracker.start_sweep(candidate, tags={
@@ -505,12 +581,13 @@ def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | No
                 params={PARAM_OBJECTIVE_METRICS: ",".join(space.metrics),
                         PARAM_OBJECTIVE_MODES: ",".join(space.modes),
                         "sampler": space.search.sampler, "scheduler": space.scheduler.type,
+                        PARAM_SAMPLER_SEED: attrs[ATTR_SEED],
                         PARAM_SEARCHED: ",".join(p.name for p in space.parameters),
                         PARAM_TEACHER: context.settings.teacher_path})
         except BaseException:
             lock.release()
             raise
-        return candidate, study, parent, lock
+        return candidate, study, parent, lock, running
     raise KdtuneError(f"no free sweep name after {base!r}; choose one with --name")
 
 
@@ -554,7 +631,7 @@ def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | Non
     """Finish an interrupted sweep (finished trials stay, unfinished ones continue), or with
     ``num_samples`` (the new total) add trials to a sweep, finished or not. One driver at a
     time: a sweep another live driver runs is refused (:class:`DriverLock`)."""
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)  # a line stays one line
     store = Store.resolve(mlflow_uri, storage, study_storage)
     from kdtune.tracking import require_store
 
@@ -587,7 +664,7 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
         base_dir = Path(base_dir)
     run = tracker.client.get_run(run.info.run_id)  # as it is now that this driver holds it
     trials = study.sweep_trials()
-    total = int(study.attrs["num_samples"])
+    total = int(study.attrs[ATTR_NUM_SAMPLES])
     if num_samples is not None:
         if num_samples < len(trials):
             raise KdtuneError(f"--num-samples {num_samples} is fewer than the {len(trials)} "
@@ -598,10 +675,10 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
         console.print(f"sweep {name!r} already finished; nothing to resume (see `kdtune best "
                       f"{name}`; `kdtune resume {name} --num-samples N` adds trials)")
         return outcome
-    space = load_space(study.attrs["space_file"])
-    if space.sha256 != study.attrs["space_sha256"]:
+    space = load_space(study.attrs[ATTR_SPACE])
+    if space.sha256 != study.attrs[ATTR_SPACE_SHA]:
         raise KdtuneError(f"{space.source} changed since sweep {name!r} started (sha256 "
-                          f"{study.attrs['space_sha256'][:12]} -> {space.sha256[:12]}); "
+                          f"{study.attrs[ATTR_SPACE_SHA][:12]} -> {space.sha256[:12]}); "
                           "restore it")
     from ray import tune
 
@@ -611,10 +688,11 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
     if not restorable and trials and not location_exists(base_dir) and storage:
         raise KdtuneError(f"no Ray experiment state for {name!r} at {base_dir}; pass "
                           "--storage with the folder the sweep was started with")
-    if total != int(study.attrs["num_samples"]):
-        study.set_attr("num_samples", total)
+    kind = "extend" if total > int(study.attrs[ATTR_NUM_SAMPLES]) else "resume"
+    if total != int(study.attrs[ATTR_NUM_SAMPLES]):
+        study.set_attr(ATTR_NUM_SAMPLES, total)
         tracker.client.set_tag(run.info.run_id, TAG_NUM_SAMPLES, str(total))
-        if run.info.status == "FINISHED":
+        if run.info.status in ("FINISHED", "FAILED"):
             tracker.client.update_run(run.info.run_id, status="RUNNING")
     console.print(f"resuming sweep {name!r}: {len(trials)} of {total} trials so far; "
                   f"{store.describe()}")
@@ -640,9 +718,9 @@ def _resume(name: str, store: Store, tracker: Tracker, run: Any, study: SweepStu
         if reasked:
             console.print(f"{reasked} trial(s) started just before the crash, unknown to Ray's "
                           "last snapshot, are asked again")
-        return _run_segments(sweep, tuner, interrupts)
+        return _run_segments(sweep, tuner, interrupts, kind)
     reask_lost_trials(study, set())
-    return _run_segments(sweep, _next_tuner(sweep, total), interrupts)
+    return _run_segments(sweep, _next_tuner(sweep, total), interrupts, kind)
 
 
 def _new_tuner(sweep: _Sweep, segment: str, num_samples: int) -> Any:
@@ -650,7 +728,7 @@ def _new_tuner(sweep: _Sweep, segment: str, num_samples: int) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from kdtune.tune.callbacks import MlflowTrials, Progress
+    from kdtune.tune.callbacks import MlflowTrials, Progress, TrialLabels
     from kdtune.tune.searcher import StudySearcher
 
     space, where = sweep.space, sweep.segment_dir(segment)
@@ -666,8 +744,9 @@ def _new_tuner(sweep: _Sweep, segment: str, num_samples: int) -> Any:
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=0,
             callbacks=[MlflowTrials(sweep.tracker, sweep.parent, sweep.name,
-                                    sweep.context.settings),
-                       Progress(space.metrics[0], space.modes[0]),
+                                    sweep.context.settings, sweep.study),
+                       Progress(space.metrics[0], space.modes[0],
+                                TrialLabels(sweep.name, sweep.study)),
                        JsonLoggerCallback(), CSVLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # a dead worker or node: continue from the last checkpoint (the trainable ends a
@@ -689,19 +768,21 @@ def _next_tuner(sweep: _Sweep, total: int) -> Any | None:
     return _new_tuner(sweep, segment, missing)
 
 
-def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOutcome:
-    """Fit ``tuner``, then new segments while the study lacks trials; finish the record."""
-    total = int(sweep.study.attrs["num_samples"])
+def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts, kind: str
+                  ) -> SweepOutcome:
+    """Fit ``tuner``, then new segments while the study lacks trials; finish the record. The
+    driver's run (``kind``: search, resume or extend) is recorded on the parent run."""
+    total = int(sweep.study.attrs[ATTR_NUM_SAMPLES])
     results = None
     log = sweep.store.logs / f"{sweep.name}.log"
+    driver_run = sweep.tracker.start_driver_run(sweep.parent, kind)
     try:
         with ray_tune_logs(log):
             while tuner is not None:
                 before = len(sweep.study.sweep_trials())
                 with interrupts.fitting():
                     results = tuner.fit()
-                if interrupts.count:
-                    interrupts.hint = ""  # this line says how to go on: a second Ctrl-C is quiet
+                if interrupts.count:  # (the hint stays until the command has said this)
                     raise Interrupted(f"sweep {sweep.name!r} stopped (Ctrl-C): every trial "
                                       "keeps its last epoch's checkpoint; continue with "
                                       f"`kdtune resume {sweep.name}`")
@@ -711,6 +792,8 @@ def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOut
                 tuner = _next_tuner(sweep, total) if len(trials) > before else None
     finally:
         end_board(sweep.context.latency_board)
+        with contextlib.suppress(Exception):  # (the record's end: best effort on the way out)
+            sweep.tracker.end_driver_run(sweep.parent, driver_run)
     trials = sweep.study.sweep_trials()
     finished = all(t.state.is_finished() for t in trials.values()) and (
         len(trials) >= total or sweep.space.search.sampler == "grid")
@@ -723,7 +806,16 @@ def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOut
     if removed:
         sweep.console.print(f"removed {removed} MLflow child run(s) of trials that are not the "
                             "sweep's (started just before a crash)")
-    if finished:
+    outcome = SweepOutcome(sweep.name, sweep.parent, finished, sweep.store.tracking_uri,
+                           sweep.base_dir)
+    from optuna.trial import TrialState
+
+    if finished and trials and all(t.state == TrialState.FAIL for t in trials.values()):
+        outcome.failure = (f"all {len(trials)} trials of sweep {sweep.name!r} failed: "
+                           f"{tracked(_first_failure, sweep.tracker, sweep.name)}")
+        tracked(sweep.tracker.end_sweep, sweep.parent, "FAILED")
+        outcome.finished = False
+    elif finished:
         try:
             tracked(_log_best_student, sweep, results)
         except Exception as exc:  # the weights are an extra: the sweep's record still ends
@@ -734,8 +826,17 @@ def _run_segments(sweep: _Sweep, tuner: Any, interrupts: Interrupts) -> SweepOut
     else:
         sweep.console.print(f"sweep {sweep.name!r} stopped before the end; continue with "
                             f"`kdtune resume {sweep.name}` (Ray's log: {redact(str(log))})")
-    return SweepOutcome(sweep.name, sweep.parent, finished, sweep.store.tracking_uri,
-                        sweep.base_dir)
+    return outcome
+
+
+def _first_failure(tracker: Tracker, name: str) -> str:
+    """The one-line reason of the sweep's first failed trial (its MLflow run's error tag)."""
+    runs = tracker.trial_runs(name)
+    column = f"tags.{TAG_ERROR}"
+    failed = runs[runs["status"] == "FAILED"] if not runs.empty else runs
+    if failed.empty or column not in failed.columns or failed[column].isna().all():
+        return "no trial recorded why"
+    return str(failed[column].dropna().iloc[0]).strip().splitlines()[0]
 
 
 class Interrupts:

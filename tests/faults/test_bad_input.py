@@ -115,9 +115,24 @@ def test_a_trial_that_can_never_be_placed_is_one_line_before_any_trial(
     from kdtune.tracking import Tracker
     from kdtune.tune.study import SweepStudy
 
+    assert not store.exists()  # the refused start removed the store it had begun
     assert Tracker(uri).sweep_names() == []  # nothing registered, no trial started
     assert not SweepStudy(f"sqlite:///{store / 'optuna.db'}", "faults").exists()
     assert not (store / "ray" / "faults").exists()
+
+
+def test_a_refused_start_leaves_an_existing_store_as_it_was(
+        faults_ray: None, store_template: Path, teacher_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Only what the refused start itself created goes: a store that was there stays."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "notes.txt").write_text("mine")
+    space = write_space(tmp_path, teacher_path, resources={"cpus": 64, "gpus": 0})
+    assert main(["search", str(space), "--mlflow-uri", f"sqlite:///{store / 'mlflow.db'}",
+                 "--storage", str(store / "ray")]) == 2
+    one_line(capsys, "search")
+    assert sorted(p.name for p in store.iterdir()) == ["notes.txt"]
 
 
 class Payload:

@@ -82,6 +82,11 @@ def test_concurrent_drivers_and_ctrl_c(store_template: Path, teacher_path: Path,
     from kdtune.tracking import Tracker
 
     assert Tracker(uri).sweep_run("twice-2").info.status == "RUNNING"
+    # the second ran while the first did: another sampler seed, said and recorded
+    tracker = Tracker(uri)
+    assert {n: tracker.sweep_run(n).data.params["sampler_seed"] for n in ("twice", "twice-2")
+            } == {"twice": "1", "twice-2": "2"}
+    assert "sampler seed 2 (search.seed 1 + 1" in second.output
 
     # -- two resumes at once: one runs it, the other refuses in one line --------------------
     resumes = [driver(["resume", "twice-2"], f"resume-{k}") for k in range(2)]

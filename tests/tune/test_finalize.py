@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from kdtune.cli import main
-from kdtune.finalize import finalist_jobs, fresh_seeds, summarise, t_interval
+from kdtune.finalize import (
+    finalist_jobs,
+    fresh_seeds,
+    job_key,
+    summarise,
+    t_interval,
+    trial_id_of,
+)
+from kdtune.sweep_results import final_mask
 
 from .conftest import BASE_SPACE, SweepRecord, new_store, sqlite_uri, write_space
 
@@ -57,7 +65,10 @@ def test_finalists_train_on_fresh_seeds_beside_their_baselines(
     roles = runs["tags.kdtune.role"]
     kd, alone = runs[roles == "kd"], runs[roles == "student_alone"]
     assert (roles == "teacher").sum() == 1
-    assert len(kd) == TOP * SEEDS and set(kd["tags.kdtune.finalist"]) == set(best["trial_id"])
+    chosen = [trial_id_of(r) for _, r in best.iterrows()]
+    assert all(c.startswith("fin#") for c in chosen)  # readable ids: NAME#<Optuna number>
+    assert len(kd) == TOP * SEEDS and set(kd["tags.kdtune.finalist"]) == set(chosen)
+    assert set(kd["tags.kdtune.id"]) == {f"{c}/seed{s}" for c in chosen for s in (1, 2)}
     assert {json.loads(s) for s in runs.loc[roles != "teacher", "params.seed"]} == \
         set(fresh_seeds([0], SEEDS)) == {1, 2}  # seeds the sweep did not use
     assert set(alone["params.method"]) == {"none"} and len(alone) % SEEDS == 0
@@ -81,7 +92,7 @@ def test_finalists_train_on_fresh_seeds_beside_their_baselines(
 
     # the table: the logged numbers, with t-intervals over the seeds
     rows = {r["finalist"]: r for r in out["finalists"]}
-    assert set(rows) == set(best["trial_id"])
+    assert [r["finalist"] for r in out["finalists"]] == chosen  # best first
     teacher = out["teacher_test_accuracy"]
     assert teacher == runs.loc[roles == "teacher", "metrics.test_accuracy"].iloc[0]
     for finalist, row in rows.items():
@@ -110,6 +121,22 @@ def test_finalists_train_on_fresh_seeds_beside_their_baselines(
     assert {"finalize/finalists.json", "finalize/finalists.csv"} <= names
 
 
+def test_finalize_again_trains_nothing_and_shows_the_same_table(
+        finalized: tuple[SweepRecord, Any, list[str]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    record, _, flags = finalized
+    before = record.tracker().final_runs("fin")
+    capsys.readouterr()
+    argv = ["finalize", "fin", "--top", str(TOP), "--seeds", str(SEEDS), *flags]
+    assert main([*argv, "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    needed = len(before) - 1  # every run but the teacher's
+    assert f"{needed} runs, {needed} finished already (reused), 0 to train" in out
+    assert set(record.tracker().final_runs("fin")["run_id"]) == set(before["run_id"])
+    rows = json.loads(out.strip().splitlines()[-1])["finalists"]
+    assert len(rows) == TOP and all(r["seeds"] == SEEDS for r in rows)
+
+
 def test_the_sweep_is_untouched_and_never_read_the_test_set(
         finalized: tuple[SweepRecord, Any, list[str]],
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,14 +159,79 @@ def test_the_sweep_is_untouched_and_never_read_the_test_set(
     assert len(tracker.trial_runs("fin")) == 5
 
 
-def test_finalize_again_reports_without_training(
+def test_a_larger_request_trains_exactly_the_missing_runs(
+        finalized: tuple[SweepRecord, Any, list[str]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """After the sweep grew to 5 trials: the top 3 of all 5, 3 seeds each. Finished runs of
+    earlier requests are reused, each missing run trains once, the table shows 3 x 3."""
+    record, _, flags = finalized
+    tracker = record.tracker()
+    before = tracker.final_runs("fin")
+    top = tracker.best_configs("fin", metrics=["val_accuracy"], modes=["max"], top=3)
+    jobs = finalist_jobs(top, fresh_seeds([0], 3))
+    capsys.readouterr()
+    assert main(["finalize", "fin", "--top", "3", "--seeds", "3", *flags,
+                 "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    runs = tracker.final_runs("fin")
+    work = runs[runs["tags.kdtune.role"] != "teacher"]
+    keys = [_key(r) for _, r in work.iterrows()]
+    assert len(keys) == len(set(keys))  # no run trained twice
+    wanted = {job_key(j["role"], j["finalist"], _config(j["params"]), j["seed"]) for j in jobs}
+    assert wanted <= set(keys) and (work["status"] == "FINISHED").all()
+    new = runs[~runs["run_id"].isin(before["run_id"])]
+    reused = len(wanted & {_key(r) for _, r in before.iterrows()
+                           if r["tags.kdtune.role"] != "teacher"})
+    assert len(new) == len(wanted) - reused > 0
+    assert f"{len(wanted)} runs, {reused} finished already (reused), {len(new)} to train" in out
+    rows = json.loads(out.strip().splitlines()[-1])["finalists"]
+    assert [r["finalist"] for r in rows] == [trial_id_of(r) for _, r in top.iterrows()]
+    assert all(r["seeds"] == 3 for r in rows)
+
+
+def test_a_smaller_top_leaves_the_others_out_of_the_table(
         finalized: tuple[SweepRecord, Any, list[str]],
         capsys: pytest.CaptureFixture[str]) -> None:
     record, _, flags = finalized
-    before = set(record.tracker().final_runs("fin")["run_id"])
-    assert main(["finalize", "fin", "--top", str(TOP), "--seeds", str(SEEDS), *flags]) == 0
-    assert "finalists of sweep 'fin'" in capsys.readouterr().out
-    assert set(record.tracker().final_runs("fin")["run_id"]) == before
+    tracker = record.tracker()
+    before = tracker.final_runs("fin")
+    first = trial_id_of(tracker.best_configs("fin", metrics=["val_accuracy"], modes=["max"],
+                                             top=1).iloc[0])
+    capsys.readouterr()
+    assert main(["finalize", "fin", "--top", "1", "--seeds", "2", *flags,
+                 "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    runs = tracker.final_runs("fin")
+    assert set(runs["run_id"]) == set(before["run_id"])  # nothing trained, nothing removed
+    rows = json.loads(out.strip().splitlines()[-1])["finalists"]
+    assert [(r["finalist"], r["seeds"]) for r in rows] == [(first, 2)]  # what was asked
+    kd = runs[runs["tags.kdtune.role"] == "kd"]
+    out_of_top = kd["tags.kdtune.out_of_top"] == "true"
+    assert set(kd.loc[out_of_top, "tags.kdtune.finalist"]) == \
+        set(kd["tags.kdtune.finalist"]) - {first}
+    assert "keep their runs" in out
+    # the report and export see the finalists of this table only
+    assert set(runs.loc[final_mask(runs, "kd"), "tags.kdtune.finalist"]) == {first}
+    # the parent run records each driver run that trained (a finalize that reused every run
+    # trained nothing and is not one)
+    parent = tracker.sweep_run("fin").data.tags["kdtune.driver_runs"]
+    assert [r["kind"] for r in json.loads(parent)] == ["search", "finalize", "extend",
+                                                       "finalize"]
+
+
+def _config(params: dict[str, Any]) -> Any:
+    from kdtune.config import TrainConfig
+
+    return TrainConfig.from_dict(params)
+
+
+def _key(row: Any) -> tuple[str, str, int]:
+    from kdtune.config import TrainConfig
+    from kdtune.tracking import config_from_run
+
+    config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
+    return job_key(row["tags.kdtune.role"], row["tags.kdtune.finalist"], config,
+                   json.loads(row["params.seed"]))
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -178,7 +270,7 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
         ).to_dict().items()}}
         for t, (m, h, lr) in finalists.items()])
     seeds = [1, 2, 3]
-    jobs = finalist_jobs(trials, ["method", "hidden", "lr", "alpha", "temperature"], seeds)
+    jobs = finalist_jobs(trials, seeds)
     alone_jobs = [j for j in jobs if j["role"] == "student_alone"]
     assert {j["finalist"] for j in alone_jobs} == {"A", "C", "D"}  # B and E share A's
     assert len(alone_jobs) == 3 * len(seeds)
@@ -229,7 +321,7 @@ def test_the_baseline_of_a_feature_distiller_is_the_student_alone() -> None:
                                     "feature_weight": 10.0, "seed": 0})
     trials = pd.DataFrame([{"trial_id": "A", **{f"params.{k}": encode_param(v)
                                                 for k, v in config.to_dict().items()}}])
-    jobs = finalist_jobs(trials, ["feature_method"], [1, 2])
+    jobs = finalist_jobs(trials, [1, 2])
     (alone,) = {repr(j["params"]): j["params"] for j in jobs
                 if j["role"] == "student_alone"}.values()
     assert alone["method"] == "none" and alone["feature_method"] == "none"

@@ -540,3 +540,39 @@ def test_a_neighbour_moves_the_asked_number_of_parameters(dist) -> None:
         assert two["x"] != params["x"] and two["z"] != params["z"] and two["y"] == "keep"
         assert in_distribution(dist, two["x"])
         assert neighbour(params, dists, rng, moved=5).keys() == params.keys()
+
+
+def test_the_last_retry_is_checked_like_every_other(tmp_path: Path, empty_db: Path, caplog,
+                                                    monkeypatch) -> None:
+    """When the last proposal allowed is new, it trains as new: no warning, no ``repeat_of``;
+    when it repeats a trained one, the warning and ``repeat_of`` name it."""
+    searcher = new_searcher(tmp_path, empty_db, num_samples=9, parameters=TINY_CATEGORICAL,
+                            search={"num_samples": 9, "max_concurrent": 1, "sampler": "random",
+                                    "seed": 0})
+    seen: dict[str, str] = {}
+    for i in range(6):
+        config = run(searcher, f"t{i}", [])
+        seen[config_key(config)] = f"t{i}"
+        searcher.on_trial_complete(f"t{i}", result=result(PLANNED, 0.5))
+    session = searcher.session
+    unseen = [c for c in expand_grid(session.space) if config_key(c) not in seen]
+    assert len(unseen) == 2
+    monkeypatch.setattr(searcher_module, "MAX_NEIGHBOURS", 0)
+    monkeypatch.setattr(searcher_module, "MAX_RANDOM", 1)
+    a_seen = next(iter(seen))
+    # the study hands out what is enqueued first: a trained configuration, then a new one
+    for config in (json.loads(a_seen), unseen[0]):
+        session.study.enqueue_trial(session.encode(config))
+    with caplog.at_level(logging.WARNING, logger="kdtune.tune.searcher"):
+        new = searcher.suggest("t6")
+    assert config_key(new) == config_key(unseen[0])
+    assert "trained already" not in caplog.text
+    assert ATTR_REPEAT_OF not in stored_by_ray_id(searcher)["t6"].user_attrs
+    searcher.on_trial_complete("t6", result=result(PLANNED, 0.5))
+    # every try a repeat: the last one trains again, said and recorded
+    for config in (json.loads(a_seen), json.loads(a_seen)):
+        session.study.enqueue_trial(session.encode(config))
+    with caplog.at_level(logging.WARNING, logger="kdtune.tune.searcher"):
+        again = searcher.suggest("t7")
+    assert config_key(again) == a_seen and "trained already" in caplog.text
+    assert stored_by_ray_id(searcher)["t7"].user_attrs[ATTR_REPEAT_OF] == seen[a_seen]

@@ -272,12 +272,12 @@ def test_expand_grid_refuses_numeric_parameters() -> None:
 def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "teacher.pt").write_bytes(b"x")
-    data = edit(fixed__data_root="data", teacher={"path": "teacher.pt"})
+    data = edit(fixed__dataset="mnist", fixed__data_root="data", teacher={"path": "teacher.pt"})
     space = load_space(write(tmp_path / "sub", data))
     assert space.fixed["data_root"] == str(tmp_path / "sub" / "data")
     assert space.teacher is not None and space.teacher.path == str(tmp_path / "sub/teacher.pt")
     assert teacher_config(space) is None
-    home = load_space(write(tmp_path, edit(fixed__data_root="~/d")))
+    home = load_space(write(tmp_path, edit(fixed__dataset="mnist", fixed__data_root="~/d")))
     assert home.fixed["data_root"] == str(Path.home() / "d")
 
 
@@ -570,6 +570,43 @@ def test_a_feature_method_the_pair_cannot_serve_is_refused_at_load(tmp_path: Pat
         load_space(write(tmp_path, kinds("at")))
     assert load_space(write(tmp_path, kinds("pkt"))).parameter("feature_method").choices == \
         ("none", "pkt")
+
+
+@pytest.mark.parametrize(("raised", "refused"), [
+    (ValueError("the adapter's shapes do not match"), True),  # a real error: one line
+    (NotImplementedError("no meta kernel"), False),  # the meta device cannot run it: a skip
+    (RuntimeError("Tensor.item() cannot be called on meta tensors"), False),
+])
+def test_a_feature_term_that_cannot_be_built_at_load(raised: Exception, refused: bool,
+                                                     tmp_path: Path, caplog) -> None:
+    """The load-time build of a pair's feature term lets a real error through as a one-line
+    refusal naming the pair; what the meta device cannot run is skipped, logged once."""
+    from kdtune.methods import register_feature_method, unregister_feature_method
+
+    def build(*args: object) -> None:
+        raise raised
+
+    register_feature_method("unbuildable", inputs="embedding", defaults={"feature_weight": 1.0},
+                            build=build)(lambda s, t: s[0].sum())
+    try:
+        space = edit(parameters__feature_method={"type": "categorical",
+                                                 "choices": ["none", "unbuildable"]})
+        if refused:
+            with pytest.raises(KdtuneError) as info:
+                load_space(write(tmp_path, space))
+            message = str(info.value)
+            assert "\n" not in message
+            assert "parameters.feature_method.choices: building feature method 'unbuildable' " \
+                   "for student 'mlp' and teacher 'mlp' failed: ValueError: the adapter's " \
+                   "shapes do not match" in message, message
+        else:
+            with caplog.at_level("WARNING", logger="kdtune.tune.space"):
+                load_space(write(tmp_path, space))
+            skipped = [r for r in caplog.records if "was skipped" in r.getMessage()]
+            assert len(skipped) == 1, caplog.text
+            assert type(raised).__name__ in skipped[0].getMessage()
+    finally:
+        unregister_feature_method("unbuildable")
 
 
 def test_the_teacher_may_learn_from_more_of_the_training_part(tmp_path: Path) -> None:
