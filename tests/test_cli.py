@@ -96,8 +96,8 @@ def test_train_times_latency_by_the_one_policy(teacher_path: Path,
 def test_config_file_with_flag_override_and_out(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "student.yaml"
-    config.write_text("method: none\nhidden: 16-16\nepochs: 3\nalpha: 0.2\nlr: 0.1\n"
-                      "device: cpu\n")
+    config.write_text("method: none\nhidden: 16-16\nepochs: 3\nweight_decay: 0.001\n"
+                      "lr: 0.1\ndevice: cpu\n")
     out_dir = tmp_path / "run"
     assert main(["train", "--config", str(config), "--epochs", "1", "--out", str(out_dir),
                  "--json"]) == 0
@@ -108,7 +108,8 @@ def test_config_file_with_flag_override_and_out(tmp_path: Path,
     assert sorted(p.name for p in out_dir.iterdir()) == ["config.yaml", "metrics.json",
                                                           "student.pt"]
     written = yaml.safe_load((out_dir / "config.yaml").read_text())
-    assert written["epochs"] == 1 and written["alpha"] == 0.2 and written["hidden"] == [16, 16]
+    assert written["epochs"] == 1 and written["weight_decay"] == 0.001
+    assert written["hidden"] == [16, 16]
     assert json.loads((out_dir / "metrics.json").read_text()) == metrics
     student = torch.load(out_dir / "student.pt", weights_only=True)
     assert student["format"] == "kdtune-student/1" and student["config"]["lr"] == 0.1
