@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdtune.sweep_report.sweep_data import (
+    Grid,
     Series,
     SweepData,
+    Value,
     alpha_series,
     alpha_temperature,
+    on_grid,
+    readable_id,
     rungs,
     setting,
 )
@@ -65,6 +69,15 @@ def _methods(frame: Any) -> list[Any]:
     return [setting(r, "method") for _, r in frame.iterrows()]
 
 
+#: Runs named on a figure at most (the rest: counted in its caption).
+MAX_NAMED = 12
+
+
+def _id_list(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:MAX_NAMED])
+    return shown + (f" and {len(ids) - MAX_NAMED} more" if len(ids) > MAX_NAMED else "")
+
+
 # -- accuracy against latency and size, with the Pareto front -------------------------------------
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats (smaller or equal x and larger or equal
@@ -98,6 +111,8 @@ def accuracy_front(data: SweepData) -> Drawn | None:
                teacher.latency_ms_b256),
               ("metrics.params", "parameters", teacher.params))
     ys = [float(v) for v in frame["metrics.val_accuracy"]]
+    ids = [readable_id(r) for _, r in frame.iterrows()]
+    on_front = []
     for ax, (column, xlabel, teacher_x) in zip(axes, panels, strict=True):
         xs = [float(v) for v in frame[column]]
         for method in colours:
@@ -108,6 +123,10 @@ def accuracy_front(data: SweepData) -> Drawn | None:
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="black",
                 linewidth=1.2, marker="s", markersize=9, markerfacecolor="none",
                 label="Pareto front")
+        for i in front[:MAX_NAMED]:
+            ax.annotate(ids[i], (xs[i], ys[i]), xytext=(5, -11), textcoords="offset points",
+                        fontsize=7)
+        on_front.append(_id_list([ids[i] for i in front]))
         if teacher_x is not None and teacher_y is not None:
             ax.scatter([teacher_x], [teacher_y], marker="*", s=260, color="gold",
                        edgecolor="black", zorder=5, label=f"teacher ({teacher_what} acc.)")
@@ -117,7 +136,8 @@ def accuracy_front(data: SweepData) -> Drawn | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
     caption = (f"{len(frame)} finished trials. The front joins the trials no other trial beats "
-               "on both accuracy and cost; the star is the teacher"
+               f"on both accuracy and cost (by latency: {on_front[0]}; by size: {on_front[1]}); "
+               "the star is the teacher"
                + ("" if teacher_what == "validation" else
                   " (its test accuracy: its checkpoint, with its validation accuracy, was not "
                   "found)") + ".")
@@ -156,10 +176,9 @@ def accuracy_vs_alpha(data: SweepData) -> Drawn | None:
         ax.grid(alpha=0.3)
     for ax in axes:
         _legend_or_note(ax, names=[data.name])
-    seeds = _seed_note(series)
     return Drawn("accuracy_vs_alpha", "Accuracy against alpha",
-                 f"Finished trials of the methods that read alpha{seeds}; lines join trials "
-                 "that differ in alpha alone.", _png(fig))
+                 f"Finished trials of the methods that read alpha. {_capital(_plotted(series))}."
+                 " Lines join trials that differ in alpha alone.", _png(fig))
 
 
 def _legend_or_note(ax: Axes, names: Sequence[str]) -> None:
@@ -174,10 +193,39 @@ def _legend_or_note(ax: Axes, names: Sequence[str]) -> None:
             transform=ax.transAxes, wrap=True)
 
 
-def _seed_note(series: Sequence[Series]) -> str:
-    ns = {v.n for s in series for _, vs in s.points for v in vs.values() if v is not None}
-    n = max(ns, default=1)
-    return f", mean ± sd over {n} seeds" if n > 1 else ""
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+#: What a point of a panel of the alpha figures stands for, by metric.
+POINTS = {"val_accuracy": ("validation", "trial"),
+          "test_accuracy": ("test", "configuration `kdtune finalize` retrained")}
+
+
+def values_note(metric: str, values: Sequence[Value]) -> str:
+    """What the points of ``metric``'s panel show: one run's value, or mean ± sd over how
+    many seeds (``values``: the points')."""
+    panel, unit = POINTS.get(metric, (metric, "point"))
+    ns = sorted({v.n for v in values})
+    several = [n for n in ns if n > 1]
+    if not several:
+        return f"{panel}: one value per {unit} (single-seed runs, no spread)"
+    count = str(several[0]) if len(several) == 1 else f"{several[0]}–{several[-1]}"
+    fresh = " fresh" if metric == "test_accuracy" else ""
+    if 1 in ns:
+        return (f"{panel}: mean ± sd over {count}{fresh} seeds where a {unit} has several, "
+                "else its single run's value")
+    return f"{panel}: mean ± sd over {count}{fresh} seeds per {unit}"
+
+
+def _plotted(series: Sequence[Series]) -> str:
+    """The notes of the panels that show points: ``validation: ...; test: ...``."""
+    notes = []
+    for metric in ACCURACY_LABELS:
+        values = [v[metric] for s in series for _, v in s.points if v.get(metric) is not None]
+        if values:
+            notes.append(values_note(metric, values))
+    return "; ".join(notes)
 
 
 def alpha_overlay(sweeps: Sequence[SweepData]) -> Drawn | None:
@@ -209,53 +257,84 @@ def alpha_overlay(sweeps: Sequence[SweepData]) -> Drawn | None:
         ax.grid(alpha=0.3)
     for ax in axes:
         _legend_or_note(ax, names=[d.name for d, _ in per_sweep])
-    names = ", ".join(d.name for d, _ in per_sweep)
-    seeds = _seed_note([s for _, ss in per_sweep for s in ss])
+    plotted = " ".join(f"{d.name}: {_plotted(series)}." for d, series in per_sweep)
     return Drawn("alpha_overlay", "Alpha study: the sweeps' accuracy against alpha",
-                 f"Sweeps {names}{seeds}; dotted: each sweep's teacher (test accuracy).",
-                 _png(fig))
+                 f"{plotted} Dotted: each sweep's teacher (test accuracy).", _png(fig))
 
 
 # -- alpha × temperature -------------------------------------------------------------------------
+def accuracy_limits(values: Sequence[float], least: float = 0.02) -> tuple[float, float]:
+    """The colour scale of accuracies ``values``: their range, within [0, 1], widened to
+    ``least`` when narrower (matplotlib would widen a single value's by 10% either side)."""
+    low, high = max(0.0, min(values)), min(1.0, max(values))
+    if high - low < least:
+        low = max(0.0, min((low + high - least) / 2, 1.0 - least))
+        high = low + least
+    return low, high
+
+
 def alpha_by_temperature(data: SweepData) -> Drawn | None:
-    """Mean validation accuracy over alpha × T per method: a heatmap for a grid, else the
-    trials as points coloured by accuracy."""
+    """Validation accuracy over alpha × T per method: a heatmap of the mean per cell on a
+    grid (continuous axes binned when there are enough trials), else the trials as points
+    coloured by accuracy."""
     grids = alpha_temperature(data)
     if not grids:
         return None
+    fig = draw_alpha_by_temperature(grids)
+    shown = " ".join(_grid_note(g) for g in grids[:4])
+    return Drawn("alpha_by_temperature", "Accuracy over alpha × temperature",
+                 f"Validation accuracy of the finished trials over alpha × T. {shown}",
+                 _png(fig))
+
+
+def _grid_note(grid: Grid) -> str:
+    n = len(grid.scatter)
+    if grid.kind == "grid":
+        return f"{grid.method}: the mean of its {n} trials per (alpha, T) of the grid."
+    if grid.kind == "bins":
+        return (f"{grid.method}: the mean of its {n} trials per cell, "
+                f"{' and '.join(grid.binned)} in equal-width bins (n: trials in the cell).")
+    return (f"{grid.method}: each of its {n} trials as a point (its values are not on a grid, "
+            "too few to bin).")
+
+
+def draw_alpha_by_temperature(grids: Sequence[Grid]) -> Figure:
+    """The figure of :func:`alpha_by_temperature` (the first four methods), one colour
+    scale for all panels (:func:`accuracy_limits`)."""
     from matplotlib import colormaps
 
     fig, axes = _figure(min(len(grids), 4))
     cmap = colormaps["viridis"]
-    values = [v for g in grids for _, _, v in g.scatter]
-    low, high = min(values), max(values)
+    low, high = accuracy_limits([v for g in grids for _, _, v in g.scatter])
     image = None
     for ax, grid in zip(axes, grids, strict=False):
-        is_grid = len(grid.alphas) * len(grid.temperatures) <= 2 * len(grid.scatter) \
-            and len(grid.alphas) <= 12 and len(grid.temperatures) <= 12
-        if is_grid:
-            image = ax.imshow(grid.values, cmap=cmap, vmin=low, vmax=high, origin="lower",
-                              aspect="auto")
-            ax.set_xticks(range(len(grid.alphas)), [f"{a:g}" for a in grid.alphas])
-            ax.set_yticks(range(len(grid.temperatures)), [f"{t:g}" for t in grid.temperatures])
-            for yi, row in enumerate(grid.values):
-                for xi, v in enumerate(row):
-                    if not math.isnan(v):
-                        ax.text(xi, yi, f"{v:.3f}", ha="center", va="center", fontsize=9,
-                                color="white" if v < (low + high) / 2 else "black")
-        else:
+        if grid.kind == "points":
             image = ax.scatter([a for a, _, _ in grid.scatter], [t for _, t, _ in grid.scatter],
                                c=[v for _, _, v in grid.scatter], cmap=cmap, vmin=low,
                                vmax=high, s=60, edgecolor="black")
+            for values, ticks in (([a for a, _, _ in grid.scatter], ax.set_xticks),
+                                  ([t for _, t, _ in grid.scatter], ax.set_yticks)):
+                if on_grid(values):
+                    ticks(sorted(set(values)))
+        else:
+            image = ax.imshow(grid.values, cmap=cmap, vmin=low, vmax=high, origin="lower",
+                              aspect="auto")
+            ax.set_xticks(range(len(grid.alphas)), grid.alphas)
+            ax.set_yticks(range(len(grid.temperatures)), grid.temperatures)
+            counted = grid.kind == "bins" or any(n != 1 for row in grid.counts for n in row
+                                                 if n)
+            for yi, row in enumerate(grid.values):
+                for xi, v in enumerate(row):
+                    if not math.isnan(v):
+                        text = f"{v:.3f}" + (f"\nn={grid.counts[yi][xi]}" if counted else "")
+                        ax.text(xi, yi, text, ha="center", va="center", fontsize=8,
+                                color="white" if v < (low + high) / 2 else "black")
         ax.set_title(grid.method)
-        ax.set_xlabel("alpha")
-        ax.set_ylabel("temperature T")
+        ax.set_xlabel("alpha" + (" (bins)" if "alpha" in grid.binned else ""))
+        ax.set_ylabel("temperature T" + (" (bins)" if "temperature" in grid.binned else ""))
     if image is not None:
         fig.colorbar(image, ax=axes, label="validation accuracy", shrink=0.9)
-    shown = ", ".join(g.method for g in grids[:4])
-    return Drawn("alpha_by_temperature", "Accuracy over alpha × temperature",
-                 f"Mean validation accuracy of the finished trials of {shown} per (alpha, T) "
-                 "(points: the trials, where the sweep did not run a grid).", _png(fig))
+    return fig
 
 
 # -- learning curves -------------------------------------------------------------------------------
@@ -288,10 +367,12 @@ def learning_curves(data: SweepData) -> Drawn | None:
             label = str(method) if str(method) not in labelled else None
             labelled.add(str(method))
             ax.plot(xs, ys, color=colours[method], alpha=0.85, linewidth=1.3, label=label)
+    best_label = None
     if best_id is not None and data.curves.get(best_id):
         curve = data.curves[best_id]
+        best_label = readable_id(finished[finished["run_id"] == best_id].iloc[0])
         ax.plot([s for s, _ in curve], [v for _, v in curve], color="black", linewidth=2.6,
-                label="best trial")
+                label=f"best trial ({best_label})")
     for i, rung in enumerate(rungs(data)):
         ax.axvline(rung, color="black", linestyle=":", linewidth=1,
                    label="ASHA rungs (epochs where trials were stopped)" if i == 0 else None)
@@ -300,9 +381,10 @@ def learning_curves(data: SweepData) -> Drawn | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     killed = int((frame["status"] == "KILLED").sum())
+    best = f"; bold: the best, {best_label}" if best_label else ""
     return Drawn("learning_curves", "Learning curves",
                  f"Validation accuracy after every epoch of {len(frame)} trials (the mean over "
-                 f"a trial's seeds); {killed} stopped early by ASHA.", _png(fig))
+                 f"a trial's seeds); {killed} stopped early by ASHA{best}.", _png(fig))
 
 
 # -- parameter importances -----------------------------------------------------------------------

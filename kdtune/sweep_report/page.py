@@ -16,11 +16,19 @@ from kdtune.sweep_report.sweep_data import (
     BoardRow,
     SweepData,
     Value,
+    WallTime,
     counts_by_status,
     leaderboard,
 )
 from kdtune.versions import RECORDED_PACKAGES, package_versions
-from kdtune.vocabulary import TAG_GIT_SHA, TAG_SPACE, TAG_SPACE_SHA, TAG_VERSION, TAG_VERSIONS
+from kdtune.vocabulary import (
+    TAG_GIT_SHA,
+    TAG_NUM_SAMPLES,
+    TAG_SPACE,
+    TAG_SPACE_SHA,
+    TAG_VERSION,
+    TAG_VERSIONS,
+)
 
 #: Leaderboard columns: (metric, heading).
 BOARD_COLUMNS = (("val_accuracy", "val accuracy"),
@@ -92,7 +100,7 @@ def _sweep_section(data: SweepData, figures: Sequence[Drawn]) -> str:
     parts.append(f"<h3>Leaderboard</h3><p class=\"note\">{escape(what)}; ranked by "
                  f"{escape(data.metrics[0])} ({escape(data.modes[0])}); ± is the standard "
                  "deviation over seeds.</p>")
-    parts.append(_board(rows, data))
+    parts.append(_board(rows, data, "runs" if len(data.finalists) else "trial"))
     parts += [_figure(f) for f in figures]
     if not figures:
         parts.append('<p class="note">No figure applies to what this sweep recorded (they need '
@@ -104,8 +112,7 @@ def _sweep_section(data: SweepData, figures: Sequence[Drawn]) -> str:
 def _facts(data: SweepData) -> str:
     parent = data.parent
     tags, params = parent.data.tags, parent.data.params
-    start, end = parent.info.start_time, parent.info.end_time
-    wall = _duration((end - start) / 1000) if start and end else "still running"
+    start = parent.info.start_time
     recorded = _recorded_versions(tags)
     versions = ", ".join(f"{k} {v}" for k, v in recorded.items())
     if not recorded or set(recorded) == {"kdtune"}:
@@ -125,7 +132,9 @@ def _facts(data: SweepData) -> str:
         ("objective", ", ".join(f"{m} ({d})" for m, d in zip(data.metrics, data.modes,
                                                               strict=True))),
         ("search", f"sampler {params.get('sampler', '?')}, scheduler "
-                   f"{params.get('scheduler', '?')}, {params.get('num_samples', '?')} trials; "
+                   f"{params.get('scheduler', '?')}, "
+                   + (f"{tags[TAG_NUM_SAMPLES]} trials; " if tags.get(TAG_NUM_SAMPLES)
+                      else "number of trials not recorded; ") +
                    f"searched: {params.get('searched') or '(nothing)'}"),
         ("teacher", teacher.checkpoint or "none"),
         ("teacher fingerprint", teacher.fingerprint or "not recorded"),
@@ -133,7 +142,7 @@ def _facts(data: SweepData) -> str:
         ("versions", versions),
         ("git commit", tags.get(TAG_GIT_SHA, "not recorded")),
         ("started", _when(start)),
-        ("wall time of the trials", wall),
+        ("training wall time", wall_time_text(data.wall_time)),
         ("trials by state", ", ".join(f"{k} {v}" for k, v in states.items()) or "none yet"),
         ("finalists", str(len(data.finalists)) if len(data.finalists) else "none yet"),
         ("MLflow parent run", parent.info.run_id),
@@ -158,16 +167,52 @@ def _when(ms: int | None) -> str:
     return f"{datetime.fromtimestamp(ms / 1000, UTC):%Y-%m-%d %H:%M:%S UTC}" if ms else "-"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``1 h 2 min 3 s``, ``2 min 3 s``, ``3 s``."""
     minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours} h {m} min {s} s" if hours else f"{m} min {s} s" if m else f"{s} s"
 
 
-def _board(rows: Sequence[BoardRow], data: SweepData) -> str:
+#: How the facts name a driver run's kind.
+DRIVER_KINDS = {"earlier": "earlier runs"}
+
+
+def wall_time_text(wall: WallTime | None) -> str:
+    """The training wall time fact: the sum of the driver runs with their breakdown when
+    there are several, saying when the sum is partial; without recorded driver runs, the span
+    from the first run's start to the last run's end, said to be one."""
+    if wall is None or wall.seconds is None:
+        return "no run has ended yet"
+    total = duration(wall.seconds)
+    if not wall.spans:
+        text = (f"{total}: the span from the first run's start to the last run's end (the sweep "
+                "recorded no driver runs: a pause between its search and a resume, "
+                "extension or finalize counts too)")
+        return text + ("; still running" if wall.running else "")
+    text = total
+    if len(wall.spans) > 1:
+        text += " (" + " + ".join(f"{DRIVER_KINDS.get(s.kind, s.kind)} {duration(s.seconds)}"
+                                  for s in wall.spans) + "; idle time between them not counted)"
+    notes = []
+    for i, span in enumerate(wall.spans):
+        if not span.open:
+            continue
+        kind = DRIVER_KINDS.get(span.kind, span.kind)
+        if i == len(wall.spans) - 1 and wall.running:
+            notes.append(f"the {kind} driver recorded no end: still running, or killed")
+        else:
+            notes.append(f"the {kind} driver was killed before recording its end")
+    if notes:
+        text += ("; partial: " + "; ".join(notes) + " (counted up to the end of the last run "
+                 "it started)")
+    return text
+
+
+def _board(rows: Sequence[BoardRow], data: SweepData, heading: str) -> str:
     if not rows:
         return '<p class="note">No finished trial yet.</p>'
-    head = '<th class="text">trial</th><th class="text">settings</th>' + "".join(
+    head = f'<th class="text">{escape(heading)}</th><th class="text">settings</th>' + "".join(
         f"<th>{escape(h)}</th>" for _, h in BOARD_COLUMNS)
     body = []
     for row in rows:

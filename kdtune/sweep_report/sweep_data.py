@@ -1,25 +1,33 @@
 """One sweep as the report needs it, read from MLflow alone: its parent run, trials and
-finalists, learning curves, teacher, and the aggregates the figures and tables show."""
+finalists, learning curves, teacher, the time its drivers trained, and the aggregates the
+figures and tables show."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kdtune.sweep_results import (
     NOT_A_SETTING,
     TeacherFacts,
-    final_mask,
     finalist_mask,
     objective,
     teacher_facts,
 )
-from kdtune.tracking import Tracker, decode_param
-from kdtune.vocabulary import TAG_FINALIST, TAG_RUNG
+from kdtune.tracking import Tracker, decode_param, driver_run_seconds
+from kdtune.vocabulary import (
+    STAGE_FINAL,
+    TAG_DRIVER_RUNS,
+    TAG_FINALIST,
+    TAG_READABLE_ID,
+    TAG_RUNG,
+    TAG_STAGE,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,13 +52,15 @@ class Value:
 class SweepData:
     name: str
     parent: Run
-    trials: pd.DataFrame  # child runs that are not finalists, oldest first
-    finalists: pd.DataFrame  # child runs tagged kdtune.stage=final
+    trials: pd.DataFrame  # the search trials (child runs not tagged kdtune.stage=final)
+    finalists: pd.DataFrame  # finalist runs (role kd) of the latest finalize's top
     metrics: list[str]  # the objective
     modes: list[str]
     searched: list[str]
     teacher: TeacherFacts
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # run id -> curve
+    #: the time kdtune's drivers trained for the sweep (None: not read)
+    wall_time: WallTime | None = None
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -62,12 +72,15 @@ def load_sweep(tracker: Tracker, name: str) -> SweepData:
     parent = tracker.sweep_run(name)
     runs = tracker.child_runs(name)
     final = finalist_mask(runs) if len(runs) else runs.index == runs.index
-    trials = runs[~final_mask(runs)] if len(runs) else runs
+    stage = runs.get(f"tags.{TAG_STAGE}")
+    trials = runs[stage != STAGE_FINAL] if stage is not None else runs
     metrics, modes = objective(tracker, name)
     searched = [p for p in parent.data.params.get("searched", "").split(",") if p]
     data = SweepData(name=name, parent=parent, trials=trials, finalists=runs[final],
                      metrics=metrics, modes=modes, searched=searched,
-                     teacher=teacher_facts(parent, runs))
+                     teacher=teacher_facts(parent, runs),
+                     wall_time=wall_time(recorded_driver_runs(parent.data.tags),
+                                         run_times(runs), parent.info))
     for run_id in data.trials["run_id"]:
         history = tracker.client.get_metric_history(str(run_id), CURVE_METRIC)
         by_step: dict[int, tuple[int, float]] = {}
@@ -107,6 +120,20 @@ def settings_label(row: pd.Series, keys: Iterable[str]) -> str:
             continue
         parts.append(f"{key}={_short(setting(row, key))}")
     return " ".join(parts)
+
+
+def readable_id(row: pd.Series) -> str:
+    """A child run's readable id (``NAME#12``, ``NAME#12/seed3``); its Ray trial id when it
+    has none (a sweep of an older kdtune)."""
+    label = row.get(f"tags.{TAG_READABLE_ID}")
+    return label if isinstance(label, str) and label else str(row.get("trial_id"))
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key: numbers in ``text`` by value (``x#2/seed10`` after ``x#2/seed9``)."""
+    import re
+
+    return [int(p) if p.isdigit() else p for p in re.split(r"([0-9]+)", text)]
 
 
 def _short(value: Any) -> str:
@@ -179,7 +206,7 @@ def leaderboard(data: SweepData, columns: Iterable[str]) -> tuple[str, list[Boar
     for group in groups:
         first = group.iloc[0]
         values = {c: metric_value(group, c) for c in columns}
-        ids = ", ".join(str(t) for t in group["trial_id"])
+        ids = ", ".join(sorted((readable_id(r) for _, r in group.iterrows()), key=_natural))
         rows.append(BoardRow(ids, settings_label(first, data.searched), values))
     sign = -1.0 if mode == "max" else 1.0
 
@@ -215,8 +242,13 @@ def alpha_series(data: SweepData, metrics: Iterable[str]) -> list[Series]:
 
     def value(rows: pd.DataFrame, metric: str) -> Value | None:
         own = metric_value(rows, metric)
-        chosen = by_trial.get(str(rows["trial_id"].iloc[0]))
-        return own if own is not None or chosen is None else metric_value(chosen, metric)
+        if own is not None:
+            return own
+        row = rows.iloc[0]  # finalist runs name their trial by its readable id (older: Ray's)
+        chosen = by_trial.get(readable_id(row))
+        if chosen is None:
+            chosen = by_trial.get(str(row["trial_id"]))
+        return None if chosen is None else metric_value(chosen, metric)
 
     if frame.empty or "params.alpha" not in frame.columns:
         return []
@@ -241,15 +273,71 @@ def alpha_series(data: SweepData, metrics: Iterable[str]) -> list[Series]:
     return out
 
 
+#: An axis of the alpha × T figure is on a grid when it takes at most this many values, each
+#: (on average) by two trials or more; values drawn from a range are not.
+MAX_GRID_VALUES = 12
+#: Off a grid, a method with at least this many trials has its alpha × T cells binned; with
+#: fewer, its trials are drawn as points.
+MIN_BINNED_TRIALS = 24
+#: Equal-width bins of an axis that is not on a grid.
+BINS = 5
+
+
+def on_grid(values: Sequence[float]) -> bool:
+    """Whether ``values`` (one per trial) repeat a few values, as a grid's do."""
+    distinct = len(set(values))
+    return distinct <= MAX_GRID_VALUES and 2 * distinct <= len(values)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of an alpha × T heat map: its cells' labels and each trial's cell."""
+
+    labels: list[str]
+    cells: list[int]  # per value given, the index of its cell
+    binned: bool
+
+
+def grid_axis(values: Sequence[float]) -> Axis:
+    """The distinct values as cells (:func:`on_grid`), else :data:`BINS` equal-width bins
+    from the smallest to the largest value (fewer when there are fewer distinct values)."""
+    if on_grid(values):
+        distinct = sorted(set(values))
+        return Axis([f"{v:g}" for v in distinct], [distinct.index(v) for v in values], False)
+    low, high = min(values), max(values)
+    count = max(1, min(BINS, len(set(values))))
+    width = (high - low) / count
+    edges = [low + i * width for i in range(count)] + [high]
+    cells = [min(int((v - low) / width), count - 1) if width > 0 else 0 for v in values]
+    labels = [f"{a:.3g}–{b:.3g}" for a, b in itertools.pairwise(edges)]
+    return Axis(labels, cells, True)
+
+
 @dataclass(frozen=True)
 class Grid:
-    """Mean accuracy over alpha × temperature for one method (cells without a trial: NaN)."""
+    """Validation accuracy over alpha × temperature for one method.
+
+    ``kind`` says what the figure draws: ``"grid"`` (both axes on a grid: a heat map of the
+    mean per (alpha, T)), ``"bins"`` (a heat map over bins of the axes that are not) or
+    ``"points"`` (every trial at its alpha and T, too few trials off a grid to bin)."""
 
     method: str
-    alphas: list[float]
-    temperatures: list[float]
-    values: list[list[float]]  # [temperature][alpha]
+    kind: str
+    alphas: list[str]  # cell labels (grid, bins)
+    temperatures: list[str]
+    values: list[list[float]]  # [temperature][alpha]: the mean; NaN where no trial fell
+    counts: list[list[int]]  # [temperature][alpha]: the trials in the cell
     scatter: list[tuple[float, float, float]]  # (alpha, T, accuracy) of every trial
+
+    @property
+    def binned(self) -> list[str]:
+        """The axes binned (``alpha``, ``temperature``)."""
+        if self.kind != "bins":
+            return []
+        alphas = [a for a, _, _ in self.scatter]
+        temps = [t for _, t, _ in self.scatter]
+        return [name for name, values in (("alpha", alphas), ("temperature", temps))
+                if not on_grid(values)]
 
 
 def alpha_temperature(data: SweepData, metric: str = "val_accuracy") -> list[Grid]:
@@ -266,17 +354,29 @@ def alpha_temperature(data: SweepData, metric: str = "val_accuracy") -> list[Gri
             continue
         mine = [(float(a), float(t), float(v)) for m, a, t, v in rows
                 if m == method and _finite(a) and _finite(t) and _finite(v)]
-        alphas = sorted({a for a, _, _ in mine})
-        temps = sorted({t for _, t, _ in mine})
-        if len(alphas) < 2 or len(temps) < 2:
+        alphas = [a for a, _, _ in mine]
+        temps = [t for _, t, _ in mine]
+        if len(set(alphas)) < 2 or len(set(temps)) < 2:
             continue
-        cells: dict[tuple[float, float], list[float]] = {}
-        for a, t, v in mine:
-            cells.setdefault((a, t), []).append(v)
-        values = [[statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan
-                   for a in alphas] for t in temps]
-        grids.append(Grid(str(method), alphas, temps, values, mine))
+        grids.append(_grid(str(method), mine))
     return grids
+
+
+def _grid(method: str, trials: list[tuple[float, float, float]]) -> Grid:
+    x = grid_axis([a for a, _, _ in trials])
+    y = grid_axis([t for _, t, _ in trials])
+    kind = "grid" if not (x.binned or y.binned) else \
+        "bins" if len(trials) >= MIN_BINNED_TRIALS else "points"
+    if kind == "points":
+        return Grid(method, kind, [], [], [], [], trials)
+    cells: dict[tuple[int, int], list[float]] = {}
+    for xi, yi, (_, _, v) in zip(x.cells, y.cells, trials, strict=True):
+        cells.setdefault((xi, yi), []).append(v)
+    values = [[statistics.fmean(cells[(xi, yi)]) if (xi, yi) in cells else math.nan
+               for xi in range(len(x.labels))] for yi in range(len(y.labels))]
+    counts = [[len(cells.get((xi, yi), [])) for xi in range(len(x.labels))]
+              for yi in range(len(y.labels))]
+    return Grid(method, kind, x.labels, y.labels, values, counts, trials)
 
 
 def rungs(data: SweepData) -> list[int]:
@@ -297,3 +397,95 @@ def counts_by_status(frame: pd.DataFrame) -> dict[str, int]:
     if frame.empty:
         return {}
     return {str(k): int(v) for k, v in frame["status"].value_counts().sort_index().items()}
+
+
+# -- the time the drivers trained ------------------------------------------------------------
+@dataclass(frozen=True)
+class DriverSpan:
+    """One recorded run of a kdtune driver that trained for the sweep (``kind``: search,
+    resume, extend, finalize, or ``earlier``: older runs merged into one entry)."""
+
+    kind: str
+    seconds: float
+    #: it recorded no end (still running, or its driver was killed): counted up to the last
+    #: end of the runs started while it ran
+    open: bool = False
+
+
+@dataclass(frozen=True)
+class WallTime:
+    """How long kdtune's drivers trained for a sweep: the sum of its recorded driver runs
+    (idle time between them not counted); a sweep that recorded none (older kdtune): the span
+    from its first run's start to its last run's end (``spans`` empty)."""
+
+    seconds: float | None  # None: no run has ended yet
+    spans: tuple[DriverSpan, ...]
+    running: bool  # the sweep's parent run is RUNNING
+
+    @property
+    def partial(self) -> bool:
+        return any(s.open for s in self.spans) or (not self.spans and self.running)
+
+
+def recorded_driver_runs(tags: Mapping[str, str]) -> list[dict[str, Any]] | None:
+    """The parent run's driver runs (tag ``kdtune.driver_runs``); None when it has none or
+    they cannot be read."""
+    text = tags.get(TAG_DRIVER_RUNS)
+    if not text:
+        return None
+    try:
+        runs = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(runs, list) or not runs or not all(
+            isinstance(r, dict) and isinstance(r.get("start"), int | float) for r in runs):
+        return None
+    return runs
+
+
+def run_times(runs: pd.DataFrame) -> list[tuple[int, int | None]]:
+    """(start, end) of each child run in epoch milliseconds (end None: not ended)."""
+    import pandas as pd
+
+    if runs.empty:
+        return []
+    out = []
+    for start, end in zip(runs["start_time"], runs["end_time"], strict=True):
+        if pd.isna(start):
+            continue
+        out.append((int(start.value // 1_000_000),
+                    None if pd.isna(end) else int(end.value // 1_000_000)))
+    return out
+
+
+def wall_time(driver_runs: Sequence[Mapping[str, Any]] | None,
+              times: Sequence[tuple[int, int | None]], parent: Any) -> WallTime:
+    """:class:`WallTime` from the recorded driver runs (None: not recorded), the child runs'
+    (start, end) in epoch ms and the parent run's ``info``. A driver run without an end
+    counts up to the last end of the child runs started between its start and the next
+    driver run's."""
+    running = parent.status == "RUNNING"
+    if driver_runs:
+        spans = []
+        for i, entry in enumerate(driver_runs):
+            seconds = driver_run_seconds(entry)
+            if seconds is not None:
+                spans.append(DriverSpan(str(entry.get("kind", "?")), max(0.0, seconds)))
+                continue
+            start = int(entry["start"])
+            following = int(driver_runs[i + 1]["start"]) if i + 1 < len(driver_runs) else None
+            ends = [e for s, e in times if e is not None and s >= start
+                    and (following is None or s < following)]
+            upto = max(ends, default=start)
+            if following is not None:
+                upto = min(upto, following)
+            spans.append(DriverSpan(str(entry.get("kind", "?")), max(0.0, (upto - start) / 1000),
+                                    open=True))
+        return WallTime(sum(s.seconds for s in spans), tuple(spans), running)
+    starts = [s for s, _ in times]
+    ends = [e for _, e in times if e is not None]
+    if starts and ends:
+        return WallTime(max(0.0, (max(ends) - min(starts)) / 1000), (), running)
+    if parent.start_time and parent.end_time:
+        return WallTime((parent.end_time - parent.start_time) / 1000, (), running)
+    return WallTime(None, (), running)
