@@ -1,7 +1,7 @@
 """Run every benchmark and print a summary of the judged figures.
 
     .venv/bin/python -m benchmarks.run_all            # full (about an hour on 2 CPU cores)
-    .venv/bin/python -m benchmarks.run_all --quick    # smoke run of all six (~10 minutes)
+    .venv/bin/python -m benchmarks.run_all --quick    # smoke run of all seven (~10 minutes)
     .venv/bin/python -m benchmarks.run_all --only step cache data
     .venv/bin/python -m benchmarks.run_all --json results.json
 
@@ -56,6 +56,12 @@ def _features(quick: bool) -> list[Result]:
     return methods_table.run(quick)
 
 
+def _startup(quick: bool) -> list[Result]:
+    from benchmarks import bench_startup
+
+    return bench_startup.run(quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool], list[Result]]] = {
     "step": _step,  # 1
     "cache": _cache,  # 2
@@ -63,6 +69,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Result]]] = {
     "data": _data,  # 4
     "asha": _asha,  # 5
     "features": _features,  # 6
+    "startup": _startup,  # 7
 }
 
 

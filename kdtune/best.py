@@ -10,79 +10,103 @@ from pathlib import Path
 from typing import Any
 
 from kdtune.errors import KdtuneError
-from kdtune.report import print_table, table_from_rows
-from kdtune.vocabulary import TAG_UNUSED
+from kdtune.vocabulary import (
+    PARAM_OBJECTIVE_METRICS,
+    PARAM_OBJECTIVE_MODES,
+    PARAM_SEARCHED,
+    TAG_KIND,
+    TAG_NUM_SAMPLES,
+    TAG_PARENT,
+    TAG_READABLE_ID,
+    TAG_SWEEP,
+    TAG_UNUSED,
+)
 
 #: Result columns shown beside the objective (when the runs have them).
 SHOWN_METRICS = ("val_accuracy", "params", "latency_ms_b1", "speedup")
+#: The identifiers of a trial in csv and json: its readable id (``NAME#12``), its Ray trial id
+#: and its MLflow run id; the table shows the readable one.
+IDS = ("id", "trial_id", "run_id")
 
 
 def show_best(name: str, *, tracking_uri: str, top: int | None = 10, metric: str | None = None,
               mode: str | None = None, fmt: str = "table", config_out: str | None = None) -> None:
     """Print the best trials (Pareto front for several metrics) and optionally write the
-    winner's config as YAML that ``kdtune train --config`` accepts."""
-    from kdtune.tracking import Tracker, best_configs
+    winner's config as YAML that ``kdtune train --config`` accepts. One search of the store
+    answers it (:func:`~kdtune.tracking.sweep_best`)."""
+    from kdtune.tracking import Tracker, objective_of, require_store, sweep_best
 
     if top is not None and top < 1:
         raise KdtuneError(f"--top {top} must be >= 1")
     if metric is not None and "test_accuracy" in metric.split(","):
         raise KdtuneError("--metric test_accuracy: the test set is never used to choose; rank "
                           f"by val_accuracy, and read test accuracy with `kdtune finalize {name}`")
-    frame = best_configs(name, metric=metric, mode=mode, top=top, tracking_uri=tracking_uri)
+    require_store(tracking_uri)
+    parent, frame = sweep_best(Tracker(tracking_uri), name, metric=metric, mode=mode, top=top)
     if frame.empty:
         raise KdtuneError(f"sweep {name!r} has no finished trial yet")
-    tracker = Tracker(tracking_uri)
-    searched = tracker.sweep_run(name).data.params.get("searched", "")
-    objective = metric.split(",") if metric else tracker.objective(name)[0]
+    searched = parent.data.params.get(PARAM_SEARCHED, "")
+    objective = metric.split(",") if metric else objective_of(parent, name)[0]
     metric_cols = [c for c in (*objective, *SHOWN_METRICS) if f"metrics.{c}" in frame.columns]
     param_cols = [p for p in searched.split(",") if p and f"params.{p}" in frame.columns]
     rows = [_row(r, metric_cols, param_cols) for _, r in frame.iterrows()]
-    columns = ["trial_id", *dict.fromkeys(metric_cols), *param_cols]
-    if fmt == "json":
-        print(json.dumps(rows))
-    elif fmt == "csv":
-        import pandas as pd
-
-        print(pd.DataFrame(rows, columns=columns).to_csv(index=False), end="")
+    shown = [*dict.fromkeys(metric_cols), *param_cols]
+    if fmt == "table":
+        _print(rows, ["id", *shown], fmt, title=f"best of sweep {name!r}")
     else:
-        print_table(table_from_rows(rows, columns, title=f"best of sweep {name!r}"))
+        _print(rows, [*IDS, *shown], fmt, title="")
     if config_out:
         path = write_config(frame.iloc[0], config_out)
-        print(f"config of trial {frame.iloc[0]['trial_id']} written to {path}; retrain with "
+        print(f"config of {rows[0]['id']} written to {path}; retrain with "
               f"`kdtune train --config {path}`")
 
 
 def show_sweeps(*, tracking_uri: str, fmt: str = "table") -> None:
     """One row per sweep, newest first: name, state, trials ended / planned, the best value of
-    its first objective, when it started."""
-    from kdtune.tracking import Tracker, require_store
-    from kdtune.vocabulary import PARAM_OBJECTIVE_METRICS, PARAM_OBJECTIVE_MODES, TAG_NUM_SAMPLES
+    its first objective, when it started. One search of the store answers it."""
+    from datetime import UTC, datetime
+
+    from kdtune.tracking import TRIAL_STATUSES, Tracker, decode_param, is_final, require_store
 
     require_store(tracking_uri)
-    tracker = Tracker(tracking_uri)
-    sweeps = tracker.list_sweeps()
-    if sweeps.empty:
+    runs = Tracker(tracking_uri).all_runs()
+    sweeps = sorted((r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"),
+                    key=lambda r: r.info.start_time or 0, reverse=True)
+    if not sweeps:
         raise KdtuneError(f"no sweep in {tracking_uri} yet; run `kdtune search` first")
-    trials = tracker.all_trial_runs()
+    trials: dict[str, list[Any]] = {}
+    for run in runs:
+        if run.data.tags.get(TAG_KIND) == "trial" and not is_final(run):
+            trials.setdefault(run.data.tags.get(TAG_PARENT, ""), []).append(run)
     rows = []
-    for _, sweep in sweeps.iterrows():
-        mine = trials[trials["parent_id"] == sweep["run_id"]] if not trials.empty else trials
-        metric = str(sweep.get(f"params.{PARAM_OBJECTIVE_METRICS}") or "").split(",")[0]
-        mode = str(sweep.get(f"params.{PARAM_OBJECTIVE_MODES}") or "max").split(",")[0]
-        column = f"metrics.{metric}"
-        done = mine[mine["status"] == "FINISHED"] if not mine.empty else mine
-        best = None
-        if column in done.columns and done[column].notna().any():
-            best = float(done[column].max() if mode == "max" else done[column].min())
-        total = sweep.get(f"tags.{TAG_NUM_SAMPLES}")
+    for sweep in sweeps:
+        mine = trials.get(sweep.info.run_id, [])
+        params = sweep.data.params
+        metric = _first(params.get(PARAM_OBJECTIVE_METRICS), decode_param)
+        mode = _first(params.get(PARAM_OBJECTIVE_MODES), decode_param) or "max"
+        values = [r.data.metrics[metric] for r in mine
+                  if r.info.status == "FINISHED" and metric in r.data.metrics
+                  and not math.isnan(r.data.metrics[metric])]
+        best = (max(values) if mode == "max" else min(values)) if values else None
+        total = sweep.data.tags.get(TAG_NUM_SAMPLES)
+        started = datetime.fromtimestamp((sweep.info.start_time or 0) / 1000, tz=UTC)
         rows.append({
-            "name": sweep["name"], "state": sweep["status"],
-            "trials": f"{int(mine['status'].isin(['FINISHED', 'KILLED', 'FAILED']).sum())}/"
-                      f"{total if isinstance(total, str) else '?'}",
-            "objective": metric, "best": best,
-            "started": sweep["start_time"].strftime("%Y-%m-%d %H:%M")})
+            "name": sweep.data.tags.get(TAG_SWEEP, sweep.info.run_name),
+            "state": sweep.info.status,
+            "trials": f"{sum(r.info.status in TRIAL_STATUSES for r in mine)}/"
+                      f"{total if total is not None else '?'}",
+            "objective": metric, "best": best, "started": started.strftime("%Y-%m-%d %H:%M")})
     _print(rows, ["name", "state", "trials", "objective", "best", "started"], fmt,
            title=f"sweeps in {tracking_uri}")
+
+
+def _first(value: str | None, decode: Any) -> str:
+    """The first entry of a comma-joined (or JSON list) param, or ``""``."""
+    if not value:
+        return ""
+    decoded = decode(value)
+    items = decoded if isinstance(decoded, list) else str(value).split(",")
+    return str(items[0]).strip() if items else ""
 
 
 def sweep_study(name: str, *, tracking_uri: str, study_storage: str | None = None) -> Any:
@@ -127,19 +151,29 @@ def show_importance(name: str, *, tracking_uri: str, study_storage: str | None =
 
 def _print(rows: list[dict[str, Any]], columns: list[str], fmt: str, *, title: str) -> None:
     if fmt == "json":
-        print(json.dumps(rows))
+        print(json.dumps([{c: row.get(c) for c in columns} for row in rows]))
     elif fmt == "csv":
-        import pandas as pd
+        import csv
+        import io
 
-        print(pd.DataFrame(rows, columns=columns).to_csv(index=False), end="")
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: "" if row.get(c) is None else row[c] for c in columns}
+                         for row in rows)
+        print(text.getvalue(), end="")
     else:
+        from kdtune.report import print_table, table_from_rows
+
         print_table(table_from_rows(rows, columns, title=title))
 
 
 def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any]:
     from kdtune.tracking import decode_param
 
-    row: dict[str, Any] = {"trial_id": r["trial_id"], "run_id": r["run_id"]}
+    readable = r.get(f"tags.{TAG_READABLE_ID}")
+    row: dict[str, Any] = {"id": readable if isinstance(readable, str) else r["trial_id"],
+                           "trial_id": r["trial_id"], "run_id": r["run_id"]}
     for c in metric_cols:
         value = r[f"metrics.{c}"]
         row[c] = None if value is None or (isinstance(value, float) and math.isnan(value)) \
@@ -165,5 +199,5 @@ def write_config(row: Any, path: str | Path) -> Path:
                                    where="best config")
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(config.replace(out=None).to_dict(), sort_keys=False))
+    out.write_text(yaml.safe_dump(config.to_saved_dict(), sort_keys=False))
     return out

@@ -20,10 +20,18 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage dump)."""
+    """argparse, but a bad flag is one line on stderr (no usage dump); ``commands`` are the
+    parsers of its sub-commands, ``flags()`` the long flags it takes."""
+
+    commands: dict[str, _Parser]
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def flags(self) -> list[str]:
+        """Every long flag, as its usage line lists them."""
+        return list(dict.fromkeys(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*",
+                                             self.format_usage())))
 
 
 class _ListFlag(argparse.Action):
@@ -122,7 +130,7 @@ def _add_kd_flags(p: argparse.ArgumentParser, *, methods: bool) -> None:
                            metavar=param.type.__name__.upper())
 
 
-_NOT_CONFIG = {"command", "config", "json", "func", "retrain"}
+_NOT_CONFIG = {"command", "config", "json", "func", "retrain", "force"}
 
 
 def _config_from_args(args: argparse.Namespace, **forced: Any) -> Any:
@@ -147,6 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdtune.trainer import train
 
     config = _config_from_args(args)
+    if config.out:
+        _check_run_folder(config.out, force=args.force)
     result = train(config, callbacks=[report.epoch_printer()])
     if config.out:
         report.write_student(result, config.out)
@@ -156,11 +166,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_folder(out: str, *, force: bool) -> None:
+    """``--out`` of ``kdtune train``: a folder that can be written, and that holds no finished
+    run unless ``--force`` says to replace it."""
+    from kdtune.paths import writable_folder
+    from kdtune.report import finished_run_files
+
+    done = finished_run_files(writable_folder(out))
+    if done and not force:
+        raise KdtuneError(f"--out {out} already holds a finished run ({', '.join(done)}); give "
+                          "another folder, or add --force to replace it")
+
+
 def cmd_teacher(args: argparse.Namespace) -> int:
     from kdtune import report
-    from kdtune.teacher_store import obtain_teacher
+    from kdtune.paths import writable_folder
+    from kdtune.teacher_store import obtain_teacher, teachers_folder
 
     config = _config_from_args(args, method="none", teacher=None)
+    writable_folder(teachers_folder(config), "--out")
     path, metrics, reused = obtain_teacher(config, retrain=args.retrain,
                                            callbacks=[report.epoch_printer()])
     report.print_metrics(metrics, title="teacher")
@@ -172,7 +196,9 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from kdtune.demo import run_demo
+    from kdtune.paths import writable_folder
 
+    writable_folder(args.out, "--out")
     return run_demo(out=args.out, seeds=args.seeds, as_json=args.json)
 
 
@@ -186,9 +212,14 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _local_ray_on_loopback(args: argparse.Namespace) -> None:
-    """A Ray that kdtune starts itself (no --address) listens on 127.0.0.1 only. Ray reads the
-    setting when it is imported, so this comes before anything imports Ray."""
-    if not args.address:
+    """``--address`` checked for its form; a Ray that kdtune starts itself (no --address)
+    listens on 127.0.0.1 only. Ray reads the setting when it is imported, so this comes before
+    anything imports Ray."""
+    if args.address is not None:
+        from kdtune.urls import check_ray_address
+
+        check_ray_address(args.address)
+    else:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
@@ -240,28 +271,39 @@ def _sweep_name(args: argparse.Namespace, tracking_uri: str) -> str:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
+    """Answered from MLflow alone: the search layer (Ray, torch, the method registry) is not
+    imported, so the answer costs what MLflow's own import and queries cost."""
     from kdtune.best import show_best, show_importance, show_sweeps
-    from kdtune.tune.sweep import Store
+    from kdtune.urls import check_store_flags
 
-    store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)
-    if store.tracking_uri.startswith(("http://", "https://")):
+    check_store_flags(args.mlflow_uri, args.storage, args.study_storage)
+    if args.config_out is not None:
+        from kdtune.paths import writable_file
+
+        writable_file(args.config_out, "--config-out")
+    tracking_uri = _tracking_uri(args.mlflow_uri)
+    if tracking_uri.startswith(("http://", "https://")):
         from kdtune.urls import check_reachable
 
-        check_reachable(store.tracking_uri, "the MLflow tracking server")
+        check_reachable(tracking_uri, "the MLflow tracking server")
     if args.list:
-        show_sweeps(tracking_uri=store.tracking_uri, fmt=args.format)
+        show_sweeps(tracking_uri=tracking_uri, fmt=args.format)
         return 0
-    name = _sweep_name(args, store.tracking_uri)
+    name = _sweep_name(args, tracking_uri)
     if args.importance:
-        show_importance(name, tracking_uri=store.tracking_uri, study_storage=args.study_storage,
+        show_importance(name, tracking_uri=tracking_uri, study_storage=args.study_storage,
                         fmt=args.format)
         return 0
-    show_best(name, tracking_uri=store.tracking_uri, top=args.top, metric=args.metric,
+    show_best(name, tracking_uri=tracking_uri, top=args.top, metric=args.metric,
               mode=args.mode, fmt=args.format, config_out=args.config_out)
     return 0
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
+    if args.address is not None:
+        from kdtune.urls import check_ray_address
+
+        check_ray_address(args.address)
     from kdtune.finalize import run_finalize, show_finalists
     from kdtune.tune.sweep import Store
 
@@ -315,17 +357,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     done = export_student(args.name, fmt=args.format, out=args.out, trial=args.trial,
                           register=args.register, tracking_uri=_tracking_uri(args.mlflow_uri))
-    print(f"exported trial {done.trial_id} of sweep {done.sweep!r} (MLflow run {done.run_id}) "
-          f"to {done.path}; config and preprocessing: {done.sidecar}; largest logit "
-          f"difference from the student on a validation batch: {done.max_abs_diff:.2g}")
+    print(f"exported {done.label} of sweep {done.sweep!r} (Ray trial {done.trial_id}, MLflow "
+          f"run {done.run_id}) to {done.path}; config and preprocessing: {done.sidecar}; "
+          f"largest logit difference from the student on a validation batch: "
+          f"{done.max_abs_diff:.2g}")
     if done.registered:
         print(f"registered as model {done.registered[0]!r} version {done.registered[1]}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kdtune.sweep_report import write_report
+    from kdtune.paths import writable_file, writable_folder
+    from kdtune.sweep_report import REPORTS_DIRNAME, write_report
+    from kdtune.tracking import default_store
 
+    if args.out is not None:
+        writable_file(args.out, "--out")
+    else:
+        writable_folder(default_store() / REPORTS_DIRNAME, "the report folder (no --out)")
     uri = _tracking_uri(args.mlflow_uri)
     names = args.names or [_newest_sweep(uri)]
     done = write_report(names, out=args.out, tracking_uri=uri)
@@ -335,16 +384,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(*, method_flags: bool = True) -> argparse.ArgumentParser:
+def build_parser(*, method_flags: bool = True) -> _Parser:
     """The ``kdtune`` parser. ``method_flags=False`` leaves out ``train``'s flags generated
-    from the method registry, so a command other than ``train`` does not import torch."""
+    from the method registry (which imports torch); ``train`` then takes no abbreviated flag
+    either, so what it accepts it also accepts, unchanged, with the method flags (see
+    :func:`parse`)."""
     parser = _Parser(prog="kdtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="distil (or train) one student and print its metrics")
+    p = sub.add_parser("train", help="distil (or train) one student and print its metrics",
+                       allow_abbrev=method_flags)
     _add_data_and_model_flags(p)
     _add_kd_flags(p, methods=method_flags)
+    p.add_argument("--force", action="store_true",
+                   help="replace the finished run that --out already holds")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("teacher", help="train (or reuse) a teacher and save its checkpoint")
@@ -428,6 +482,7 @@ def build_parser(*, method_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="student seeds to average (default 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -458,16 +513,56 @@ def _join_negative_lists(argv: Sequence[str]) -> list[str]:
     return out
 
 
+class _UsageError(Exception):
+    """A command line argparse accepts but kdtune does not: ``prog: error: message``."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, parsed without importing torch where that decides it: a command's
+    flags are known without the method registry except ``train``'s per-method flags, so
+    ``train`` is parsed with the registry's flags only when it asks for help or has words the
+    rest does not take. An unknown command or flag is a :class:`_UsageError` with the closest
+    one; argparse's own errors (a wrong value) exit with code 2."""
+    from kdtune.errors import choose_one, did_you_mean
+
+    parser = build_parser(method_flags=False)
+    commands = list(parser.commands)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in commands:
+        raise _UsageError("kdtune", str(choose_one("command", command, commands)))
+    full = command == "train" and ("-h" in argv or "--help" in argv)
+    if full:
+        parser = build_parser(method_flags=True)
+    args, extra = parser.parse_known_args(argv)
+    if extra and command == "train" and not full:
+        parser = build_parser(method_flags=True)
+        args, extra = parser.parse_known_args(argv)
+    if extra:
+        prog = f"kdtune {args.command}"
+        flag = next((w.split("=", 1)[0] for w in extra if w.startswith("-")), None)
+        if flag is None:
+            raise _UsageError(prog, f"unexpected argument {extra[0]!r} (see {prog} --help)")
+        known = parser.commands[args.command].flags()
+        hint = did_you_mean(flag, known, shown=str) or f" (see {prog} --help)"
+        raise _UsageError(prog, f"unknown flag {flag}{hint}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     interactive = argv is None
     argv = _join_negative_lists(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        parser = build_parser(method_flags=command == "train")
+        args = parse(argv)
+    except _UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KdtuneError as exc:  # a method plugin that does not load
         print(f"kdtune: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    args = parser.parse_args(argv)
     try:
         return _run(args, the_command=interactive)
     finally:

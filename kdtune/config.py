@@ -31,6 +31,15 @@ DEVICES = ("auto", "cpu", "cuda")
 MODEL_FIELDS = ("hidden", "dropout", "blocks", "block", "stem_stride", "width", "depth",
                 "widen_factor")
 
+#: Keys a saved config file leaves out: where a run's files go belongs to the command that
+#: runs it (``--out``), so training again from a saved config never writes over that run.
+NOT_SAVED = ("out",)
+
+
+def saved_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat config dict as a config file saves it: without the keys in :data:`NOT_SAVED`."""
+    return {k: v for k, v in config.items() if k not in NOT_SAVED}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -165,6 +174,11 @@ class TrainConfig:
             else:
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+    def to_saved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` as a config file saves it (``config.yaml``, ``best --config-out``):
+        without the keys in :data:`NOT_SAVED`."""
+        return saved_config(self.to_dict())
 
     def model_kwargs(self) -> dict[str, Any]:
         """The model fields that are set, as keyword arguments for ``create_model``."""

@@ -7,7 +7,7 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class KdtuneError(ValueError):
@@ -21,11 +21,20 @@ def choose_one(kind: str, value: object, allowed: Iterable[object]) -> KdtuneErr
     "unknown method 'rkd5'; choose one of: none, vanilla"
     """
     allowed = [str(a) for a in allowed]
-    msg = f"unknown {kind} {value!r}; choose one of: {', '.join(allowed)}"
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    if close:
-        msg += f" (did you mean {close[0]!r}?)"
-    return KdtuneError(msg)
+    return KdtuneError(f"unknown {kind} {value!r}; choose one of: {', '.join(allowed)}"
+                       f"{did_you_mean(value, allowed)}")
+
+
+def did_you_mean(value: object, allowed: Iterable[object], *,
+                 shown: Callable[[str], str] = repr) -> str:
+    """`` (did you mean X?)`` naming the entry of ``allowed`` closest to ``value`` (written by
+    ``shown``), or ``""`` when none is close.
+
+    >>> did_you_mean("--temprature", ["--temperature", "--teacher"], shown=str)
+    ' (did you mean --temperature?)'
+    """
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" (did you mean {shown(close[0])}?)" if close else ""
 
 
 class Interrupted(KeyboardInterrupt):

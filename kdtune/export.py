@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.paths import writable_file
 from kdtune.report import STUDENT_FILE, STUDENT_FORMAT
 from kdtune.sweep_results import (
     finalist_mask,
@@ -32,6 +33,7 @@ from kdtune.tracking import Tracker, require_store
 from kdtune.vocabulary import (
     LATENCY_SPREAD_METRICS,
     TAG_EXPORT_FORMAT,
+    TAG_READABLE_ID,
     TAG_SWEEP,
     TAG_TEACHER_FINGERPRINT,
     TAG_TRIAL_ID,
@@ -65,6 +67,7 @@ class Exported:
     path: Path
     sidecar: Path
     sweep: str
+    label: str  # the run's readable id: NAME#12, or NAME#12/seed3 for a finalist's run
     trial_id: str
     run_id: str
     max_abs_diff: float
@@ -114,8 +117,8 @@ def export_student(name: str, *, fmt: str, out: str | Path, tracking_uri: str,
         os.replace(staged, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Exported(target, sidecar_path(target), name, str(row["trial_id"]), str(row["run_id"]),
-                    diff, registered)
+    return Exported(target, sidecar_path(target), name, readable_id(row), str(row["trial_id"]),
+                    str(row["run_id"]), diff, registered)
 
 
 def _check_out(out: Path, fmt: str) -> Path:
@@ -127,22 +130,26 @@ def _check_out(out: Path, fmt: str) -> Path:
     if out.is_dir():
         raise KdtuneError(f"--out {out} is a folder; give the file to write, e.g. "
                           f"{out / ('student' + suffix)}")
-    return out.resolve()
+    return writable_file(out).resolve()
 
 
 # -- which student -----------------------------------------------------------------------------
 def choose_run(tracker: Tracker, name: str, runs: pd.DataFrame,
                trial: str | None) -> pd.Series:
-    """The run to export: trial ``trial`` (a Ray trial id or an MLflow run id), else the best
-    run with saved weights by the sweep's first objective, finalists before trials."""
+    """The run to export: ``trial`` (a readable id such as ``NAME#12`` or ``NAME#12/seed3``,
+    a Ray trial id or an MLflow run id), else the best run with saved weights by the sweep's
+    first objective, finalists before trials."""
     saved = set(runs_with_weights(tracker, runs)) if len(runs) else set()
     with_weights = runs[runs["run_id"].isin(saved)] if len(runs) else runs
     if trial is not None:
-        match = runs[(runs["trial_id"].astype(str) == trial) | (runs["run_id"] == trial)]
+        labels = runs.apply(readable_id, axis=1) if len(runs) else runs["run_id"]
+        match = runs[(labels == trial) | (runs["trial_id"].astype(str) == trial)
+                     | (runs["run_id"] == trial)]
         if match.empty:
-            ids = ", ".join(map(str, runs["trial_id"].head(12)))
+            ids = ", ".join(map(str, labels.head(12)))
             more = f" (and {len(runs) - 12} more)" if len(runs) > 12 else ""
-            raise KdtuneError(f"no trial {trial!r} in sweep {name!r}; its trials: "
+            raise KdtuneError(f"no trial {trial!r} in sweep {name!r} (a readable id such as "
+                              f"{name}#3, a Ray trial id or an MLflow run id); its runs: "
                               f"{ids or '(none)'}{more}")
         if match.iloc[0]["run_id"] not in saved:
             raise KdtuneError(f"trial {trial!r} of sweep {name!r} saved no weights; only "
@@ -167,7 +174,13 @@ def choose_run(tracker: Tracker, name: str, runs: pd.DataFrame,
 def _listing(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "none of its trials saved weights"
-    return ", ".join(str(t) for t in frame["trial_id"])
+    return ", ".join(readable_id(row) for _, row in frame.iterrows())
+
+
+def readable_id(row: pd.Series) -> str:
+    """A run's readable id (tag ``kdtune.id``), else its Ray trial id."""
+    label = row.get(f"tags.{TAG_READABLE_ID}")
+    return label if isinstance(label, str) and label else str(row["trial_id"])
 
 
 def _download_student(tracker: Tracker, run_id: str) -> dict[str, Any]:
@@ -251,6 +264,7 @@ def _sidecar(fmt: str, filename: str, sweep: str, row: pd.Series, config: Any,
         "model_file": filename,
         "model_format": fmt,
         "sweep": sweep,
+        "id": readable_id(row),
         "trial_id": str(row["trial_id"]),
         "run_id": str(row["run_id"]),
         "teacher_fingerprint": fingerprint,
@@ -281,6 +295,7 @@ def _register(tracker: Tracker, model_name: str, row: pd.Series, fmt: str, stagi
 
     client, run_id = tracker.client, str(row["run_id"])
     tags = {TAG_SWEEP: sweep, TAG_TRIAL_ID: str(row["trial_id"]),
+            TAG_READABLE_ID: readable_id(row),
             TAG_TEACHER_FINGERPRINT: fingerprint or "unknown", TAG_EXPORT_FORMAT: fmt}
     try:
         try:
@@ -291,7 +306,7 @@ def _register(tracker: Tracker, model_name: str, row: pd.Series, fmt: str, stagi
         client.log_artifacts(run_id, str(staging), f"{ARTIFACT_DIR}/{fmt}")
         version = client.create_model_version(
             model_name, source=f"runs:/{run_id}/{ARTIFACT_DIR}/{fmt}", run_id=run_id, tags=tags,
-            description=f"kdtune student of sweep {sweep!r}, trial {row['trial_id']} ({fmt})")
+            description=f"kdtune student of sweep {sweep!r}, {readable_id(row)} ({fmt})")
     except MlflowException as exc:
         if exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.error_code

@@ -81,6 +81,8 @@ def json_ready(metrics: Mapping[str, Any]) -> dict[str, Any]:
 #: (``kdtune train --out``, and an artifact of a sweep's best trial and of its finalists).
 STUDENT_FILE = "student.pt"
 STUDENT_FORMAT = "kdtune-student/1"
+#: The files ``kdtune train --out DIR`` writes into ``DIR``.
+RUN_FILES = (STUDENT_FILE, "metrics.json", "config.yaml")
 
 
 def save_student(path: Path, config: Mapping[str, Any], state_dict: Mapping[str, Any],
@@ -92,16 +94,24 @@ def save_student(path: Path, config: Mapping[str, Any], state_dict: Mapping[str,
                  **({"metrics": dict(metrics)} if metrics is not None else {})}, path)
 
 
+def finished_run_files(folder: str | Path) -> list[str]:
+    """The :data:`RUN_FILES` that ``folder`` already holds (a finished ``kdtune train``)."""
+    return [name for name in RUN_FILES if (Path(folder).expanduser() / name).exists()]
+
+
 def write_student(result: Any, out: str | Path) -> Path:
-    """Write ``student.pt`` (weights + config + metrics), ``metrics.json`` and ``config.yaml``."""
+    """Write ``student.pt`` (weights + config + metrics), ``metrics.json`` and ``config.yaml``
+    (their config without ``out``: training again from it does not write over this run)."""
     import yaml
 
+    student, metrics, config = RUN_FILES
     folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    save_student(folder / STUDENT_FILE, result.config.to_dict(), result.model.state_dict(),
+    save_student(folder / student, result.config.to_saved_dict(), result.model.state_dict(),
                  result.metrics)
-    (folder / "metrics.json").write_text(json.dumps(json_ready(result.metrics), indent=2))
-    (folder / "config.yaml").write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
+    (folder / metrics).write_text(json.dumps(json_ready(result.metrics), indent=2))
+    (folder / config).write_text(yaml.safe_dump(result.config.to_saved_dict(),
+                                                sort_keys=False))
     return folder
 
 

@@ -132,6 +132,12 @@ def save_teacher(model: nn.Module, model_spec: dict[str, Any], data: dict[str, A
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and verify a teacher checkpoint file (weights only, no pickled code)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("teacher-*.pt"))[:3]
+        holds = f" (it holds {', '.join(inside)})" if inside else ""
+        raise KdtuneError(f"teacher {str(path)!r} is a folder{holds}; give a teacher "
+                          "checkpoint file (.pt) from `kdtune teacher`, e.g. "
+                          f"{path / (inside[0] if inside else 'teacher-mlp-<fingerprint>.pt')}")
     if not path.is_file():
         raise KdtuneError(f"teacher checkpoint {str(path)!r} does not exist; make one with "
                           "`kdtune teacher --out DIR`")

@@ -13,6 +13,9 @@ from kdtune.config import TrainConfig
 from kdtune.teacher import read_checkpoint, save_teacher
 from kdtune.trainer import Callback, train
 
+#: Where teachers go when no folder is named.
+DEFAULT_FOLDER = "kdtune-runs/teachers"
+
 
 def teacher_key(config: TrainConfig) -> dict:
     """The parts of a config that decide the teacher's weights (not where it is written)."""
@@ -33,13 +36,19 @@ def find_teacher(config: TrainConfig, folder: str | Path) -> Path | None:
     return None
 
 
+def teachers_folder(config: TrainConfig, out: str | Path | None = None) -> Path:
+    """Where :func:`obtain_teacher` looks for and writes the teacher: ``out``, else
+    ``config.out``, else ``kdtune-runs/teachers``."""
+    return Path(out or config.out or DEFAULT_FOLDER).expanduser()
+
+
 def obtain_teacher(config: TrainConfig, *, out: str | Path | None = None, retrain: bool = False,
                    callbacks: Iterable[Callback] = ()) -> tuple[Path, dict[str, float], bool]:
     """Return ``(checkpoint path, metrics, reused)`` for a teacher trained per ``config``.
 
-    ``config.method`` must be ``none``. The checkpoint goes under ``out`` (or ``config.out``).
+    ``config.method`` must be ``none``. The checkpoint goes under :func:`teachers_folder`.
     """
-    folder = Path(out or config.out or "kdtune-runs/teachers").expanduser().resolve()
+    folder = teachers_folder(config, out).resolve()
     if not retrain and folder.is_dir():
         found = find_teacher(config, folder)
         if found is not None:

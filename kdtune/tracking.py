@@ -300,12 +300,17 @@ class Tracker:
     # -- sweeps ---------------------------------------------------------------------------
     def find_sweep(self, name: str) -> str | None:
         """Run id of the sweep's parent run, or None (never creates the store)."""
+        run = self._parent_run(name)
+        return run.info.run_id if run is not None else None
+
+    def _parent_run(self, name: str) -> Run | None:
+        """The sweep's parent run as a search returns it (params, tags, metrics), or None."""
         quoted = _quote(name)
         if quoted is None:
             return None
         runs = self._search(f"tags.`{TAG_KIND}` = 'sweep' AND tags.`{TAG_SWEEP}` = {quoted}",
                             order_by=["attributes.start_time ASC"])
-        return runs[0].info.run_id if runs else None
+        return runs[0] if runs else None
 
     def start_sweep(self, name: str, *, tags: Mapping[str, str] = {},
                     params: Mapping[str, Any] = {}) -> str:
@@ -331,10 +336,21 @@ class Tracker:
 
     def sweep_run(self, name: str) -> Run:
         """The parent run of sweep ``name``; a one-line error listing sweeps if unknown."""
-        run_id = self.find_sweep(name)
-        if run_id is None:
+        run = self._parent_run(name)
+        if run is None:
             raise self._unknown_sweep(name)
-        return self.client.get_run(run_id)
+        return run
+
+    def sweep_and_children(self, name: str) -> tuple[Run, list[Run]]:
+        """The parent run of sweep ``name`` and its child runs (trials and finalist runs),
+        oldest first, from one search; a one-line error listing sweeps if unknown."""
+        quoted = _quote(name)
+        runs = self._search(f"tags.`{TAG_SWEEP}` = {quoted}",
+                            order_by=["attributes.start_time ASC"]) if quoted else []
+        parent = next((r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"), None)
+        if parent is None:
+            raise self._unknown_sweep(name)
+        return parent, [r for r in runs if r.data.tags.get(TAG_PARENT) == parent.info.run_id]
 
     def _unknown_sweep(self, name: str) -> KdtuneError:
         names = self.sweep_names()
@@ -356,6 +372,10 @@ class Tracker:
         """Sweep names, newest first."""
         return [r.data.tags.get(TAG_SWEEP, r.info.run_name) for r in self._sweep_runs()]
 
+    def all_runs(self) -> list[Run]:
+        """Every active run of the experiment (sweeps, trials, finalist runs), one search."""
+        return self._search("")
+
     def list_sweeps(self) -> pd.DataFrame:
         """One row per sweep, newest first: name, run_id, status, times, params.*, tags.*."""
         frame = _runs_frame(self._sweep_runs())
@@ -364,14 +384,7 @@ class Tracker:
 
     def objective(self, name: str) -> tuple[list[str], list[str]]:
         """The sweep's objective (metrics, modes) as stored on its parent run."""
-        params = self.sweep_run(name).data.params
-        metrics = _as_list(params.get(PARAM_OBJECTIVE_METRICS))
-        modes = _as_list(params.get(PARAM_OBJECTIVE_MODES))
-        if not metrics:
-            raise KdtuneError(f"sweep {name!r} records no objective; pass --metric and --mode")
-        if len(modes) != len(metrics):
-            modes = [MODES.get(m, "max") for m in metrics]
-        return metrics, modes
+        return objective_of(self.sweep_run(name), name)
 
     def driver_runs(self, parent_id: str) -> list[dict[str, Any]]:
         """The runs of kdtune drivers that trained for the sweep, as recorded on its parent run
@@ -505,55 +518,61 @@ class Tracker:
             raise self._unknown_sweep(sweep)
         runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'",
                             order_by=["attributes.start_time ASC"])
-        return _runs_frame([r for r in runs if final is None
-                            or (r.data.tags.get(TAG_STAGE) == STAGE_FINAL) == final])
+        return _runs_frame([r for r in runs if final is None or is_final(r) == final])
 
     def all_trial_runs(self) -> pd.DataFrame:
         """Every search trial of every sweep in the experiment, with ``parent_id`` (one
         query)."""
         frame = _runs_frame([r for r in self._search(f"tags.`{TAG_KIND}` = 'trial'")
-                             if r.data.tags.get(TAG_STAGE) != STAGE_FINAL])
+                             if not is_final(r)])
         frame["parent_id"] = frame.get(f"tags.{TAG_PARENT}")
         return frame
 
     def best_configs(self, sweep: str, *, metrics: Sequence[str], modes: Sequence[str],
                      top: int | None = None,
                      status: Sequence[str] = ("FINISHED",)) -> pd.DataFrame:
-        """The best trials of a sweep.
+        """The best trials of a sweep, as :func:`rank_trials` ranks them."""
+        return rank_trials(self.trial_runs(sweep), sweep, metrics=metrics, modes=modes,
+                           top=top, status=status)
 
-        One metric: rows sorted best-first. Several: the Pareto front (rows no other row
-        beats or equals on every metric while beating on one), sorted by the first metric.
-        ``top`` cuts the result afterwards. Rows lacking an objective metric are left out.
-        """
-        import numpy as np
 
-        metrics, modes = list(metrics), list(modes)
-        if not metrics or len(metrics) != len(modes):
-            raise KdtuneError(f"give one mode per metric: metrics {metrics}, modes {modes}")
-        for mode in modes:
-            if mode not in DIRECTIONS:
-                raise choose_one("mode", mode, DIRECTIONS)
-        frame = self.trial_runs(sweep)
-        if frame.empty:
-            return frame
-        _check_logged(frame, metrics, sweep)
-        cols = [f"metrics.{m}" for m in metrics]
-        frame = frame[frame["status"].isin(list(status))].dropna(subset=cols)
-        if len(metrics) > 1 and len(frame):
-            # Minimisation matrix: negate the maximised columns.
-            sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
-            values = frame[cols].to_numpy(dtype=float) * sign
-            keep = np.ones(len(values), dtype=bool)
-            for i, row in enumerate(values):
-                beaten = np.all(values <= row, axis=1) & np.any(values < row, axis=1)
-                keep[i] = not beaten.any()
-            frame = frame[keep]
-        frame = frame.sort_values(cols, ascending=[m == "min" for m in modes], kind="stable")
-        front = ["run_id", "trial_id", "status", *cols]
-        frame = frame[front + [c for c in frame.columns if c not in front]]
-        if top is not None:
-            frame = frame.head(top)
-        return frame.reset_index(drop=True)
+def rank_trials(frame: pd.DataFrame, sweep: str, *, metrics: Sequence[str],
+                modes: Sequence[str], top: int | None = None,
+                status: Sequence[str] = ("FINISHED",)) -> pd.DataFrame:
+    """The best of a sweep's trials (``frame``, as :meth:`Tracker.trial_runs` returns them).
+
+    One metric: rows sorted best-first. Several: the Pareto front (rows no other row
+    beats or equals on every metric while beating on one), sorted by the first metric.
+    ``top`` cuts the result afterwards. Rows lacking an objective metric are left out.
+    """
+    import numpy as np
+
+    metrics, modes = list(metrics), list(modes)
+    if not metrics or len(metrics) != len(modes):
+        raise KdtuneError(f"give one mode per metric: metrics {metrics}, modes {modes}")
+    for mode in modes:
+        if mode not in DIRECTIONS:
+            raise choose_one("mode", mode, DIRECTIONS)
+    if frame.empty:
+        return frame
+    _check_logged(frame, metrics, sweep)
+    cols = [f"metrics.{m}" for m in metrics]
+    frame = frame[frame["status"].isin(list(status))].dropna(subset=cols)
+    if len(metrics) > 1 and len(frame):
+        # Minimisation matrix: negate the maximised columns.
+        sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
+        values = frame[cols].to_numpy(dtype=float) * sign
+        keep = np.ones(len(values), dtype=bool)
+        for i, row in enumerate(values):
+            beaten = np.all(values <= row, axis=1) & np.any(values < row, axis=1)
+            keep[i] = not beaten.any()
+        frame = frame[keep]
+    frame = frame.sort_values(cols, ascending=[m == "min" for m in modes], kind="stable")
+    front = ["run_id", "trial_id", "status", *cols]
+    frame = frame[front + [c for c in frame.columns if c not in front]]
+    if top is not None:
+        frame = frame.head(top)
+    return frame.reset_index(drop=True)
 
 
 def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
@@ -570,12 +589,20 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
     """
     uri = tracking_uri or default_tracking_uri(default_store())
     require_store(uri)
-    tracker = Tracker(uri, experiment)
-    tracker.sweep_run(name)  # a one-line error for an unknown sweep
+    return sweep_best(Tracker(uri, experiment), name, metric=metric, mode=mode, top=top)[1]
+
+
+def sweep_best(tracker: Tracker, name: str, *, metric: str | Sequence[str] | None = None,
+               mode: str | Sequence[str] | None = None, top: int | None = 10
+               ) -> tuple[Run, pd.DataFrame]:
+    """The parent run of sweep ``name`` and its best finished trials (see
+    :func:`best_configs`), from one search of the store."""
+    parent, children = tracker.sweep_and_children(name)
+    trials = _runs_frame([r for r in children if not is_final(r)])
     metrics, modes = _as_list(metric), _as_list(mode)
     if not metrics or not modes:
         try:
-            sweep_metrics, sweep_modes = tracker.objective(name)
+            sweep_metrics, sweep_modes = objective_of(parent, name)
         except KdtuneError:
             if not metrics:
                 raise
@@ -587,12 +614,29 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
             missing = [m for m, d in zip(metrics, modes, strict=True) if not d]
             if missing:
                 # a typo of a logged metric: say so rather than ask for a mode
-                _check_logged(tracker.trial_runs(name), missing, name, typos_only=True)
+                _check_logged(trials, missing, name, typos_only=True)
                 raise KdtuneError(f"no default mode for metric {missing[0]!r}; pass --mode "
                                   "max or --mode min")
     if len(modes) == 1 and len(metrics) > 1:
         modes = modes * len(metrics)
-    return tracker.best_configs(name, metrics=metrics, modes=modes, top=top)
+    return parent, rank_trials(trials, name, metrics=metrics, modes=modes, top=top)
+
+
+def objective_of(parent: Run, name: str) -> tuple[list[str], list[str]]:
+    """The objective (metrics, modes) recorded on sweep ``name``'s parent run."""
+    params = parent.data.params
+    metrics = _as_list(params.get(PARAM_OBJECTIVE_METRICS))
+    modes = _as_list(params.get(PARAM_OBJECTIVE_MODES))
+    if not metrics:
+        raise KdtuneError(f"sweep {name!r} records no objective; pass --metric and --mode")
+    if len(modes) != len(metrics):
+        modes = [MODES.get(m, "max") for m in metrics]
+    return metrics, modes
+
+
+def is_final(run: Run) -> bool:
+    """Whether a child run is a finalist run (``kdtune finalize``), not a search trial."""
+    return run.data.tags.get(TAG_STAGE) == STAGE_FINAL
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ TRACKING_FORMS = "http(s)://HOST:PORT, sqlite:///PATH, file:///PATH or postgresq
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
 STUDY_FORMS = ("an SQLAlchemy URL (sqlite:///PATH, postgresql://USER@HOST/DB, "
                "mysql://USER@HOST/DB) or a journal file path")
+RAY_FORMS = "auto or HOST:PORT (the head node, e.g. 10.0.0.1:6379)"
 _DATABASES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
 T = TypeVar("T")
 
@@ -89,6 +90,22 @@ def check_tracking_uri(uri: str, flag: str = "--mlflow-uri") -> str:
     return uri
 
 
+def check_store_flags(mlflow_uri: str | None, storage: str | None = None,
+                      study_storage: str | None = None) -> None:
+    """Check the form of each store a command is given (``--mlflow-uri``, else
+    ``$MLFLOW_TRACKING_URI``; ``--storage``; ``--study-storage``): one-line errors."""
+    import os
+
+    if mlflow_uri is not None:
+        check_tracking_uri(mlflow_uri)
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+    if storage is not None:
+        check_storage(storage)
+    if study_storage is not None:
+        check_study_url(study_storage)
+
+
 def check_storage(location: str, flag: str = "--storage") -> str:
     """``location`` if it is a folder path or a storage URI Ray reaches; else a one-line
     error."""
@@ -124,6 +141,26 @@ def check_study_url(url: str, flag: str = "--study-storage") -> str:
         raise KdtuneError(f"{flag} {shown!r} is not an SQLAlchemy URL (scheme://...); give "
                           f"{STUDY_FORMS}")
     return url
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)$")
+
+
+def check_ray_address(address: str, flag: str = "--address") -> str:
+    """``address`` if it names a Ray cluster: ``auto``, ``HOST:PORT`` (a head node's GCS,
+    e.g. ``10.0.0.1:6379``), or a Ray Client address ``ray://HOST:PORT``; else a one-line
+    error naming the forms. Checked before Ray is imported."""
+    shown = redact(address)
+    if address == "auto":
+        return address
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or _HOST.match(host) is None:
+        raise KdtuneError(f"{flag} {shown!r} is not a Ray cluster address; give {RAY_FORMS}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise KdtuneError(f"{flag} {shown!r}: the port must be a number in 1..65535; give "
+                          f"{RAY_FORMS}")
+    return address
 
 
 def _check_host(uri: str, shown: str, flag: str, forms: str) -> None:

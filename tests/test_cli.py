@@ -137,7 +137,13 @@ BAD_TRAIN = {
     "epochs-zero": (["--method", "none", "--epochs", "0"], "epochs 0"),
     "model-option": (["--method", "none", "--model", "mlp", "--blocks", "1,1,0,0"],
                      "'blocks'"),
-    "unknown-flag": (["--temprature", "3"], "--temprature"),
+    "unknown-flag": (["--temprature", "3"],
+                     "kdtune train: error: unknown flag --temprature (did you mean "
+                     "--temperature?)"),
+    "unknown-flag-eq": (["--temprature=3"], "unknown flag --temprature (did you mean"),
+    "unknown-method-flag": (["--method", "dkd", "--nckd-wieght", "6"],
+                            "unknown flag --nckd-wieght (did you mean --nckd-weight?)"),
+    "stray-word": (["sixty"], "unexpected argument 'sixty'"),
     "bad-int": (["--epochs", "two"], "'two'"),
 }
 
@@ -203,6 +209,84 @@ def test_bad_teacher_input_writes_nothing(tmp_path: Path,
 def test_no_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_bad([], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["serach", "space.yaml"], "kdtune: error: unknown command 'serach'; choose one of: train, "
+     "teacher, search, resume, best, finalize, dashboard, export, report, demo (did you mean "
+     "'search'?)"),
+    (["best", "--tpo", "3"], "kdtune best: error: unknown flag --tpo (did you mean --top?)"),
+    (["best", "--zzzz"], "kdtune best: error: unknown flag --zzzz (see kdtune best --help)"),
+    (["search", "space.yaml", "--num-smaples", "3"],
+     "kdtune search: error: unknown flag --num-smaples (did you mean --num-samples?)"),
+    (["export", "x", "--format", "onnx", "--out", "s.onnx", "--trail", "x#1"],
+     "kdtune export: error: unknown flag --trail (did you mean --trial?)"),
+])
+def test_unknown_command_or_flag_names_the_closest(argv: list[str], line: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_bad(argv, capsys)
+    assert (code, out, err) == (2, "", line + "\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_given_as_the_teacher_says_what_is_expected(
+        teacher_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "teachers"
+    folder.mkdir()
+    (folder / teacher_path.name).write_bytes(teacher_path.read_bytes())
+    code, _, err = run_bad(["train", "--teacher", str(folder), *TINY], capsys)
+    assert_one_line_error(code, err, f"teacher '{folder}' is a folder (it holds "
+                                     f"{teacher_path.name}); give a teacher checkpoint file "
+                                     f"(.pt) from `kdtune teacher`, e.g. "
+                                     f"{folder / teacher_path.name}")
+    assert "does not exist" not in err
+
+
+# -- a finished run is never written over silently ------------------------------------------
+def test_a_saved_config_trains_again_without_writing_over_its_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run1 = tmp_path / "run1"
+    assert main(["train", "--method", "none", *TINY, "--out", str(run1)]) == 0
+    saved = yaml.safe_load((run1 / "config.yaml").read_text())
+    assert "out" not in saved and saved["hidden"] == [16]
+    assert "out" not in torch.load(run1 / "student.pt", weights_only=True)["config"]
+    before = {p.name: p.read_bytes() for p in run1.iterdir()}
+    capsys.readouterr()
+
+    # training again from the saved config (for longer) writes nothing anywhere
+    assert main(["train", "--config", str(run1 / "config.yaml"), "--epochs", "2",
+                 "--json"]) == 0
+    assert last_json(capsys.readouterr().out)["epochs"] == 2
+    assert {p.name: p.read_bytes() for p in run1.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run1"]
+
+
+def test_out_holding_a_finished_run_is_refused_unless_forced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run1 = tmp_path / "run1"
+    assert main(["train", "--method", "none", *TINY, "--out", str(run1)]) == 0
+    before = {p.name: p.read_bytes() for p in run1.iterdir()}
+    capsys.readouterr()
+    # a config that names the folder (as configs saved by `kdtune train` once did) ...
+    old = tmp_path / "old.yaml"
+    old.write_text(f"method: none\nhidden: 16\nepochs: 1\ndevice: cpu\nout: {run1}\n")
+    code, _, err = run_bad(["train", "--config", str(old), "--epochs", "2"], capsys)
+    assert_one_line_error(code, err, f"--out {run1} already holds a finished run (student.pt, "
+                                     "metrics.json, config.yaml); give another folder, or add "
+                                     "--force to replace it")
+    assert "epoch" not in err  # refused before training
+    # ... and --out on the command line
+    code, _, err = run_bad(["train", "--method", "none", *TINY, "--out", str(run1)], capsys)
+    assert_one_line_error(code, err, "already holds a finished run")
+    assert {p.name: p.read_bytes() for p in run1.iterdir()} == before
+
+    assert main(["train", "--config", str(old), "--epochs", "2", "--force", "--json"]) == 0
+    metrics = last_json(capsys.readouterr().out)
+    assert json.loads((run1 / "metrics.json").read_text()) == metrics and metrics["epochs"] == 2
+    assert (run1 / "student.pt").read_bytes() != before["student.pt"]
+    assert "out" not in yaml.safe_load((run1 / "config.yaml").read_text())
 
 
 # -- teacher --------------------------------------------------------------------------------

@@ -65,3 +65,39 @@ def test_digits_read_without_sklearn_import_match_sklearn() -> None:
     bunch = load_digits()
     assert torch.equal(x, torch.from_numpy(bunch.images.astype(np.float32)).unsqueeze(1))
     assert np.array_equal(y, bunch.target)
+
+
+PARSER_DECIDES = [
+    ["--help"],
+    ["search", "--help"],
+    ["serach", "space.yaml"],  # unknown command
+    ["best", "--tpo", "3"],  # unknown flag
+    ["train", "--epochs", "two"],  # wrong flag type
+    ["search", "space.yaml", "--num-samples", "two"],
+    ["search", "space.yaml", "--address", "10.0.0.1"],  # refused before Ray starts
+]
+REFUSAL = """
+import contextlib, io, json, sys
+from kdtune.cli import main
+shown = io.StringIO()
+try:
+    with contextlib.redirect_stdout(shown), contextlib.redirect_stderr(shown):
+        code = main({argv!r})
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({{"code": code, "shown": shown.getvalue(),
+                  "imported": sorted(m for m in ("torch", "mlflow", "ray", "optuna")
+                                     if m in sys.modules)}}))
+"""
+
+
+def test_what_the_parser_decides_imports_no_torch_mlflow_or_ray(tmp_path: Path) -> None:
+    """Help and the refusals the parser can decide answer at once: a fresh process shows
+    that they import none of the heavy libraries (each takes seconds to import)."""
+    for argv in PARSER_DECIDES:
+        report = json.loads(run_fresh(REFUSAL.format(argv=argv), tmp_path))
+        assert report["imported"] == [], (argv, report)
+        assert report["code"] == (0 if "--help" in argv else 2), (argv, report)
+        if "--help" not in argv:
+            assert len(report["shown"].strip().splitlines()) == 1, (argv, report)
+    assert list(tmp_path.iterdir()) == []

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from kdtune.config import saved_config
 from kdtune.tracking import Tracker, transient_tracking_error
 from kdtune.tune.searcher import stopped_early
 from kdtune.tune.study import SweepStudy
@@ -237,7 +238,7 @@ class MlflowTrials(Callback):
             tags[TAG_READABLE_ID] = self.labels(trial.trial_id, trial.config)
             self.run_ids[trial.trial_id] = self.tracker.start_trial(
                 self.parent_id, trial.trial_id, params=config,
-                config_yaml=yaml.safe_dump(config, sort_keys=False),
+                config_yaml=yaml.safe_dump(saved_config(config), sort_keys=False),
                 tags={TAG_SWEEP: self.sweep, **tags})
         return self.run_ids[trial.trial_id]
 

@@ -66,9 +66,7 @@ from kdtune.tune.trainable import CHECKPOINT_FILE, SweepContext, TrialSettings
 from kdtune.urls import (
     call_with_retries,
     check_reachable,
-    check_storage,
-    check_study_url,
-    check_tracking_uri,
+    check_store_flags,
     redact,
 )
 from kdtune.versions import git_sha, package_versions
@@ -121,14 +119,7 @@ class Store:
         beside an SQLite MLflow store, else in a local Ray storage folder, else in
         ``./kdtune-runs``."""
         root = default_store()
-        if mlflow_uri is not None:
-            check_tracking_uri(mlflow_uri)
-        elif os.environ.get("MLFLOW_TRACKING_URI"):
-            check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
-        if storage is not None:
-            check_storage(storage)
-        if study_storage is not None:
-            check_study_url(study_storage)
+        check_store_flags(mlflow_uri, storage, study_storage)
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
         if storage and is_uri(storage):
             ray_storage: Path | str = storage.rstrip("/")

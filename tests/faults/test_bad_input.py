@@ -196,3 +196,75 @@ def test_on_an_autoscaling_cluster_such_a_trial_is_a_warning(
     monkeypatch.setenv("KDTUNE_AUTOSCALING", "0")
     with pytest.raises(KdtuneError, match="no node of the Ray cluster has them"):
         check_resources(space, Console(file=shown))
+
+
+# -- where a command writes: checked before it works, nothing created --------------------------
+def unwritable_places(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """command -> (argv, the flag named): each writes below ``blocker``, a file."""
+    blocker = tmp_path / "blocker"
+    store = ["--mlflow-uri", f"sqlite:///{tmp_path / 'nothing-here' / 'mlflow.db'}"]
+    return {
+        "train": (["train", "--method", "none", "--epochs", "1", "--out",
+                   str(blocker / "run")], "--out"),
+        "teacher": (["teacher", "--epochs", "1", "--out", str(blocker / "teachers")], "--out"),
+        "demo": (["demo", "--out", str(blocker / "teachers")], "--out"),
+        "export": (["export", "asha", "--format", "onnx", "--out",
+                    str(blocker / "student.onnx"), *store], "--out"),
+        "report": (["report", "asha", "--out", str(blocker / "r.html"), *store], "--out"),
+        "best": (["best", "asha", "--config-out", str(blocker / "best.yaml"), *store],
+                 "--config-out"),
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "teacher", "demo", "export", "report", "best"])
+def test_an_output_place_that_cannot_be_created_is_one_line_before_any_work(
+        command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out /etc/passwd/x``: a file where a folder would have to be. Refused before any
+    training or store access (the store named here does not exist: that would be the error
+    otherwise), nothing created."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file\n")
+    argv, flag = unwritable_places(tmp_path)[command]
+    assert main(argv) == 2
+    line = one_line(capsys, command)
+    assert f"{flag} {tmp_path / 'blocker'}/" in line, line
+    assert f"cannot be created, {tmp_path / 'blocker'} is a file, not a folder" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_an_output_folder_without_write_permission_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may write in any folder")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        assert main(["train", "--method", "none", "--epochs", "1", "--out",
+                     str(locked / "run")]) == 2
+        assert f"no permission to write in {locked}" in one_line(capsys, "train")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+# -- --address: its form, before Ray starts ------------------------------------------------------
+@pytest.mark.parametrize(("address", "shown"), [
+    ("10.0.0.1", "'10.0.0.1' is not a Ray cluster address; give auto or HOST:PORT"),
+    ("10.0.0.1:99999", "'10.0.0.1:99999': the port must be a number in 1..65535"),
+    ("10.0.0.1:0", "the port must be a number in 1..65535"),
+    (":6379", "':6379' is not a Ray cluster address"),
+    ("http://10.0.0.1:6379", "is not a Ray cluster address"),
+])
+@pytest.mark.parametrize("command", ["search", "resume", "finalize"])
+def test_a_malformed_ray_address_is_one_line(command: str, address: str, shown: str,
+                                             teacher_path: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = [str(write_space(tmp_path, teacher_path))] if command == "search" else ["faults"]
+    assert main([command, *first, "--address", address]) == 2
+    line = one_line(capsys, command)
+    assert f"--address {shown}" in line or shown in line, line
+    assert "(the head node, e.g. 10.0.0.1:6379)" in line
+    assert not (tmp_path / "kdtune-runs").exists()

@@ -46,6 +46,8 @@ def test_best_json_lists_finished_trials_best_first(asha_sweep: SweepRecord,
     assert len(rows) == len(finished) >= 1  # KILLED trials are never "best"
     expected = finished.sort_values("metrics.val_accuracy", ascending=False, kind="stable")
     assert [r["trial_id"] for r in rows] == list(expected["trial_id"])
+    assert [r["id"] for r in rows] == list(expected["tags.kdtune.id"])  # readable: asha#3
+    assert all(r["id"].startswith("asha#") and r["id"][5:].isdigit() for r in rows)
     assert [r["val_accuracy"] for r in rows] == list(expected["metrics.val_accuracy"])
     first = rows[0]
     assert "test_accuracy" not in first  # validation only: search trials never read the test set
@@ -60,12 +62,17 @@ def test_best_json_lists_finished_trials_best_first(asha_sweep: SweepRecord,
 def test_best_csv_and_table(asha_sweep: SweepRecord, capsys: pytest.CaptureFixture[str]) -> None:
     rows = best_json(capsys, "asha", *asha_sweep.cli_store())
     assert main(["best", "asha", *asha_sweep.cli_store(), "--format", "csv"]) == 0
-    parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [r["trial_id"] for r in parsed] == [r["trial_id"] for r in rows]
+    text = capsys.readouterr().out
+    assert text.startswith("id,trial_id,run_id,val_accuracy,")
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["id"], r["trial_id"], r["run_id"]) for r in parsed] == \
+        [(r["id"], r["trial_id"], r["run_id"]) for r in rows]
     assert float(parsed[0]["val_accuracy"]) == pytest.approx(rows[0]["val_accuracy"])
     assert main(["best", "asha", *asha_sweep.cli_store()]) == 0
     table = capsys.readouterr().out
-    assert "best of sweep 'asha'" in table and rows[0]["trial_id"] in table
+    assert "best of sweep 'asha'" in table
+    assert all(r["id"] in table for r in rows)  # the readable id, not Ray's nor MLflow's
+    assert rows[0]["trial_id"] not in table and rows[0]["run_id"] not in table
 
 
 def test_best_top_and_other_metric(asha_sweep: SweepRecord,
@@ -97,20 +104,57 @@ def test_best_unknown_sweep_exits_2(asha_sweep: SweepRecord,
 def test_config_out_retrains_with_kdtune_train(asha_sweep: SweepRecord, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "best.yaml"
+    best_id = best_json(capsys, "asha", *asha_sweep.cli_store(), "--top", "1")[0]["id"]
     assert main(["best", "asha", *asha_sweep.cli_store(), "--top", "1",
                  "--config-out", str(out)]) == 0
-    assert str(out) in capsys.readouterr().out
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == (f"config of {best_id} written to {out}; retrain with "
+                    f"`kdtune train --config {out}`")
     written = yaml.safe_load(out.read_text())
     best = finished_runs(asha_sweep).sort_values("metrics.val_accuracy", ascending=False,
                                                  kind="stable").iloc[0]
     for key in ("method", "hidden", "lr", "epochs", "teacher", "dataset"):
         assert written[key] == decode_param(best[f"params.{key}"]), key
-    assert "seeds" not in written and written.get("out") is None
+    assert "seeds" not in written and "out" not in written
     TrainConfig.from_yaml(out)  # valid as it is
 
     assert main(["train", "--config", str(out), "--epochs", "1", "--json"]) == 0
     metrics = last_json(capsys.readouterr().out)
     assert metrics["epochs"] == 1 and 0 < metrics["test_accuracy"] <= 1
+
+
+BEST_IN_A_FRESH_PROCESS = """
+import contextlib, io, json, sys
+from kdtune.cli import main
+shown = io.StringIO()
+with contextlib.redirect_stdout(shown):
+    code = main({argv!r})
+print(json.dumps({{"code": code, "shown": shown.getvalue(),
+                  "imported": sorted(m for m in ("torch", "ray", "optuna", "kdtune.methods",
+                                                 "kdtune.tune") if m in sys.modules)}}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["best", "asha"], ["best", "--list"],
+                                  ["best", "asha", "--format", "csv", "--top", "2"]])
+def test_best_answers_from_mlflow_alone_without_torch_or_ray(
+        argv: list[str], asha_sweep: SweepRecord, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``kdtune best`` (and ``--list``) in a fresh process: the answer it gives in this one,
+    with no torch, Ray, Optuna, method registry or search layer imported on the way."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [*argv, "--mlflow-uri", asha_sweep.uri]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    done = subprocess.run([sys.executable, "-c", BEST_IN_A_FRESH_PROCESS.format(argv=argv)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0 and report["imported"] == [], report
+    assert main(argv) == 0
+    assert report["shown"] == capsys.readouterr().out
 
 
 # -- several objectives ---------------------------------------------------------------------------

@@ -62,7 +62,10 @@ def test_exported_onnx_and_pt2_give_the_students_logits(asha_sweep: SweepRecord,
     out = tmp_path / "out"
     uri = ["--mlflow-uri", asha_sweep.uri]
     assert main(["export", "asha", "--format", "onnx", "--out", str(out / "s.onnx"), *uri]) == 0
-    assert f"trial {best['trial_id']}" in capsys.readouterr().out  # the best by validation
+    said = capsys.readouterr().out  # the best by validation, by its readable id
+    assert said.startswith(f"exported {best['tags.kdtune.id']} of sweep 'asha' (Ray trial "
+                           f"{best['trial_id']}, MLflow run {best['run_id']}) to "
+                           f"{(out / 's.onnx').resolve()}; ")
     assert main(["export", "asha", "--format", "pt2", "--out", str(out / "s.pt2"), *uri]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["s.onnx", "s.onnx.json", "s.pt2",
                                                       "s.pt2.json"]
@@ -83,6 +86,7 @@ def test_exported_onnx_and_pt2_give_the_students_logits(asha_sweep: SweepRecord,
 
     side = json.loads((out / "s.onnx.json").read_text())
     assert side["trial_id"] == best["trial_id"] and side["run_id"] == best["run_id"]
+    assert side["id"] == best["tags.kdtune.id"]
     assert side["model_format"] == "onnx" and side["model_file"] == "s.onnx"
     assert side["input"]["shape"] == ["batch", 1, 8, 8] and side["input"]["dtype"] == "float32"
     assert side["config"]["hidden"] == list(config.hidden)
@@ -115,6 +119,7 @@ def test_register_adds_a_tagged_model_version(asha_sweep: SweepRecord, tmp_path:
                          weights_only=True)
     assert version.run_id == best["run_id"]
     assert version.tags == {"kdtune.sweep": "asha", "kdtune.trial_id": best["trial_id"],
+                            "kdtune.id": best["tags.kdtune.id"],
                             "kdtune.teacher_fingerprint": teacher["fingerprint"],
                             "kdtune.format": "pt2"}
     logged = {f.path for f in client.list_artifacts(best["run_id"], "export/pt2")}
@@ -138,22 +143,25 @@ def test_bad_format_trial_or_out_is_one_line(asha_sweep: SweepRecord, tmp_path: 
     assert main([*base, "--format", "onnx", "--out", str(out / "s.onnx"), "--trial",
                  "nosuch"]) == 2
     line = one_error_line(capsys)
-    assert "'nosuch'" in line and str(runs["trial_id"].iloc[0]) in line
+    assert "'nosuch'" in line and "a readable id such as asha#3" in line
+    assert f"its runs: {runs['tags.kdtune.id'].iloc[0]}, " in line
     other = str(others["trial_id"].iloc[0])
     assert main([*base, "--format", "onnx", "--out", str(out / "s.onnx"), "--trial",
                  other]) == 2
     line = one_error_line(capsys)
     assert f"trial '{other}'" in line and "only trials with saved weights can be exported" \
-        in line and line.endswith(str(best["trial_id"]))
+        in line and line.endswith(f": {best['tags.kdtune.id']}")
     assert main(["export", "ahsa", "--format", "onnx", "--out", str(out / "s.onnx"),
                  "--mlflow-uri", asha_sweep.uri]) == 2
     assert "did you mean 'asha'" in one_error_line(capsys)
     assert not out.exists()  # nothing written, not even the folder's temporary files
 
-    # --trial with the best trial's id exports it
-    assert main([*base, "--format", "onnx", "--out", str(out / "s.onnx"), "--trial",
-                 str(best["trial_id"])]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["s.onnx", "s.onnx.json"]
+    # --trial with the best trial's readable id, or its MLflow run id, exports it
+    for trial in (best["tags.kdtune.id"], best["run_id"]):
+        assert main([*base, "--format", "onnx", "--out", str(out / "s.onnx"), "--trial",
+                     trial]) == 0
+        assert capsys.readouterr().out.startswith(f"exported {best['tags.kdtune.id']} of ")
+        assert sorted(p.name for p in out.iterdir()) == ["s.onnx", "s.onnx.json"]
 
 
 def test_a_sweep_without_a_trained_student_is_one_line(tmp_path: Path, mlflow_template: Path,

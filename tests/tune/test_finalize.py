@@ -6,6 +6,7 @@ kept apart from the sweep's trials."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,36 @@ def test_finalize_again_trains_nothing_and_shows_the_same_table(
     assert set(record.tracker().final_runs("fin")["run_id"]) == set(before["run_id"])
     rows = json.loads(out.strip().splitlines()[-1])["finalists"]
     assert len(rows) == TOP and all(r["seeds"] == SEEDS for r in rows)
+
+
+def test_export_takes_and_names_a_finalists_seed_run(
+        finalized: tuple[SweepRecord, Any, list[str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Once finalize has run, ``kdtune export`` writes the best finalist's run, says which by
+    its readable id (``fin#N/seedS``), and takes that id as ``--trial``."""
+    record, _, flags = finalized
+    assert main(["finalize", "fin", "--top", str(TOP), "--seeds", str(SEEDS), *flags]) == 0
+    capsys.readouterr()
+    store = flags[:2]  # --mlflow-uri URI
+    assert main(["export", "fin", "--format", "pt2", "--out", str(tmp_path / "a.pt2"),
+                 *store]) == 0
+    said = capsys.readouterr().out
+    match = re.match(r"exported (fin#\d+/seed\d+) of sweep 'fin' \(Ray trial \S+, MLflow run "
+                     r"(\w+)\)", said)
+    assert match, said
+    label, run_id = match.groups()
+    tracker = record.tracker()
+    runs, trials = tracker.final_runs("fin"), tracker.trial_runs("fin")
+    row = runs[runs["run_id"] == run_id].iloc[0]
+    assert row["tags.kdtune.id"] == label and row["tags.kdtune.role"] == "kd"
+    finalist = row["tags.kdtune.finalist"]  # the trial it re-trains
+    trial = trials[(trials["trial_id"] == finalist) | (trials["tags.kdtune.id"] == finalist)
+                   ].iloc[0]
+    assert label == f"{trial['tags.kdtune.id']}/seed{json.loads(row['params.seed'])}"
+    assert main(["export", "fin", "--format", "pt2", "--out", str(tmp_path / "b.pt2"),
+                 "--trial", label, *store]) == 0
+    assert capsys.readouterr().out.startswith(f"exported {label} of sweep 'fin' ")
+    assert json.loads((tmp_path / "b.pt2.json").read_text())["run_id"] == run_id
 
 
 def test_the_sweep_is_untouched_and_never_read_the_test_set(
