@@ -32,6 +32,7 @@ from kdtune.sweep_results import (
 from kdtune.tracking import Tracker, require_store
 from kdtune.vocabulary import (
     LATENCY_SPREAD_METRICS,
+    TAG_ERROR,
     TAG_EXPORT_FORMAT,
     TAG_READABLE_ID,
     TAG_SWEEP,
@@ -156,6 +157,13 @@ def choose_run(tracker: Tracker, name: str, runs: pd.DataFrame,
                               f"trials with saved weights can be exported: "
                               f"{_listing(with_weights)}")
         return match.iloc[0]
+    if len(runs) and (runs["status"] == "FAILED").all():
+        errors = runs.get(f"tags.{TAG_ERROR}")
+        first = next((str(e) for e in errors if isinstance(e, str)), "no reason recorded") \
+            if errors is not None else "no reason recorded"
+        raise KdtuneError(f"sweep {name!r} has no trained student: all its {len(runs)} trials "
+                          f"failed (the first: {first.splitlines()[0][:200]}); fix the space and "
+                          "run `kdtune search` again")
     if with_weights.empty:
         raise KdtuneError(f"sweep {name!r} has no trained student: none of its "
                           f"{len(runs)} trial runs saved weights (a sweep saves its best "

@@ -368,7 +368,8 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
          todo: list[dict[str, Any]], base: Any, store: Any, console: Console) -> None:
     """Train the ``todo`` finalist runs as Ray trials: first the latest finalize experiment
     when it stopped before its end and every run it still owes is among ``todo`` (restored,
-    its finished trials not trained again), then a new experiment for what is left."""
+    its finished trials not trained again; its jobs are kept on the parent run), then a new
+    experiment for what is left."""
     from ray import tune
 
     from kdtune.tune.sweep import log_student, ray_tune_logs, trial_dirname_of
@@ -381,20 +382,20 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
     finished = _finished_keys(tracker.final_runs(name))
     results = []
     with ray_tune_logs(store.logs / f"{name}-finalize.log"):
-        if folders and tune.Tuner.can_restore(str(folders[-1])):
-            tuner = tune.Tuner.restore(str(folders[-1]), trainable=trainable,
-                                       resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)
-            owed = {_job_key(r.config["job"]) for r in tuner.get_results()
-                    if r.config and "job" in r.config} - finished
-            if owed and owed <= {_job_key(j) for j in todo}:
-                console.print(f"continuing the finalize that stopped before its end: "
-                              f"{len(owed)} run(s)")
-                results.extend(tuner.fit())
-                finished = _finished_keys(tracker.final_runs(name))
+        last = _recorded_jobs(tracker, parent, folders[-1]) if folders else None
+        owed = {_job_key(j) for j in last or ()} - finished
+        if owed and owed <= {_job_key(j) for j in todo} and \
+                tune.Tuner.can_restore(str(folders[-1])):
+            console.print(f"continuing the finalize that stopped before its end: {len(owed)} "
+                          "run(s)")
+            results.extend(tune.Tuner.restore(str(folders[-1]), trainable=trainable,
+                                              resume_unfinished=True, resume_errored=False,
+                                              restart_errored=False).fit())
+            finished = _finished_keys(tracker.final_runs(name))
         left = [j for j in todo if _job_key(j) not in finished]
         if left:
             folder = _join(base, f"finalize-{len(folders) + 1}" if folders else "finalize")
+            tracker.client.log_dict(parent, left, _jobs_artifact(folder))
             results.extend(_new_tuner(trainable, folder, left, space, tracker, parent, name,
                                       context).fit())
     for result in results:  # the distilled students' weights, for `kdtune export`
@@ -431,6 +432,25 @@ def _new_tuner(trainable: Any, folder: Any, jobs: list[dict[str, Any]], space: A
                        JsonLoggerCallback(), CSVLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def _jobs_artifact(folder: Any) -> str:
+    """Where the parent run keeps the jobs of the finalize experiment at ``folder``."""
+    return f"finalize/experiments/{str(folder).rstrip('/').rsplit('/', 1)[-1]}.json"
+
+
+def _recorded_jobs(tracker: Tracker, parent: str, folder: Any) -> list[dict[str, Any]] | None:
+    """The jobs the finalize experiment at ``folder`` was started with (None: not recorded)."""
+    import json
+    import tempfile
+
+    artifact = _jobs_artifact(folder)
+    listed = {a.path for a in tracker.client.list_artifacts(parent, artifact.rsplit("/", 1)[0])}
+    if artifact not in listed:
+        return None
+    with tempfile.TemporaryDirectory() as out:
+        return json.loads(Path(tracker.client.download_artifacts(parent, artifact, out))
+                          .read_text())
 
 
 def _finalize_folders(base: Any) -> list[Any]:

@@ -71,6 +71,11 @@ def test_a_sweep_whose_every_trial_failed_fails(ray_session: None, mlflow_templa
     assert main(["best", "--list", *flags, "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["name"] == "doomed" and row["state"] == "FAILED"
+    # export says why there is nothing to export, and not to resume
+    assert main(["export", "doomed", "--format", "onnx", "--out", str(tmp_path / "s.onnx"),
+                 "--mlflow-uri", sqlite_uri(store)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "all its 2 trials failed" in line and "resume" not in line, line
 
 
 def _hold_driver_lock(uri: str, name: str) -> Any:
