@@ -96,6 +96,6 @@ def test_a_broken_plugin_is_a_one_line_error(tmp_path: Path) -> None:
                            "--epochs", "1", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("kdtune: error: method plugin 'sharp' (kdtune_sharp) failed "
-                                   "to load: RuntimeError: no GPU here")
+    assert done.stderr.strip() == ("kdtune train: error: method plugin 'sharp' (kdtune_sharp) "
+                                   "failed to load: RuntimeError: no GPU here")
     assert not (tmp_path / "out").exists()
