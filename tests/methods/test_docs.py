@@ -1,4 +1,5 @@
-"""README's methods table is the registry's: names, formulas, papers, parameters, defaults."""
+"""docs/methods.md's methods tables are the registry's: names, formulas, papers, parameters,
+defaults."""
 
 from __future__ import annotations
 
@@ -13,24 +14,25 @@ from kdtune.methods.docs import (
     table_in,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
 
 
-def test_readme_methods_table_is_generated_from_the_registry() -> None:
-    written = table_in(README.read_text())
+def test_methods_table_is_generated_from_the_registry() -> None:
+    written = table_in(PAGE.read_text())
     assert written == methods_table(), (
-        "README's methods table is out of date: run `python -m kdtune.methods.docs README.md`")
+        "docs/methods.md's methods table is out of date: run `python -m kdtune.methods.docs "
+        "docs/methods.md`")
 
 
-def test_readme_feature_methods_table_is_generated_from_the_registry() -> None:
-    written = table_in(README.read_text(), FEATURE_BEGIN, FEATURE_END)
+def test_feature_methods_table_is_generated_from_the_registry() -> None:
+    written = table_in(PAGE.read_text(), FEATURE_BEGIN, FEATURE_END)
     assert written == feature_methods_table(), (
-        "README's feature methods table is out of date: run `python -m kdtune.methods.docs "
-        "README.md`")
+        "docs/methods.md's feature methods table is out of date: run `python -m "
+        "kdtune.methods.docs docs/methods.md`")
 
 
 def test_the_table_names_every_method_and_its_defaults() -> None:
-    rows = [line.split(" | ") for line in table_in(README.read_text()).splitlines()[2:]]
+    rows = [line.split(" | ") for line in table_in(PAGE.read_text()).splitlines()[2:]]
     assert [r[0].strip("| `") for r in rows] == list_methods()
     for row, method in zip(rows, list_methods(), strict=True):
         for name, p in method_params(method).items():
