@@ -1,4 +1,4 @@
-"""Seed 001's finding, fast version (issue 3, "Done when"): on digits with only 5 or 10 training
+"""The lecture's finding, fast version: on digits with only 5 or 10 training
 images per class, vanilla KD from a bigger MLP teacher beats training the small student alone,
 averaged over 3 seeds.
 

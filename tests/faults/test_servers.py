@@ -32,7 +32,7 @@ from .harness import (
 
 pytestmark = pytest.mark.slow
 
-#: How long both servers stay away (the issue's 30-60 s; the benchmark uses 60).
+#: How long both servers stay away (a server restart of 30-60 s; the benchmark uses 60).
 OUTAGE_S = float(os.environ.get("KDTUNE_FAULTS_OUTAGE_S", "30"))
 EPOCHS = 6
 MLFLOW_PASSWORD = "mlflow-s3cret"
