@@ -1,26 +1,27 @@
-"""The training config: one frozen dataclass, loaded from dicts/YAML and validated.
+"""The training config: one frozen dataclass, a plain value that checks its own fields.
 
 Every hop of a hyper-parameter (YAML -> search space -> trial -> trainer) ends here: the
-trainer reads nothing but a :class:`TrainConfig`.
+trainer reads nothing but a :class:`TrainConfig`. This module imports no registry and no
+torch: user input becomes a config in :mod:`kdtune.resolve`, which also checks the names the
+registries know (dataset, model, methods and their parameters) and fills in the method
+parameters' defaults; the trainer resolves the config it is given the same way.
 
 A method's own hyper-parameters (``nckd_weight``, ``t_right``, ...; see
 :mod:`kdtune.methods`) live in the one field ``method_params``, while every user-facing form
-stays flat: :meth:`TrainConfig.from_dict` takes ``nckd_weight: 6`` beside ``alpha: 0.5`` and
-:meth:`TrainConfig.to_dict` writes it back the same way (YAML, CLI flags, MLflow params).
+stays flat: :func:`kdtune.resolve.config_from_dict` takes ``nckd_weight: 6`` beside
+``alpha: 0.5`` and :meth:`TrainConfig.to_dict` writes it back the same way (YAML, CLI flags,
+MLflow params).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdtune.coerce import coerce
 from kdtune.errors import KdtuneError, choose_one
 
 SCHEDULES = ("multistep", "cosine")
@@ -94,78 +95,51 @@ class TrainConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        _validate(self)
+        object.__setattr__(self, "method_params", dict(self.method_params))
+        check_fields(self)
 
-    # -- construction -------------------------------------------------------------------
+    # -- built from user input (kdtune.resolve; kept here for callers not yet switched) ---
     @classmethod
     def field_names(cls) -> list[str]:
-        """Every key :meth:`from_dict` accepts: the fields, with every registered method
-        parameter in place of ``method_params``."""
-        from kdtune.methods import all_params
+        """:func:`kdtune.resolve.config_keys`."""
+        from kdtune.resolve import config_keys  # a shim: see SHIMS in tests/test_layers.py
 
-        names = [f.name for f in dataclasses.fields(cls)]
-        at = names.index("method_params")
-        return [*names[:at], *all_params(), *names[at + 1:]]
+        return config_keys()
 
     @classmethod
     def key_types(cls) -> dict[str, Any]:
-        """The type of every key :meth:`from_dict` accepts (a method parameter's own type)."""
-        from kdtune.methods import all_params
+        """:func:`kdtune.resolve.key_types`."""
+        from kdtune.resolve import key_types  # a shim: see SHIMS in tests/test_layers.py
 
-        hints = typing.get_type_hints(cls)
-        params = {name: p.type for name, p in all_params().items()}
-        return {k: params[k] if k in params else hints[k] for k in cls.field_names()}
+        return key_types()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
-        """Build from a plain flat mapping (YAML, CLI, a search trial), coercing types.
+        """:func:`kdtune.resolve.config_from_dict`."""
+        from kdtune.resolve import config_from_dict  # a shim: see SHIMS in tests/test_layers.py
 
-        Unknown keys are rejected with the closest valid key as a suggestion. Method
-        parameters go to ``method_params``; one set to ``None`` counts as not given.
-        """
-        from kdtune.methods import all_params
-
-        types_ = cls.key_types()
-        params = all_params()
-        kwargs: dict[str, Any] = {}
-        own: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in types_:
-                names = list(types_)
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise KdtuneError(f"{where}: unknown key {key!r}{hint}; "
-                                  f"valid keys: {', '.join(names)}")
-            if key in params:
-                if value is not None:
-                    own[key] = _coerce(value, types_[key], f"{where}: {key}")
-            else:
-                kwargs[key] = _coerce(value, types_[key], f"{where}: {key}")
-        return cls(**kwargs, method_params=own)
+        return config_from_dict(data, where=where)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Load a YAML file; ``overrides`` (e.g. CLI flags) win over the file."""
-        data = load_yaml_mapping(path)
-        data.update(overrides)
-        return cls.from_dict(data, where=str(path))
+        """:func:`kdtune.resolve.config_from_yaml`."""
+        from kdtune.resolve import config_from_yaml  # a shim: see SHIMS in tests/test_layers.py
+
+        return config_from_yaml(path, **overrides)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes``. A new ``method`` or ``feature_method`` without
-        ``method_params`` keeps the parameters the pair also declares and drops the others
-        (the new methods' defaults fill in)."""
-        switched = "method" in changes or "feature_method" in changes
-        if switched and "method_params" not in changes:
-            from kdtune.methods import feature_method_params, method_params
+        """A copy with ``changes``. A new ``method`` or ``feature_method`` is
+        :func:`kdtune.resolve.replace_config` (the method parameters follow the methods)."""
+        if "method" in changes or "feature_method" in changes:
+            from kdtune.resolve import replace_config  # a shim: see SHIMS in test_layers.py
 
-            own = {**method_params(changes.get("method", self.method)),
-                   **feature_method_params(changes.get("feature_method", self.feature_method))}
-            changes["method_params"] = {k: v for k, v in self.method_params.items() if k in own}
+            return replace_config(self, **changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, flat, YAML/JSON-friendly dict (tuples become lists): the method's parameters
-        in place of ``method_params``, so ``from_dict(cfg.to_dict()) == cfg``."""
+        in place of ``method_params``, so ``config_from_dict(cfg.to_dict())`` is ``cfg``
+        resolved."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -213,98 +187,14 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Coerce a YAML/CLI value to the annotated type, or raise a one-line error."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if origin is tuple:
-        if isinstance(value, int | str) and not isinstance(value, bool):
-            value = _split_ints(value, where)
-        if not isinstance(value, list | tuple):
-            raise KdtuneError(f"{where}: expected a list of integers, got {value!r}")
-        return tuple(_coerce(v, int, where) for v in value)
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise KdtuneError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise KdtuneError(f"{where}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise KdtuneError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, float):  # 5.0 -> 5, but 2.5 is not silently truncated to 2
-            if value.is_integer():
-                return int(value)
-            raise KdtuneError(f"{where}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise KdtuneError(f"{where}: expected an integer, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise KdtuneError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise KdtuneError(f"{where}: expected a number, got {value!r}") from None
-    if hint is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise KdtuneError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
+#: :func:`kdtune.coerce.coerce` under its former name, for callers not yet switched.
+_coerce = coerce
 
 
-def _split_ints(value: int | str, where: str) -> list[int]:
-    """``"300-300"``, ``"1,1,0,0"`` or ``300`` -> a list of ints."""
-    if isinstance(value, int):
-        return [value]
-    text = value.strip()
-    # Commas/spaces separate; a dash separates only without them ("300-300"), so that
-    # "-1,1,0,0" keeps its minus sign (and is refused by the model) instead of becoming 1.
-    if re.search(r"[,\s]", text):
-        parts = [p for p in re.split(r"[,\s]+", text) if p]
-    else:
-        parts = text.split("-") if text else []
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        raise KdtuneError(f"{where}: expected integers like 300-300 or 1,1,0,0, "
-                          f"got {value!r}") from None
-
-
-def _validate(cfg: TrainConfig) -> None:
-    """Range checks that need no data. Model and dataset names are checked here too."""
-    from kdtune.data import list_datasets
-    from kdtune.methods import get_feature_method, get_method
-    from kdtune.models import list_models
-
-    if cfg.dataset not in list_datasets():
-        raise choose_one("dataset", cfg.dataset, list_datasets())
-    if cfg.model not in list_models():
-        raise choose_one("model", cfg.model, list_models())
-    spec = get_method(cfg.method)
-    fspec = get_feature_method(cfg.feature_method)
-    own = [p.name for p in spec.params]
-    theirs = [p.name for p in fspec.params]
-    given = dict(cfg.method_params)
-    for key, value in given.items():
-        if key not in own and key not in theirs and value is not None:
-            if not theirs:  # no feature term: the method's own message
-                spec.resolve(given)
-            raise KdtuneError(
-                f"neither method {cfg.method!r} nor feature method {cfg.feature_method!r} "
-                f"takes {key!r}; their parameters: {', '.join([*own, *theirs]) or '(none)'}")
-    resolved = {**spec.resolve({k: v for k, v in given.items() if k in own}),
-                **fspec.resolve({k: v for k, v in given.items() if k in theirs})}
-    object.__setattr__(cfg, "method_params", resolved)
+def check_fields(cfg: TrainConfig) -> None:
+    """The checks a config's own values allow (ranges, fixed choices); the names that
+    registries know (dataset, model, methods and their parameters) are checked where user
+    input becomes a config and where a run starts (:func:`kdtune.resolve.resolve_config`)."""
     if cfg.schedule not in SCHEDULES:
         raise choose_one("schedule", cfg.schedule, SCHEDULES)
     if cfg.teacher_outputs not in TEACHER_OUTPUTS:
@@ -314,8 +204,6 @@ def _validate(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.alpha <= 1.0:
         raise KdtuneError(f"alpha {cfg.alpha:g} is outside [0, 1] (alpha weighs the hard-label "
                           "loss; 1 means no distillation)")
-    if spec.uses_temperature and cfg.temperature <= 0:
-        raise KdtuneError(f"temperature {cfg.temperature:g} must be > 0")
     if cfg.kd_warmup < 0:
         raise KdtuneError(f"kd_warmup {cfg.kd_warmup} must be >= 0 (epochs; 0: no warm-up)")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size}

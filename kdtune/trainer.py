@@ -31,6 +31,7 @@ from kdtune.metrics import (
     evaluate,
 )
 from kdtune.models import create_model
+from kdtune.resolve import resolve_config
 from kdtune.teacher import (
     Teacher,
     atomic_save,
@@ -124,6 +125,7 @@ class TrainingRun:
 
     def __init__(self, config: TrainConfig, *, teacher: Teacher | None = None,
                  data: DataSplits | None = None) -> None:
+        config = resolve_config(config)
         self.config = config
         self.method = get_method(config.method)
         self.feature = get_feature_method(config.feature_method)
@@ -470,6 +472,7 @@ def train(config: TrainConfig, callbacks: Iterable[Callback] = (), *,
     as an uninterrupted run.
     """
     run = TrainingRun(config, teacher=teacher, data=data)
+    config = run.config  # resolved: the method parameters' defaults filled in
     if resume_from is not None:
         run.load_checkpoint(resume_from)
     callbacks = list(callbacks)

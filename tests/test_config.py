@@ -1,18 +1,65 @@
-"""TrainConfig: coercion from YAML/CLI values, validation, and one-line errors."""
+"""TrainConfig and kdtune.resolve: coercion from YAML/CLI values, validation, one-line errors."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
+from kdtune.resolve import (
+    config_from_dict,
+    config_from_yaml,
+    replace_config,
+    resolve_config,
+)
+
+
+def test_a_config_is_a_plain_value_that_imports_no_registry() -> None:
+    """Importing the config and building one loads neither torch nor a registry."""
+    script = ("import json, sys, kdtune.config; "
+              "kdtune.config.TrainConfig(method='dkd', model='resnet', dataset='cifar10', "
+              "method_params={'nckd_weight': 2.0}).to_dict(); "
+              "print(json.dumps(sorted(m for m in sys.modules if m == 'torch' or m.startswith("
+              "('kdtune.methods', 'kdtune.models', 'kdtune.data', 'kdtune.resolve')))))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert json.loads(done.stdout) == []
 
 
 def test_defaults_are_valid_and_round_trip() -> None:
-    cfg = TrainConfig()
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = resolve_config(TrainConfig())
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert cfg.method_params == {"logit_standardization": False}  # vanilla's defaults
+    assert resolve_config(cfg) is cfg  # resolved already
+
+
+def test_the_config_methods_answer_as_resolve_does(tmp_path: Path) -> None:
+    """TrainConfig.from_dict/from_yaml/replace/field_names/key_types are kdtune.resolve's."""
+    from kdtune.resolve import config_keys, key_types
+
+    data = {"method": "dkd", "nckd_weight": "6"}
+    assert config_from_dict(data) == config_from_dict(data)
+    path = tmp_path / "c.yaml"
+    path.write_text("method: dkd\n")
+    assert config_from_yaml(path, alpha=0.2) == config_from_yaml(path, alpha=0.2)
+    cfg = config_from_dict(data)
+    assert cfg.replace(method="vanilla") == replace_config(cfg, method="vanilla")
+    assert cfg.replace(seed=3).method_params == cfg.method_params
+    assert TrainConfig.field_names() == config_keys()
+    assert TrainConfig.key_types() == key_types()
+
+
+def test_trainconfig_checks_its_own_fields_and_leaves_names_to_resolve() -> None:
+    with pytest.raises(KdtuneError, match="alpha 2"):
+        TrainConfig(alpha=2.0)
+    plain = TrainConfig(method="rkd5", model="mpl")  # names are the registries' business
+    with pytest.raises(KdtuneError, match="unknown model 'mpl'"):
+        resolve_config(plain)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -27,19 +74,19 @@ def test_defaults_are_valid_and_round_trip() -> None:
     ("", ()),
 ])
 def test_int_lists_are_coerced(raw: object, expected: tuple[int, ...]) -> None:
-    assert TrainConfig.from_dict({"hidden": raw}).hidden == expected
-    assert TrainConfig.from_dict({"blocks": raw}).blocks == expected
+    assert config_from_dict({"hidden": raw}).hidden == expected
+    assert config_from_dict({"blocks": raw}).blocks == expected
 
 
 def test_negative_list_keeps_its_sign() -> None:
     # "-1,1,0,0" must not turn into (1, 1, 0, 0); the model refuses the -1 later.
-    assert TrainConfig.from_dict({"blocks": "-1,1,0,0"}).blocks == (-1, 1, 0, 0)
+    assert config_from_dict({"blocks": "-1,1,0,0"}).blocks == (-1, 1, 0, 0)
     with pytest.raises(KdtuneError, match="'-1-1'"):
-        TrainConfig.from_dict({"hidden": "-1-1"})
+        config_from_dict({"hidden": "-1-1"})
 
 
 def test_scalars_are_coerced() -> None:
-    cfg = TrainConfig.from_dict({"alpha": 1, "temperature": "3", "epochs": 5.0, "lr": 1,
+    cfg = config_from_dict({"alpha": 1, "temperature": "3", "epochs": 5.0, "lr": 1,
                                  "seed": "7", "download": "yes", "train_per_class": 10,
                                  "teacher": None})
     assert (cfg.alpha, cfg.temperature, cfg.epochs, cfg.lr, cfg.seed) == (1.0, 3.0, 5, 1.0, 7)
@@ -57,7 +104,7 @@ def test_scalars_are_coerced() -> None:
 ])
 def test_bad_types_are_one_line_errors(data: dict, fragment: str) -> None:
     with pytest.raises(KdtuneError, match=fragment) as info:
-        TrainConfig.from_dict(data)
+        config_from_dict(data)
     assert "\n" not in str(info.value)
     assert next(iter(data)) in str(info.value)
 
@@ -68,7 +115,7 @@ def test_bad_types_are_one_line_errors(data: dict, fragment: str) -> None:
 ])
 def test_unknown_key_suggests_the_closest(key: str, suggestion: str) -> None:
     with pytest.raises(KdtuneError) as info:
-        TrainConfig.from_dict({key: 1})
+        config_from_dict({key: 1})
     msg = str(info.value)
     assert f"unknown key {key!r}" in msg
     assert f"did you mean {suggestion!r}" in msg
@@ -103,22 +150,23 @@ def test_unknown_key_suggests_the_closest(key: str, suggestion: str) -> None:
 ])
 def test_invalid_values_are_refused(changes: dict, fragment: str) -> None:
     with pytest.raises(KdtuneError) as info:
-        TrainConfig.from_dict(changes)
+        config_from_dict(changes)
     msg = str(info.value)
     assert fragment in msg and "\n" not in msg
 
 
 def test_unknown_names_list_the_choices() -> None:
     with pytest.raises(KdtuneError) as info:
-        TrainConfig(method="rkd5")
+        resolve_config(TrainConfig(method="rkd5"))
     assert "vanilla" in str(info.value) and "did you mean 'rkd_v" in str(info.value)
 
 
 def test_two_temperature_valid_and_temperature_unused() -> None:
-    cfg = TrainConfig(method="two_temperature", method_params={"t_right": 2.0, "t_wrong": 6})
+    cfg = resolve_config(TrainConfig(method="two_temperature",
+                                     method_params={"t_right": 2.0, "t_wrong": 6}))
     assert cfg.method_params == {"t_right": 2.0, "t_wrong": 6.0}
     # `none` has no soft term, so its temperature is not checked
-    assert TrainConfig(method="none", temperature=0).temperature == 0
+    assert resolve_config(TrainConfig(method="none", temperature=0)).temperature == 0
 
 
 def test_replace_validates() -> None:
@@ -135,22 +183,22 @@ def test_model_kwargs_only_set_fields() -> None:
 def test_from_yaml_overrides_win(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("method: none\nhidden: 300-300\nalpha: 0.2\nepochs: 3\n")
-    cfg = TrainConfig.from_yaml(path, alpha=0.7, epochs="9")
+    cfg = config_from_yaml(path, alpha=0.7, epochs="9")
     assert (cfg.method, cfg.hidden, cfg.alpha, cfg.epochs) == ("none", (300, 300), 0.7, 9)
-    assert TrainConfig.from_yaml(path).alpha == 0.2
+    assert config_from_yaml(path).alpha == 0.2
 
 
 def test_from_yaml_empty_file_is_defaults(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("")
-    assert TrainConfig.from_yaml(path) == TrainConfig()
+    assert config_from_yaml(path) == resolve_config(TrainConfig())
 
 
 def test_from_yaml_unknown_key_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("temprature: 3\n")
     with pytest.raises(KdtuneError) as info:
-        TrainConfig.from_yaml(path)
+        config_from_yaml(path)
     assert str(path) in str(info.value) and "did you mean 'temperature'" in str(info.value)
 
 
@@ -163,29 +211,29 @@ def test_bad_yaml_is_one_line(tmp_path: Path, text: str, fragment: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(KdtuneError) as info:
-        TrainConfig.from_yaml(path)
+        config_from_yaml(path)
     msg = str(info.value)
     assert fragment in msg and str(path) in msg and "\n" not in msg
 
 
 def test_missing_yaml_file(tmp_path: Path) -> None:
     with pytest.raises(KdtuneError, match="cannot read config"):
-        TrainConfig.from_yaml(tmp_path / "nope.yaml")
+        config_from_yaml(tmp_path / "nope.yaml")
 
 
 def test_method_parameters_are_flat_keys_with_their_defaults_filled_in() -> None:
     from kdtune.methods import method_params
 
-    cfg = TrainConfig.from_dict({"method": "dkd", "nckd_weight": "6", "kd_warmup": 5})
+    cfg = config_from_dict({"method": "dkd", "nckd_weight": "6", "kd_warmup": 5})
     defaults = {n: p.default for n, p in method_params("dkd").items()}
     assert cfg.method_params == {**defaults, "nckd_weight": 6.0}
     flat = cfg.to_dict()
     assert "method_params" not in flat and flat["nckd_weight"] == 6.0 and flat["kd_warmup"] == 5
     assert {k: flat[k] for k in defaults} == cfg.method_params
-    assert TrainConfig.from_dict(flat) == cfg
+    assert config_from_dict(flat) == cfg
     # a method's keys appear for that method only
     assert not set(method_params("dkd")) - {"logit_standardization"} & set(
-        TrainConfig().to_dict())
+        resolve_config(TrainConfig()).to_dict())
 
 
 def test_every_method_round_trips_through_to_dict() -> None:
@@ -194,8 +242,8 @@ def test_every_method_round_trips_through_to_dict() -> None:
     for method in list_methods():
         given = {n: (p.default if p.default is not None else 3.0)
                  for n, p in method_params(method).items()}
-        cfg = TrainConfig.from_dict({"method": method, **given})
-        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+        cfg = config_from_dict({"method": method, **given})
+        assert config_from_dict(cfg.to_dict()) == cfg
         assert set(cfg.method_params) == set(method_params(method))
 
 
@@ -204,21 +252,23 @@ def test_unset_method_parameters_are_not_given(tmp_path: Path) -> None:
     method) still loads."""
     path = tmp_path / "old.yaml"
     path.write_text("method: vanilla\nt_right: null\nt_wrong: null\nalpha: 0.3\n")
-    cfg = TrainConfig.from_yaml(path)
+    cfg = config_from_yaml(path)
     assert cfg.method == "vanilla" and cfg.alpha == 0.3
     assert cfg.method_params == {"logit_standardization": False}
     path.write_text("method: two_temperature\nt_right: 2\nt_wrong: 5\n")
-    assert TrainConfig.from_yaml(path).method_params == {"t_right": 2.0, "t_wrong": 5.0}
+    assert config_from_yaml(path).method_params == {"t_right": 2.0, "t_wrong": 5.0}
 
 
 def test_replace_with_another_method_keeps_the_parameters_it_declares() -> None:
-    cfg = TrainConfig.from_dict({"method": "dkd", "nckd_weight": 2,
+    cfg = config_from_dict({"method": "dkd", "nckd_weight": 2,
                                  "logit_standardization": True})
-    assert cfg.replace(alpha=0.2).method_params["nckd_weight"] == 2.0
-    assert cfg.replace(method="vanilla").method_params == {"logit_standardization": True}
-    assert cfg.replace(method="none").method_params == {}
-    assert cfg.replace(method="dist").method_params == {"dist_beta": 1.0, "dist_gamma": 1.0}
+    assert replace_config(cfg, alpha=0.2).method_params["nckd_weight"] == 2.0
+    assert replace_config(cfg, method="vanilla").method_params == {
+        "logit_standardization": True}
+    assert replace_config(cfg, method="none").method_params == {}
+    assert replace_config(cfg, method="dist").method_params == {"dist_beta": 1.0,
+                                                                "dist_gamma": 1.0}
     with pytest.raises(KdtuneError, match="method 'vanilla' does not take 'dist_beta'"):
-        cfg.replace(method="vanilla", method_params={"dist_beta": 2})
+        replace_config(cfg, method="vanilla", method_params={"dist_beta": 2})
     with pytest.raises(KdtuneError, match="'two_temperature' needs t_right and t_wrong"):
-        cfg.replace(method="two_temperature")
+        replace_config(cfg, method="two_temperature")

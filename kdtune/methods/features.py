@@ -28,7 +28,6 @@ The trainer never reads a method's name: it asks the spec what it needs.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from kdtune.errors import KdtuneError, choose_one
-from kdtune.methods import registry
-from kdtune.methods.registry import Param
+from kdtune.methods.params import PARAMS, Param
 
 INPUTS = ("stages", "embedding")
 
@@ -86,7 +84,7 @@ class FeatureSpec:
         parameters, ``kd_warmup`` when it has a term; any other key is not its concern."""
         if key == "kd_warmup":
             return self.needs_teacher
-        if key in registry._FEATURE_PARAMS:
+        if key in PARAMS.group("feature method"):
             return any(p.name == key for p in self.params)
         return True
 
@@ -139,21 +137,11 @@ def register_feature_method(
     ``maps_only``: the term needs ``(N, C, H, W)`` maps. ``build``: makes a custom
     :class:`FeatureTerm` (a stateful method; its ``fn`` is then not reachable through
     :func:`feature_loss`). ``kind``: the README's kind column."""
-    from kdtune.config import TrainConfig
-
-    params = tuple(params)
+    params = PARAMS.check("feature method", name, params)
     defaults = dict(defaults or {})
     if inputs is not None and inputs not in INPUTS:
         raise ValueError(f"feature method {name!r}: inputs must be one of {INPUTS}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for p in params:
-        if p.name in fields:
-            raise ValueError(f"feature method {name!r}: parameter {p.name!r} is a TrainConfig "
-                             "field")
-        known = registry._PARAMS.get(p.name) or registry._FEATURE_PARAMS.get(p.name)
-        if known is not None and known != p:
-            raise ValueError(f"feature method {name!r}: parameter {p.name!r} is already "
-                             f"registered with another spec ({known})")
         if p.required and p.name not in defaults:
             raise ValueError(f"feature method {name!r}: give {p.name!r} a default")
     if inputs is not None and "feature_weight" not in defaults:
@@ -172,8 +160,7 @@ def register_feature_method(
             raise TypeError(f"feature method {name!r}: the term must take (student_feats, "
                             f"teacher_feats, *, {', '.join(spec.loss_params)})") from None
         _FEATURES[name] = spec
-        for p in params:
-            registry._FEATURE_PARAMS.setdefault(p.name, p)
+        PARAMS.add("feature method", params)
         return fn
 
     return decorate
@@ -184,9 +171,8 @@ def unregister_feature_method(name: str) -> None:
     declares (for tests)."""
     spec = get_feature_method(name)
     del _FEATURES[name]
-    for p in spec.params:
-        if not any(p in other.params for other in _FEATURES.values()):
-            registry._FEATURE_PARAMS.pop(p.name, None)
+    PARAMS.release("feature method", spec.params,
+                   [p for s in _FEATURES.values() for p in s.params])
 
 
 def list_feature_methods() -> list[str]:

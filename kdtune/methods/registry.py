@@ -26,7 +26,6 @@ registry; adding a method changes nothing else under ``kdtune/``.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.methods.params import KD_FIELDS, PARAMS, Param  # noqa: F401  (their home)
 
 LossFn = Callable[..., "Tensor | None"]
 """``fn(student_logits, teacher_logits, labels, *, [temperature], <params>, [progress])``."""
@@ -46,105 +46,7 @@ PeersFn = Callable[[Callable[[], nn.Module], Mapping[str, Any]], nn.Module]
 """``peers(make_student, params) -> module``: an online method's peers (see register_method)."""
 L = TypeVar("L", bound=LossFn)
 
-#: The shared config fields a method may or may not read (see :meth:`MethodSpec.reads`).
-KD_FIELDS = ("alpha", "temperature", "kd_warmup")
-#: Keywords of :func:`training_loss`/the loss functions that no parameter may take.
-_RESERVED = ("method", "student_logits", "teacher_logits", "labels", "params", "kd_scale",
-             "progress", *KD_FIELDS)
-_TYPES: dict[type, str] = {float: "a number", int: "an integer", bool: "true or false",
-                           str: "a string"}
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One hyper-parameter of a method: a config key, a CLI flag and a search-space name.
-
-    ``default`` ``None`` makes the parameter required. ``low``/``high`` bound numbers
-    (inclusive unless ``low_open``/``high_open``); ``choices`` lists the allowed values.
-    """
-
-    name: str
-    type: type
-    default: Any = None
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[Any, ...] | None = None
-    help: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name.isidentifier() or self.name in _RESERVED:
-            raise ValueError(f"parameter {self.name!r}: not a valid parameter name")
-        if self.type not in _TYPES:
-            raise TypeError(f"parameter {self.name!r}: type must be one of float, int, bool, "
-                            "str")
-        if self.choices is not None:
-            object.__setattr__(self, "choices", tuple(self.check(c) for c in self.choices))
-        if self.default is not None:
-            self.check(self.default)
-
-    @property
-    def required(self) -> bool:
-        return self.default is None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def allowed(self) -> str:
-        """What a value may be, e.g. ``a number > 0`` or ``a number in [0, 1]``."""
-        if self.choices is not None:
-            return "one of: " + ", ".join(str(c) for c in self.choices)
-        what = _TYPES[self.type]
-        if self.low is not None and self.high is not None:
-            return (f"{what} in {'(' if self.low_open else '['}{self.low:g}, "
-                    f"{self.high:g}{')' if self.high_open else ']'}")
-        if self.low is not None:
-            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None:
-            return f"{what} {'<' if self.high_open else '<='} {self.high:g}"
-        return what
-
-    def check(self, value: Any) -> Any:
-        """``value`` coerced to this parameter's type and range-checked; else one-line
-        :class:`KdtuneError` naming the parameter and what it allows."""
-        out = _coerce(value, self.type)
-        if out is None or not self._in_range(out):
-            raise KdtuneError(f"{self.name} {value!r} must be {self.allowed()}")
-        return out
-
-    def _in_range(self, v: Any) -> bool:
-        if self.choices is not None:
-            return v in self.choices
-        if self.type in (bool, str):
-            return True
-        if not math.isfinite(v):
-            return False
-        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
-            return False
-        return self.high is None or not (v > self.high or (self.high_open and v == self.high))
-
-
-def _coerce(value: Any, kind: type) -> Any:
-    """``value`` as ``kind`` (YAML, CLI and MLflow spellings accepted), or ``None``."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-        return words.get(value.lower()) if isinstance(value, str) else None
-    if isinstance(value, bool):
-        return None
-    if kind is str:
-        return value if isinstance(value, str) else None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if kind is int:
-        return int(number) if math.isfinite(number) and number.is_integer() else None
-    return number
 
 
 @dataclass(frozen=True)
@@ -183,7 +85,7 @@ class MethodSpec:
             return self.uses_alpha
         if key == "temperature":
             return self.uses_temperature
-        if key in _PARAMS:
+        if key in PARAMS.group("method"):
             return any(p.name == key for p in self.params)
         return True
 
@@ -210,9 +112,6 @@ class MethodSpec:
 
 
 _METHODS: dict[str, MethodSpec] = {}
-_PARAMS: dict[str, Param] = {}
-#: The feature methods' parameters (:mod:`kdtune.methods.features`): the same namespace.
-_FEATURE_PARAMS: dict[str, Param] = {}
 
 
 def register_method(
@@ -246,20 +145,7 @@ def register_method(
     peer ``k``'s logits against peer ``j``'s as target logits (detached), and, when it has
     one, ``module.metrics(x_val, y_val)`` for extra epoch metrics.
     """
-    from kdtune.config import TrainConfig
-
-    params = tuple(params)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    names = [p.name for p in params]
-    for p in params:
-        if p.name in fields:
-            raise ValueError(f"method {name!r}: parameter {p.name!r} is a TrainConfig field")
-        known = _PARAMS.get(p.name) or _FEATURE_PARAMS.get(p.name)
-        if known is not None and known != p:
-            raise ValueError(f"method {name!r}: parameter {p.name!r} is already registered "
-                             f"with another spec ({known})")
-    if len(set(names)) != len(names):
-        raise ValueError(f"method {name!r}: a parameter is declared twice in {names}")
+    params = PARAMS.check("method", name, params)
 
     def decorate(fn: L) -> L:
         if name in _METHODS:
@@ -279,8 +165,7 @@ def register_method(
             uses_temperature=uses_temperature, batch_level=batch_level,
             uses_progress=uses_progress, params=params, formula=formula, paper=paper,
             adjust=adjust, kind=kind, peers=peers)
-        for p in params:
-            _PARAMS.setdefault(p.name, p)
+        PARAMS.add("method", params)
         return fn
 
     return decorate
@@ -290,9 +175,7 @@ def unregister_method(name: str) -> None:
     """Remove the method ``name`` and the parameters no other method declares (for tests)."""
     spec = get_method(name)
     del _METHODS[name]
-    for p in spec.params:
-        if not any(p in other.params for other in _METHODS.values()):
-            del _PARAMS[p.name]
+    PARAMS.release("method", spec.params, [p for s in _METHODS.values() for p in s.params])
 
 
 def list_methods() -> list[str]:
@@ -316,18 +199,18 @@ def method_params(name: str) -> dict[str, Param]:
 def all_params() -> dict[str, Param]:
     """Every registered method parameter (logit methods' first, then feature methods'),
     name -> spec, in registration order."""
-    return {**_PARAMS, **_FEATURE_PARAMS}
+    return PARAMS.all()
 
 
 def feature_params() -> dict[str, Param]:
     """The feature methods' parameters (``feature_weight``, ``stages``, ...), name -> spec."""
-    return dict(_FEATURE_PARAMS)
+    return PARAMS.group("feature method")
 
 
 def methods_reading(key: str) -> list[str]:
     """The registered methods that read the config key ``key`` (for a feature parameter:
     the feature methods that read it)."""
-    if key in _FEATURE_PARAMS and key not in _PARAMS:
+    if key in PARAMS.group("feature method") and key not in PARAMS.group("method"):
         from kdtune.methods.features import get_feature_method, list_feature_methods
 
         return [n for n in list_feature_methods() if get_feature_method(n).reads(key)]
