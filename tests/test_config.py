@@ -272,3 +272,27 @@ def test_replace_with_another_method_keeps_the_parameters_it_declares() -> None:
         replace_config(cfg, method="vanilla", method_params={"dist_beta": 2})
     with pytest.raises(KdtuneError, match="'two_temperature' needs t_right and t_wrong"):
         replace_config(cfg, method="two_temperature")
+
+
+@pytest.mark.parametrize(("value", "kind", "expected"), [
+    ("7", int, 7), (7.0, int, 7), ("1e3", int, 1000), (2.5, int, None), (True, int, None),
+    ("3", float, 3.0), (1, float, 1.0), (False, float, None), ("high", float, None),
+    ("Yes", bool, True), ("0", bool, False), ("maybe", bool, None), (1, bool, None),
+    (1, str, "1"), ("last", str, "last"), (True, str, None),
+])
+def test_config_fields_and_method_parameters_coerce_alike(value: object, kind: type,
+                                                         expected: object) -> None:
+    """One coercion (kdtune.coerce) for a config field and a method parameter of one type."""
+    from kdtune.coerce import coerce
+    from kdtune.methods import Param
+
+    param = Param("some_param", kind)
+    if expected is None:
+        with pytest.raises(KdtuneError, match="where: expected"):
+            coerce(value, kind, "where")
+        with pytest.raises(KdtuneError, match=f"some_param {value!r} must be"):
+            param.check(value)
+    else:
+        assert coerce(value, kind, "where") == expected
+        assert coerce(value, kind | None, "where") == expected
+        assert param.check(value) == expected and type(param.check(value)) is kind
