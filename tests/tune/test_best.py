@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-import kdtune
 from kdtune.cli import main
 from kdtune.config import TrainConfig
-from kdtune.tracking import decode_param
+from kdtune.tracking import best_configs, decode_param
 
 from .conftest import (
     BASE_SPACE,
@@ -220,7 +219,7 @@ def test_multi_objective_best_is_the_pareto_front(nsga_sweep: SweepRecord, tmp_p
                     "--top", "2")
     assert len(top) == 2 and top[0]["val_accuracy"] >= top[1]["val_accuracy"]
     # the Python API says the same
-    frame = kdtune.best_configs("nsga", tracking_uri=nsga_sweep.uri)
+    frame = best_configs("nsga", tracking_uri=nsga_sweep.uri)
     assert list(frame["trial_id"]) == [r["trial_id"] for r in rows]
 
     # MLflow alone: the Ray storage gone, the answer is the same ...
