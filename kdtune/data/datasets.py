@@ -1,5 +1,9 @@
 """Dataset registry and loaders: every set comes back as in-memory tensors (:class:`DataSplits`).
 
+A dataset is a loader registered with what is known without loading it
+(:func:`register_dataset`, :class:`DatasetSpec`); a package outside kdtune registers its own
+from the module its entry point in the group ``kdtune.datasets`` names.
+
 Splits (see :mod:`kdtune.data.splits`):
 
 * test: the official test set for MNIST, Fashion-MNIST and CIFAR; for ``digits`` and
@@ -36,9 +40,11 @@ from kdtune.data.splits import (
     per_class_subset,
     stratified_split,
 )
-from kdtune.errors import KdtuneError, choose_one
+from kdtune.errors import KdtuneError
+from kdtune.registry import Registry
 
-__all__ = ["DataSplits", "Normalisation", "SyntheticSpec", "list_datasets", "load_dataset"]
+__all__ = ["DATASETS", "DataSplits", "DatasetSpec", "Normalisation", "RawData", "SyntheticSpec",
+           "list_datasets", "load_dataset", "register_dataset", "unregister_dataset"]
 
 _KEY_VERSION = 1
 DIGITS_TEST_FRACTION = 0.2
@@ -126,8 +132,9 @@ class SyntheticSpec:
 
 
 @dataclass
-class _Raw:
-    """A dataset before splitting: unnormalised images (any numeric dtype) and labels."""
+class RawData:
+    """What a dataset's loader returns: the data before splitting, unnormalised images (any
+    numeric dtype) and labels."""
 
     x_pool: torch.Tensor  # training part (train + val), (N, C, H, W)
     y_pool: np.ndarray
@@ -172,11 +179,11 @@ def _digits_arrays() -> tuple[torch.Tensor, np.ndarray]:
     return x, np.asarray(target, dtype=np.int64)
 
 
-def _load_digits(split_seed: int, **_: object) -> _Raw:
+def _load_digits(split_seed: int, **_: object) -> RawData:
     x, y = _digits_arrays()
     n_test = round(DIGITS_TEST_FRACTION * len(y))
     x_pool, y_pool, x_test, y_test = _carve_test(x, y, n_test, split_seed)
-    return _Raw(x_pool, y_pool, x_test, y_test, scale=16.0, num_classes=10, augment=None)
+    return RawData(x_pool, y_pool, x_test, y_test, scale=16.0, num_classes=10, augment=None)
 
 
 def _synthetic_augmentation(spec: SyntheticSpec) -> Augmentation | None:
@@ -204,12 +211,12 @@ def make_synthetic(spec: SyntheticSpec) -> tuple[torch.Tensor, np.ndarray]:
     return x.contiguous(), y.numpy().astype(np.int64)
 
 
-def _load_synthetic(split_seed: int, synthetic: SyntheticSpec | None, **_: object) -> _Raw:
+def _load_synthetic(split_seed: int, synthetic: SyntheticSpec | None, **_: object) -> RawData:
     spec = synthetic or SyntheticSpec()
     x, y = make_synthetic(spec)
     x_pool, y_pool, x_test, y_test = _carve_test(x, y, spec.n_test, split_seed)
     augment = _synthetic_augmentation(spec)
-    return _Raw(x_pool, y_pool, x_test, y_test, scale=1.0, num_classes=spec.num_classes,
+    return RawData(x_pool, y_pool, x_test, y_test, scale=1.0, num_classes=spec.num_classes,
                 augment=augment)
 
 
@@ -279,60 +286,92 @@ def _torchvision_part(tv: _TorchvisionSet, root: Path | None, train: bool,
     return x.contiguous(), y
 
 
-def _torchvision_loader(name: str) -> Callable[..., _Raw]:
+def _torchvision_loader(name: str) -> Callable[..., RawData]:
     tv = _TORCHVISION[name]
 
-    def load(data_root: Path | None, download: bool, **_: object) -> _Raw:
+    def load(data_root: Path | None, download: bool, **_: object) -> RawData:
         x_pool, y_pool = _torchvision_part(tv, data_root, True, download)
         x_test, y_test = _torchvision_part(tv, data_root, False, False)
-        return _Raw(x_pool, y_pool, x_test, y_test, scale=255.0, num_classes=tv.num_classes,
+        return RawData(x_pool, y_pool, x_test, y_test, scale=255.0, num_classes=tv.num_classes,
                     augment=tv.augment)
 
     return load
 
 
-_LOADERS: dict[str, Callable[..., _Raw]] = {
-    "digits": _load_digits,
-    **{name: _torchvision_loader(name) for name in _TORCHVISION},
-    "synthetic": _load_synthetic,
-}
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: its loader and what is known without loading it.
+
+    ``load(data_root, download, split_seed, synthetic)`` (keywords; it may ignore any)
+    returns :class:`RawData`. ``augments``: the dataset has an augmentation (``augment``
+    turns it on or off). ``reads_files``: it reads files (``data_root``, ``download``).
+    """
+
+    name: str
+    load: Callable[..., RawData]
+    num_classes: int
+    in_shape: tuple[int, int, int]
+    augments: bool
+    reads_files: bool = False
+
+
+#: The registered datasets, in registration order; plugins: the group ``kdtune.datasets``.
+DATASETS: Registry[DatasetSpec] = Registry("dataset", plugins="kdtune.datasets")
+
+
+def register_dataset(name: str, *, num_classes: int, in_shape: tuple[int, int, int],
+                     augments: bool, reads_files: bool = False
+                     ) -> Callable[[Callable[..., RawData]], Callable[..., RawData]]:
+    """Register the loader of dataset ``name`` (see :class:`DatasetSpec`)."""
+
+    def decorate(load: Callable[..., RawData]) -> Callable[..., RawData]:
+        DATASETS.add(name, DatasetSpec(name, load, num_classes, tuple(in_shape), augments,
+                                       reads_files))
+        return load
+
+    return decorate
+
+
+def unregister_dataset(name: str) -> None:
+    """Remove the dataset ``name`` (for tests)."""
+    DATASETS.remove(name)
+
+
+register_dataset("digits", num_classes=10, in_shape=(1, 8, 8), augments=False)(_load_digits)
+for _name, _tv in _TORCHVISION.items():
+    register_dataset(_name, num_classes=_tv.num_classes, in_shape=_tv.in_shape,
+                     augments=_tv.augment is not None, reads_files=True)(
+        _torchvision_loader(_name))
+register_dataset("synthetic", num_classes=SyntheticSpec().num_classes,
+                 in_shape=SyntheticSpec().in_shape,
+                 augments=_synthetic_augmentation(SyntheticSpec()) is not None)(_load_synthetic)
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    return list(_LOADERS)
+    return DATASETS.names()
 
 
 def list_file_datasets() -> list[str]:
     """The datasets read from files (``data_root``, ``download``); the others are built in."""
-    return list(_TORCHVISION)
+    return [name for name, spec in DATASETS.items() if spec.reads_files]
 
 
 def dataset_reads_files(name: str) -> bool:
     """Whether dataset ``name`` reads files, so that ``data_root`` and ``download`` matter."""
-    return name in _TORCHVISION
+    return name in DATASETS and DATASETS.get(name).reads_files
 
 
 def dataset_augments(name: str) -> bool:
     """Whether dataset ``name`` has an augmentation (``augment`` turns it on or off)."""
-    if name in _TORCHVISION:
-        return _TORCHVISION[name].augment is not None
-    if name == "synthetic":
-        return _synthetic_augmentation(SyntheticSpec()) is not None
-    return False
+    return name in DATASETS and DATASETS.get(name).augments
 
 
 def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
     """``(num_classes, (C, H, W))`` of dataset ``name`` without loading it (``synthetic``:
     its defaults)."""
-    if name == "digits":
-        return 10, (1, 8, 8)
-    if name in _TORCHVISION:
-        return _TORCHVISION[name].num_classes, _TORCHVISION[name].in_shape
-    if name == "synthetic":
-        spec = SyntheticSpec()
-        return spec.num_classes, spec.in_shape
-    raise choose_one("dataset", name, list_datasets())
+    spec = DATASETS.get(name)
+    return spec.num_classes, spec.in_shape
 
 
 # --------------------------------------------------------------------------------- assembly
@@ -377,8 +416,7 @@ def _digest(x: torch.Tensor, y: np.ndarray) -> str:
 
 def _check_args(name: str, split_seed: int, val_fraction: float, train_per_class: int | None,
                 synthetic: SyntheticSpec | None) -> None:
-    if name not in _LOADERS:
-        raise choose_one("dataset", name, list_datasets())
+    DATASETS.get(name)  # an unknown name: the choices
     if (isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer))
             or split_seed < 0):
         raise KdtuneError(f"split_seed must be an integer >= 0, got {split_seed!r}")
@@ -413,7 +451,8 @@ def load_dataset(
     """
     _check_args(name, split_seed, val_fraction, train_per_class, synthetic)
     root = Path(data_root).expanduser() if data_root is not None else None
-    raw = _LOADERS[name](data_root=root, download=download, split_seed=int(split_seed),
+    spec = DATASETS.get(name)
+    raw = spec.load(data_root=root, download=download, split_seed=int(split_seed),
                          synthetic=synthetic)
 
     n_pool = len(raw.y_pool)
@@ -442,7 +481,7 @@ def load_dataset(
         "val_fraction": float(val_fraction),
         "train_per_class": None if train_per_class is None else int(train_per_class),
         "synthetic": asdict(synthetic or SyntheticSpec()) if name == "synthetic" else None,
-        "data": _digest(raw.x_pool, raw.y_pool) if name in _TORCHVISION else None,
+        "data": _digest(raw.x_pool, raw.y_pool) if spec.reads_files else None,
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     c, h, w = raw.x_pool.shape[1:]

@@ -22,10 +22,8 @@ way from the module its entry point names. A new method is one decorated functio
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
-from kdtune.errors import KdtuneError
 from kdtune.methods.registry import (
+    METHODS,
     MethodSpec,
     Param,
     adjust_teacher_logits,
@@ -73,21 +71,10 @@ ENTRY_POINT_GROUP = "kdtune.methods"
 
 
 def load_plugins() -> list[str]:
-    """Import every ``kdtune.methods`` entry point (each registers its methods on import).
-
-    Returns the entry points' names; one that fails to load is a one-line
-    :class:`KdtuneError` naming it.
-    """
-    names = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # any failure in foreign code: name the plugin, one line
-            detail = " ".join(str(exc).split()) or type(exc).__name__
-            raise KdtuneError(f"method plugin {ep.name!r} ({ep.value}) failed to load: "
-                              f"{type(exc).__name__}: {detail}") from None
-        names.append(ep.name)
-    return names
+    """Import every ``kdtune.methods`` entry point (each registers its methods and feature
+    methods on import). Returns the entry points' names; one that fails to load is a
+    one-line :class:`KdtuneError` naming it."""
+    return METHODS.load_plugins()
 
 
 PLUGINS = load_plugins()

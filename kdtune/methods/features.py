@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdtune.errors import KdtuneError, choose_one
+from kdtune.errors import KdtuneError
 from kdtune.methods.params import PARAMS, Param
+from kdtune.registry import Registry
 
 INPUTS = ("stages", "embedding")
 
@@ -114,7 +115,8 @@ class FeatureSpec:
         return FeatureTerm(self, student_shapes, teacher_shapes, params)
 
 
-_FEATURES: dict[str, FeatureSpec] = {}
+#: The registered feature methods (their plugins load with the methods').
+FEATURES: Registry[FeatureSpec] = Registry("feature method")
 _TRAINER_PARAMS = ("feature_weight", "stages")
 
 
@@ -148,7 +150,7 @@ def register_feature_method(
         raise ValueError(f"feature method {name!r}: declare its default feature_weight")
 
     def decorate(fn: FeatureFn) -> FeatureFn:
-        if name in _FEATURES:
+        if name in FEATURES:
             raise ValueError(f"feature method {name!r} is already registered")
         spec = FeatureSpec(name=name, fn=fn, inputs=inputs, params=params, defaults=defaults,
                            adapt=adapt, maps_only=maps_only, build=build, kind=kind,
@@ -159,7 +161,7 @@ def register_feature_method(
         except TypeError:
             raise TypeError(f"feature method {name!r}: the term must take (student_feats, "
                             f"teacher_feats, *, {', '.join(spec.loss_params)})") from None
-        _FEATURES[name] = spec
+        FEATURES.add(name, spec)
         PARAMS.add("feature method", params)
         return fn
 
@@ -169,22 +171,19 @@ def register_feature_method(
 def unregister_feature_method(name: str) -> None:
     """Remove the feature method ``name`` and the parameters no other feature method
     declares (for tests)."""
-    spec = get_feature_method(name)
-    del _FEATURES[name]
+    spec = FEATURES.remove(name)
     PARAMS.release("feature method", spec.params,
-                   [p for s in _FEATURES.values() for p in s.params])
+                   [p for s in FEATURES.values() for p in s.params])
 
 
 def list_feature_methods() -> list[str]:
     """Names of all registered feature methods (``none`` first), in registration order."""
-    return list(_FEATURES)
+    return FEATURES.names()
 
 
 def get_feature_method(name: str) -> FeatureSpec:
-    try:
-        return _FEATURES[name]
-    except (KeyError, TypeError):
-        raise choose_one("feature method", name, list_feature_methods()) from None
+    """The :class:`FeatureSpec` of ``name``; an unknown name raises :class:`KdtuneError`."""
+    return FEATURES.get(name)
 
 
 def feature_method_params(name: str) -> dict[str, Param]:
@@ -228,7 +227,7 @@ def feature_loss(name: str, student_feats: Sequence[Tensor], teacher_feats: Sequ
 
 
 def pure_feature_methods() -> list[str]:
-    return [n for n, s in _FEATURES.items() if s.inputs is not None and s.build is None]
+    return [n for n, s in FEATURES.items() if s.inputs is not None and s.build is None]
 
 
 def parse_stages(text: str) -> str | list[int]:

@@ -35,8 +35,9 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from kdtune.errors import KdtuneError, choose_one
+from kdtune.errors import KdtuneError
 from kdtune.methods.params import KD_FIELDS, PARAMS, Param  # noqa: F401  (their home)
+from kdtune.registry import Registry
 
 LossFn = Callable[..., "Tensor | None"]
 """``fn(student_logits, teacher_logits, labels, *, [temperature], <params>, [progress])``."""
@@ -111,7 +112,8 @@ class MethodSpec:
                 for name, p in own.items()}
 
 
-_METHODS: dict[str, MethodSpec] = {}
+#: The registered methods.
+METHODS: Registry[MethodSpec] = Registry("method", plugins="kdtune.methods")
 
 
 def register_method(
@@ -148,7 +150,7 @@ def register_method(
     params = PARAMS.check("method", name, params)
 
     def decorate(fn: L) -> L:
-        if name in _METHODS:
+        if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
         keywords: dict[str, Any] = {p.name: p.default for p in params}
         if uses_temperature:
@@ -160,11 +162,11 @@ def register_method(
         except TypeError:
             raise TypeError(f"method {name!r}: the loss must take (student_logits, "
                             f"teacher_logits, labels, *, {', '.join(keywords)})") from None
-        _METHODS[name] = MethodSpec(
+        METHODS.add(name, MethodSpec(
             name=name, fn=fn, needs_teacher=needs_teacher, uses_alpha=uses_alpha,
             uses_temperature=uses_temperature, batch_level=batch_level,
             uses_progress=uses_progress, params=params, formula=formula, paper=paper,
-            adjust=adjust, kind=kind, peers=peers)
+            adjust=adjust, kind=kind, peers=peers))
         PARAMS.add("method", params)
         return fn
 
@@ -173,22 +175,18 @@ def register_method(
 
 def unregister_method(name: str) -> None:
     """Remove the method ``name`` and the parameters no other method declares (for tests)."""
-    spec = get_method(name)
-    del _METHODS[name]
-    PARAMS.release("method", spec.params, [p for s in _METHODS.values() for p in s.params])
+    spec = METHODS.remove(name)
+    PARAMS.release("method", spec.params, [p for s in METHODS.values() for p in s.params])
 
 
 def list_methods() -> list[str]:
     """Names of all registered methods, in registration order."""
-    return list(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` of ``name``; an unknown name raises :class:`KdtuneError`."""
-    try:
-        return _METHODS[name]
-    except (KeyError, TypeError):
-        raise choose_one("method", name, list_methods()) from None
+    return METHODS.get(name)
 
 
 def method_params(name: str) -> dict[str, Param]:
@@ -214,7 +212,7 @@ def methods_reading(key: str) -> list[str]:
         from kdtune.methods.features import get_feature_method, list_feature_methods
 
         return [n for n in list_feature_methods() if get_feature_method(n).reads(key)]
-    return [n for n, s in _METHODS.items() if s.reads(key)]
+    return [n for n, s in METHODS.items() if s.reads(key)]
 
 
 def distillation_loss(
@@ -262,7 +260,7 @@ def training_loss(
         if teacher_logits is None:
             raise KdtuneError(
                 f"method {method!r} needs teacher logits; methods without a teacher: "
-                f"{', '.join(n for n, s in _METHODS.items() if not s.needs_teacher)}")
+                f"{', '.join(n for n, s in METHODS.items() if not s.needs_teacher)}")
         if teacher_logits.shape != student_logits.shape:
             raise KdtuneError(
                 f"teacher logits of shape {tuple(teacher_logits.shape)} do not match student "
@@ -312,7 +310,7 @@ def adjust_teacher_logits(method: str, teacher_logits: Tensor, labels: Tensor) -
     if spec.adjust is None:
         raise KdtuneError(
             f"method {method!r} does not adjust teacher logits; methods that do: "
-            f"{', '.join(n for n, s in _METHODS.items() if s.adjusts_teacher) or '(none)'}")
+            f"{', '.join(n for n, s in METHODS.items() if s.adjusts_teacher) or '(none)'}")
     _check_logits(teacher_logits, labels, what="teacher logits")
     adjusted = spec.adjust(teacher_logits.detach().float().clone(), labels.long())
     return adjusted.to(teacher_logits.dtype)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.registry import Registry
 
 
 class Features(NamedTuple):
@@ -34,7 +35,8 @@ class Features(NamedTuple):
 Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)
 
-_MODELS: dict[str, Builder] = {}
+#: The registered model builders (listed sorted by name); plugins: the group kdtune.models.
+MODELS: Registry[Builder] = Registry("model", plugins="kdtune.models", sort=True)
 _POSITIONAL = ("num_classes", "in_shape")
 
 
@@ -42,20 +44,25 @@ def register_model(name: str) -> Callable[[B], B]:
     """Register ``builder(num_classes, in_shape, **kw) -> nn.Module`` under ``name``."""
 
     def decorate(builder: B) -> B:
-        if name in _MODELS:
+        if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
         params = list(inspect.signature(builder).parameters)
         if tuple(params[:2]) != _POSITIONAL:
             raise TypeError(f"model builder {name!r} must start with (num_classes, in_shape)")
-        _MODELS[name] = builder
+        MODELS.add(name, builder)
         return builder
 
     return decorate
 
 
+def unregister_model(name: str) -> None:
+    """Remove the model ``name`` (for tests)."""
+    MODELS.remove(name)
+
+
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -99,10 +106,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def _get(name: str) -> Builder:
-    try:
-        return _MODELS[name]
-    except (KeyError, TypeError):
-        raise choose_one("model", name, list_models()) from None
+    return MODELS.get(name)
 
 
 # Value checks shared by the builders. Each returns the checked value or raises KdtuneError.

@@ -6,10 +6,27 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from kdtune.data import Augmentation, DataSplits, SyntheticSpec, list_datasets, load_dataset
+from kdtune.data import (
+    DATASETS,
+    Augmentation,
+    DataSplits,
+    RawData,
+    SyntheticSpec,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    unregister_dataset,
+)
+from kdtune.data.datasets import (
+    dataset_augments,
+    dataset_reads_files,
+    dataset_shape,
+    list_file_datasets,
+)
 from kdtune.data.fake import fake_cifar_checksums, write_fake_cifar, write_fake_mnist
 from kdtune.errors import KdtuneError
 
@@ -57,8 +74,44 @@ def row_keys(x: torch.Tensor) -> set[bytes]:
 
 
 def test_list_datasets() -> None:
-    assert list_datasets() == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100",
-                               "synthetic"]
+    assert list_datasets()[:6] == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100",
+                                   "synthetic"]
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_dataset_is_what_its_spec_says(load, name: str) -> None:
+    """Parametrized over the registry: a new dataset (a plugin's too) is checked without
+    naming it here."""
+    spec = DATASETS.get(name)
+    if spec.reads_files and name not in TORCHVISION_SETS:
+        pytest.skip("no fake files of a dataset this suite does not know")
+    d = load(name, synthetic=SyntheticSpec()) if name == "synthetic" else load(name)
+    assert (d.num_classes, d.in_shape) == (spec.num_classes, spec.in_shape)
+    assert dataset_shape(name) == (spec.num_classes, spec.in_shape)
+    assert (d.augment is not None) == spec.augments == dataset_augments(name)
+    assert dataset_reads_files(name) == spec.reads_files == (name in list_file_datasets())
+    assert len(d.y_train) and len(d.y_val) and len(d.y_test)
+    with pytest.raises(KdtuneError, match=f"did you mean {name!r}"):
+        load_dataset(name + "x")
+
+
+def test_register_dataset_adds_one() -> None:
+    def tiny(split_seed: int, **_: object) -> RawData:
+        x = torch.arange(2 * 20 * 4, dtype=torch.float32).view(40, 1, 2, 2)
+        y = np.arange(40) % 2
+        return RawData(x[:30], y[:30], x[30:], y[30:], scale=1.0, num_classes=2, augment=None)
+
+    register_dataset("_tiny_test_set", num_classes=2, in_shape=(1, 2, 2), augments=False)(tiny)
+    try:
+        assert "_tiny_test_set" in list_datasets()
+        d = load_dataset("_tiny_test_set")
+        assert d.in_shape == (1, 2, 2) and len(d.y_test) == 10
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("_tiny_test_set", num_classes=2, in_shape=(1, 2, 2),
+                             augments=False)(tiny)
+    finally:
+        unregister_dataset("_tiny_test_set")
+    assert "_tiny_test_set" not in list_datasets()
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

@@ -1,7 +1,9 @@
-"""The suite every registered method passes (parametrized over the registry, so a new method,
-including one from a plugin, is tested without naming it here)."""
+"""The suite every registered method and feature method passes (parametrized over the
+registries, so a new one, including one from a plugin, is tested without naming it here)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -10,12 +12,17 @@ from torch import Tensor, nn
 
 from kdtune.errors import KdtuneError
 from kdtune.methods import (
+    all_params,
     distillation_loss,
+    feature_method_params,
+    get_feature_method,
     get_method,
+    list_feature_methods,
     list_methods,
     method_params,
     training_loss,
 )
+from kdtune.resolve import config_from_dict
 
 METHODS = list_methods()
 WITH_ALPHA = [m for m in METHODS if get_method(m).uses_alpha]
@@ -220,3 +227,46 @@ def test_temperature_must_be_positive(method: str, t: float) -> None:
     with pytest.raises(KdtuneError, match=rf"temperature {t} must be > 0"):
         distillation_loss(method, student, teacher, labels, alpha=0.5, temperature=t,
                           **valid_params(method))
+
+
+# -- every registered method and feature method as a config, a flag and a docs row ----------
+FEATURE_METHODS = list_feature_methods()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_becomes_a_config_and_back(method: str) -> None:
+    spec = get_method(method)
+    cfg = config_from_dict({"method": method, **valid_params(method)})
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert set(cfg.method_params) == set(method_params(method))
+    assert spec.formula and spec.paper and spec.kind  # its row in docs/methods.md
+    for p in spec.params:
+        assert p.help, f"{method}: parameter {p.name} has no help for its --{p.name} flag"
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_every_feature_method_becomes_a_config_and_back(name: str) -> None:
+    spec = get_feature_method(name)
+    cfg = config_from_dict({"method": "none", "feature_method": name})
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert set(cfg.method_params) == set(feature_method_params(name))
+    assert all(cfg.method_params[p.name] is not None for p in spec.params)  # all defaulted
+    assert spec.formula and spec.paper and spec.kind
+    for key in all_params():  # reads its own parameters among the feature methods' only
+        if key in feature_method_params(name):
+            assert spec.reads(key)
+    with pytest.raises(KdtuneError, match=f"feature method {name!r} does not take 'xyz'"):
+        spec.resolve({"xyz": 1})
+
+
+@pytest.mark.parametrize(("kind", "names", "get"), [
+    ("method", METHODS, get_method),
+    ("feature method", FEATURE_METHODS, get_feature_method),
+])
+def test_unknown_names_say_did_you_mean(kind: str, names: list[str], get: Any) -> None:
+    for name in names:
+        assert get(name).name == name
+        with pytest.raises(KdtuneError) as info:
+            get(name + "x")
+        assert str(info.value).startswith(f"unknown {kind} {name + 'x'!r}; choose one of: ")
+        assert f"did you mean {name!r}" in str(info.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ from kdtune.models import (
     list_models,
     model_options,
     register_model,
-    registry,
+    unregister_model,
 )
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -42,6 +44,19 @@ def test_every_model_on_every_shape(name: str, shape: tuple[int, int, int]) -> N
     model.eval()
     with torch.no_grad():
         assert model(x[:1]).shape == (1, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_declares_its_options(name: str) -> None:
+    """Every option has a default (the model builds without it) and is a config field, so
+    ``kdtune train`` and a search space can set it; an unknown name says "did you mean"."""
+    from kdtune.config import MODEL_FIELDS
+
+    options = model_options(name)
+    assert set(options) <= set(MODEL_FIELDS), f"{name}: options {set(options)} not config fields"
+    assert all(v is not inspect.Parameter.empty for v in options.values())
+    with pytest.raises(KdtuneError, match=f"did you mean {name!r}"):
+        create_model(name + "x", NUM_CLASSES, SHAPES[0])
 
 
 def test_count_params_skips_frozen() -> None:
@@ -235,7 +250,7 @@ def test_register_model_adds_a_model() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_model("_tiny_test_model")(tiny)
     finally:
-        registry._MODELS.pop("_tiny_test_model")
+        unregister_model("_tiny_test_model")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
