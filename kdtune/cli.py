@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from kdtune.errors import KdtuneError
+from kdtune.train_flags import LIST_FLAGS, add_config_flags, add_method_flags
 
 EXIT_USAGE = 2
 
@@ -34,56 +35,11 @@ class _Parser(argparse.ArgumentParser):
                                              self.format_usage())))
 
 
-class _ListFlag(argparse.Action):
-    """A list flag as a user types it: ``--hidden 1200 1200``, ``--hidden 1200-1200`` or
-    ``--blocks 1,1,0,0`` (several words are joined with commas)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        words = [values] if isinstance(values, str) else list(values)
-        setattr(namespace, self.dest, ",".join(words) if len(words) > 1 else words[0])
-
-
 # -- flags shared by `train` and `teacher` --------------------------------------------------
 def _add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # unset flags stay out of the overrides, so a --config file wins
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=S, help="digits (default), mnist, fashion_mnist, "
-                   "cifar10, cifar100, synthetic")
-    g.add_argument("--data-root", default=S, help="folder with torchvision's files")
-    g.add_argument("--download", action="store_true", default=S,
-                   help="let torchvision download the dataset (needs internet)")
-    g.add_argument("--split-seed", type=int, default=S, help="fixes train/val/test (default 0)")
-    g.add_argument("--val-fraction", type=float, default=S, help="default 0.1")
-    g.add_argument("--train-per-class", type=int, default=S,
-                   help="train on only this many images per class")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=S,
-                   help="random crop + flip (default: on for CIFAR, off otherwise)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=S, help="mlp, resnet, wrn or a preset (resnet20, ...)")
-    g.add_argument("--hidden", default=S, nargs="+", action=_ListFlag,
-                   help="MLP widths, e.g. 1200-1200 or 1200 1200")
-    g.add_argument("--dropout", type=float, default=S)
-    g.add_argument("--blocks", default=S, nargs="+", action=_ListFlag,
-                   help="ResNet blocks per stage, e.g. 1,1,0,0 or 1 1 0 0")
-    g.add_argument("--block", default=S, help="basic or bottleneck")
-    g.add_argument("--stem-stride", type=int, default=S, help="1, 2 or 4")
-    g.add_argument("--width", type=int, default=S, help="ResNet base channels")
-    g.add_argument("--depth", type=int, default=S, help="WRN depth")
-    g.add_argument("--widen-factor", type=int, default=S, help="WRN k")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=S)
-    g.add_argument("--batch-size", type=int, default=S)
-    g.add_argument("--lr", type=float, default=S)
-    g.add_argument("--momentum", type=float, default=S)
-    g.add_argument("--weight-decay", type=float, default=S)
-    g.add_argument("--schedule", default=S, help="multistep (default) or cosine")
-    g.add_argument("--seed", type=int, default=S, help="init, batch order, augmentation")
-    g.add_argument("--device", default=S, help="auto (default), cpu or cuda")
-    g.add_argument("--threads", type=int, default=S, help="torch CPU threads")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
-                   help="channels_last memory format (default: conv nets on CUDA)")
-    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the student")
+    for group in ("data", "model", "training"):
+        add_config_flags(p, group)
     p.add_argument("--config", help="YAML file of config keys; flags override it")
     p.add_argument("--out", default=S, help="folder to write results into")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON last")
@@ -92,42 +48,7 @@ def _add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
 def _add_kd_flags(p: argparse.ArgumentParser, *, methods: bool) -> None:
     """The distillation flags; with ``methods``, ``--method``'s help and one flag per method
     parameter (``--nckd-weight``), generated from the method registry (which imports torch)."""
-    S = argparse.SUPPRESS
-    g = p.add_argument_group("distillation")
-    g.add_argument("--alpha", type=float, default=S, help="weight of the hard-label loss")
-    g.add_argument("--temperature", type=float, default=S)
-    g.add_argument("--kd-warmup", type=int, default=S, help="epochs over which the "
-                   "distillation term ramps up linearly from 0 (default 0: no warm-up)")
-    g.add_argument("--teacher", default=S, help="teacher checkpoint (.pt) from `kdtune teacher`")
-    g.add_argument("--teacher-outputs", default=S, help="auto (default): cached teacher logits "
-                   "when they exist, else live; cached: compute them (per augmentation view "
-                   "when augmenting) once; live: run the teacher on every batch")
-    if not methods:
-        g.add_argument("--method", default=S)
-        g.add_argument("--feature-method", default=S)
-        return
-    from kdtune.config import TrainConfig
-    from kdtune.methods import all_params, list_feature_methods, list_methods, methods_reading
-    from kdtune.methods.registry import feature_params
-
-    default = TrainConfig.__dataclass_fields__["method"].default
-    g.add_argument("--method", default=S,
-                   help=f"the logit term, one of: {', '.join(list_methods())} "
-                        f"(default {default})")
-    g.add_argument("--feature-method", default=S,
-                   help=f"the feature/relation term, one of: {', '.join(list_feature_methods())} "
-                        "(default none)")
-    g = p.add_argument_group("method parameters (each read by the methods it names)")
-    for name, param in all_params().items():
-        shown = ("default per feature method" if name in feature_params() else "required"
-                 ) if param.required else f"default {param.default}"
-        help_ = f"{', '.join(methods_reading(name))}: {param.help} ({param.allowed()}; {shown})"
-        if param.type is bool:
-            g.add_argument(param.flag, dest=name, action=argparse.BooleanOptionalAction,
-                           default=S, help=help_)
-        else:
-            g.add_argument(param.flag, dest=name, type=param.type, default=S, help=help_,
-                           metavar=param.type.__name__.upper())
+    add_method_flags(add_config_flags(p, "distillation"), p, methods=methods)
 
 
 _NOT_CONFIG = {"command", "config", "json", "func", "retrain", "force"}
@@ -136,13 +57,13 @@ _NOT_CONFIG = {"command", "config", "json", "func", "retrain", "force"}
 def _config_from_args(args: argparse.Namespace, **forced: Any) -> Any:
     """The config of the flags given (and of ``--config``'s file, which they override); a
     value the user gave that changes nothing for the chosen input is refused."""
-    from kdtune.config import TrainConfig, load_yaml_mapping
+    from kdtune.config import load_yaml_mapping
     from kdtune.no_effect import refuse_no_effect
+    from kdtune.resolve import config_from_dict
 
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     data = load_yaml_mapping(args.config) if args.config else {}
-    config = TrainConfig.from_dict({**data, **flags, **forced},
-                                   where=args.config or "command line")
+    config = config_from_dict({**data, **flags, **forced}, where=args.config or "command line")
     shown = {**{k: f"{args.config}: {k}" for k in data},
              **{k: "--" + k.replace("_", "-") for k in flags}}
     refuse_no_effect(config, {k: v for k, v in shown.items() if k not in forced})
@@ -492,7 +413,6 @@ def _version() -> str:
     return f"kdtune {__version__}"
 
 
-_LIST_FLAGS = ("--hidden", "--blocks")
 
 
 def _join_negative_lists(argv: Sequence[str]) -> list[str]:
@@ -503,7 +423,7 @@ def _join_negative_lists(argv: Sequence[str]) -> list[str]:
     i = 0
     while i < len(items):
         arg = items[i]
-        if (arg in _LIST_FLAGS and i + 1 < len(items)
+        if (arg in LIST_FLAGS and i + 1 < len(items)
                 and re.match(r"-\d", items[i + 1])):
             out.append(f"{arg}={items[i + 1]}")
             i += 2

@@ -42,56 +42,77 @@ def saved_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_SAVED}
 
 
+def _f(default: Any, group: str, help: str = "") -> Any:
+    """A field with ``default`` whose ``kdtune train`` flag sits in the argument group
+    ``group`` (see :mod:`kdtune.train_flags`), described by ``help``."""
+    return field(default=default, metadata={"flag": group, "help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that fixes one training run (teacher or student)."""
+    """Everything that fixes one training run (teacher or student).
+
+    A field's metadata names the group of its ``kdtune train``/``teacher`` flag and the
+    flag's help (:mod:`kdtune.train_flags` makes the flags of them); a field without
+    (``method``, ``feature_method``, ``method_params``, ``amp``, ``out``) has its flag, if
+    any, made elsewhere.
+    """
 
     # data
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    split_seed: int = 0
-    val_fraction: float = 0.1
-    train_per_class: int | None = None
-    augment: bool | None = None  # None: the dataset's default
+    dataset: str = _f("digits", "data", "digits (default), mnist, fashion_mnist, cifar10, "
+                      "cifar100, synthetic")
+    data_root: str | None = _f(None, "data", "folder with torchvision's files")
+    download: bool = _f(False, "data", "let torchvision download the dataset (needs internet)")
+    split_seed: int = _f(0, "data", "fixes train/val/test (default 0)")
+    val_fraction: float = _f(0.1, "data", "default 0.1")
+    train_per_class: int | None = _f(None, "data", "train on only this many images per class")
+    augment: bool | None = _f(None, "data", "random crop + flip (default: on for CIFAR, off "
+                              "otherwise)")  # None: the dataset's default
     # model (unset fields keep the model's defaults)
-    model: str = "mlp"
-    hidden: tuple[int, ...] | None = None
-    dropout: float | None = None
-    blocks: tuple[int, ...] | None = None
-    block: str | None = None
-    stem_stride: int | None = None
-    width: int | None = None
-    depth: int | None = None
-    widen_factor: int | None = None
+    model: str = _f("mlp", "model", "mlp, resnet, wrn or a preset (resnet20, ...)")
+    hidden: tuple[int, ...] | None = _f(None, "model", "MLP widths, e.g. 1200-1200 or 1200 1200")
+    dropout: float | None = _f(None, "model")
+    blocks: tuple[int, ...] | None = _f(None, "model", "ResNet blocks per stage, e.g. 1,1,0,0 "
+                                        "or 1 1 0 0")
+    block: str | None = _f(None, "model", "basic or bottleneck")
+    stem_stride: int | None = _f(None, "model", "1, 2 or 4")
+    width: int | None = _f(None, "model", "ResNet base channels")
+    depth: int | None = _f(None, "model", "WRN depth")
+    widen_factor: int | None = _f(None, "model", "WRN k")
     # distillation
     method: str = "vanilla"
-    alpha: float = 0.5
-    temperature: float = 4.0
-    kd_warmup: int = 0  # epochs over which the distillation terms ramp up from 0 (0: none)
+    alpha: float = _f(0.5, "distillation", "weight of the hard-label loss")
+    temperature: float = _f(4.0, "distillation")
+    kd_warmup: int = _f(0, "distillation", "epochs over which the distillation term ramps up "
+                        "linearly from 0 (default 0: no warm-up)")
     # the feature/relation term (kdtune.methods.features); none: no feature term
     feature_method: str = "none"
-    # the method's and the feature method's own hyper-parameters (flat keys in
-    # from_dict/to_dict), with their defaults filled in on construction
+    # the method's and the feature method's own hyper-parameters (flat keys in user input
+    # and to_dict); kdtune.resolve fills in their defaults
     method_params: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    teacher: str | None = None
+    teacher: str | None = _f(None, "distillation", "teacher checkpoint (.pt) from `kdtune "
+                             "teacher`")
     # where teacher logits come from: auto (cached when they can be, else live), cached
     # (un-augmented logits, or per-view logits computed once for augmented training), live
-    teacher_outputs: str = "auto"
+    teacher_outputs: str = _f("auto", "distillation", "auto (default): cached teacher logits "
+                              "when they exist, else live; cached: compute them (per "
+                              "augmentation view when augmenting) once; live: run the teacher "
+                              "on every batch")
     # optimisation
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"
-    seed: int = 0
+    epochs: int = _f(30, "training")
+    batch_size: int = _f(64, "training")
+    lr: float = _f(0.05, "training")
+    momentum: float = _f(0.9, "training")
+    weight_decay: float = _f(5e-4, "training")
+    schedule: str = _f("multistep", "training", "multistep (default) or cosine")
+    seed: int = _f(0, "training", "init, batch order, augmentation")
     # execution
-    device: str = "auto"
-    threads: int | None = None
+    device: str = _f("auto", "training", "auto (default), cpu or cuda")
+    threads: int | None = _f(None, "training", "torch CPU threads")
     amp: bool = True  # autocast on CUDA only; ignored on CPU
-    channels_last: bool | None = None  # None: on for conv nets on CUDA
-    compile: bool = False  # torch.compile the student
+    channels_last: bool | None = _f(None, "training", "channels_last memory format (default: "
+                                    "conv nets on CUDA)")  # None: on for conv nets on CUDA
+    compile: bool = _f(False, "training", "torch.compile the student")
     out: str | None = None
 
     def __post_init__(self) -> None:

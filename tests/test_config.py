@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -296,3 +297,26 @@ def test_config_fields_and_method_parameters_coerce_alike(value: object, kind: t
         assert coerce(value, kind, "where") == expected
         assert coerce(value, kind | None, "where") == expected
         assert param.check(value) == expected and type(param.check(value)) is kind
+
+
+def test_train_and_teacher_flags_are_the_config_fields_metadata_names() -> None:
+    """Every field whose metadata names a flag group is a flag of `kdtune train` and of
+    `kdtune teacher` (distillation: train only), in that group, with that help."""
+    import dataclasses
+
+    from kdtune.cli import build_parser
+
+    parser = build_parser(method_flags=False)
+    train, teacher = parser.commands["train"], parser.commands["teacher"]
+    text = train.format_help()
+    sections = {part.split(":", 1)[0]: " ".join(part.split())
+                for part in re.split(r"\n(?=\S[^\n]*:\n)", text)}
+    flagged = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("flag")]
+    assert {f.name for f in flagged} >= {"dataset", "hidden", "blocks", "alpha", "epochs",
+                                         "compile", "teacher_outputs"}
+    for f in flagged:
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in sections[f.metadata["flag"]], (flag, f.metadata["flag"])
+        assert " ".join(f.metadata["help"].split()) in sections[f.metadata["flag"]]
+        assert flag in train.flags()
+        assert (flag in teacher.flags()) == (f.metadata["flag"] != "distillation")
