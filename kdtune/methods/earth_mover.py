@@ -4,6 +4,8 @@
 ascending order of ``p`` (ties by class index); before each step stop if
 ``p[y] >= max_{k != y} p[k]`` (current values); else ``p[y] += p[j]; p[j] = 0``.
 Rows where the teacher is correct are left as they are; every row still sums to 1.
+From D'Amicantonio 2021, "Improvements to Knowledge Distillation on Deep Neural Networks" (MSc
+thesis, University of Bologna).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def earth_mover_targets(teacher_logits: Tensor, labels: Tensor, temperature: flo
     "earth_mover",
     formula="`KL_T(p', z_s)`, `p'` = `softmax(z_t/T)` with mass moved onto the label until it "
             "is the argmax",
-    paper="earth-mover KD (the thesis)")
+    paper="earth-mover KD (D'Amicantonio 2021)")
 def earth_mover(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
                 temperature: float) -> Tensor:
     """The soft term ``KL_T(p', z_s)``, ``p'`` = moved ``softmax(z_t / T)``."""

@@ -1,6 +1,8 @@
 """Relational KD (``relational``, Park et al. 2019) on the pre-logit embeddings.
 
-Not the thesis's relative KD (``rkd_v1..rkd_v4``, :mod:`kdtune.methods.relative`).
+Not the relative KD (``rkd_v1..rkd_v4``, :mod:`kdtune.methods.relative`) of D'Amicantonio
+2021, "Improvements to Knowledge Distillation on Deep Neural Networks" (MSc thesis, University
+of Bologna).
 
 - distances ``d[i, j] = sqrt(clamp(|a|² + |b|² − 2 a·b, min=1e-12))``, diagonal 0, each matrix
   divided by the mean of its non-zero entries; distance term: smooth-L1 (beta 1) between the

@@ -1,5 +1,8 @@
 """Relative KD (``rkd_v1``..``rkd_v4``): vanilla KD on rewritten teacher logits.
 
+From D'Amicantonio 2021, "Improvements to Knowledge Distillation on Deep Neural Networks" (MSc
+thesis, University of Bologna).
+
 Each version rewrites the teacher logits ``z`` row-wise before the vanilla loss:
 
 ``lower(z, top)``
@@ -131,7 +134,7 @@ def _relative_kd(name: str, adjust: AdjustFn, formula: str) -> Callable[..., Ten
     loss.__doc__ = (f"{name}: the soft term ``KL_T(softmax(a(z_t, y) / T), z_s)`` with ``a`` = "
                     f":func:`{adjust.__name__}`.")
     return register_method(name, adjust=adjust, formula=formula,
-                           paper="relative KD (the thesis)")(loss)
+                           paper="relative KD (D'Amicantonio 2021)")(loss)
 
 
 rkd_v1 = _relative_kd("rkd_v1", adjust_v1, "vanilla's term on teacher logits lowered to the "

@@ -1,6 +1,8 @@
 """Two-temperature KD: a softer (or sharper) teacher where it is wrong.
 
 Per sample ``T_i = t_right`` if the teacher is correct (``argmax z_t == y``) else ``t_wrong``.
+From D'Amicantonio 2021, "Improvements to Knowledge Distillation on Deep Neural Networks" (MSc
+thesis, University of Bologna).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def sample_temperatures(
                   help="T where the teacher is wrong")],
     formula="`KL_{T_i}(softmax(z_t/T_i), z_s)`, `T_i` = `t_right` if the teacher is right "
             "else `t_wrong`",
-    paper="two-temperature KD (the thesis)")
+    paper="two-temperature KD (D'Amicantonio 2021)")
 def two_temperature(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
                     t_right: float, t_wrong: float) -> Tensor:
     """The soft term ``KL_{T_i}(softmax(z_t / T_i), z_s)`` per sample.
