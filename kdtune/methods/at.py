@@ -13,13 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.features import (
-    FEATURE_WEIGHT,
-    STAGES,
-    match_spatial,
-    register_feature_method,
-)
-from kdtune.methods.registry import Param
+from kdtune.methods.features import match_spatial
 
 
 def attention(f: Tensor, p: int) -> Tensor:
@@ -27,14 +21,6 @@ def attention(f: Tensor, p: int) -> Tensor:
     return nn.functional.normalize(f.pow(p).mean(1).flatten(1), dim=1)
 
 
-@register_feature_method(
-    "at", inputs="stages", maps_only=True,
-    params=[FEATURE_WEIGHT, STAGES,
-            Param("p", int, 2, low=1, high=4, help="the power of the attention map")],
-    defaults={"feature_weight": 1000.0, "stages": "all"},
-    formula="sum over pairs of `mean((a(f_s) − a(f_t))²)`, `a(f) = normalize(mean_c f^p)`; "
-            "maps pooled to the smaller size",
-    paper="Zagoruyko & Komodakis 2017 (AT)")
 def at(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], *, p: int) -> Tensor:
     """Sum over pairs of the mean squared difference of the attention maps."""
     terms = []

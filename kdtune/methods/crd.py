@@ -26,13 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.features import (
-    FEATURE_WEIGHT,
-    FeatureSpec,
-    FeatureTerm,
-    register_feature_method,
-)
-from kdtune.methods.registry import Param
+from kdtune.methods.features import FeatureTerm
+from kdtune.methods.specs import FeatureSpec
 
 DIM = 128
 MOMENTUM = 0.5
@@ -92,24 +87,12 @@ class CRDTerm(FeatureTerm):
         return -(pos + neg).mean()
 
 
-def _build(spec: FeatureSpec, student_shapes: Sequence[torch.Size],
+def build_term(spec: FeatureSpec, student_shapes: Sequence[torch.Size],
            teacher_shapes: Sequence[torch.Size], params: Mapping[str, Any],
            num_train: int) -> FeatureTerm:
     return CRDTerm(spec, student_shapes, teacher_shapes, params, num_train)
 
 
-@register_feature_method(
-    "crd", inputs="embedding", build=_build,
-    params=[FEATURE_WEIGHT,
-            Param("crd_negatives", int, 4096, low=1,
-                  help="negatives per sample (capped by the training set size)"),
-            Param("crd_t", float, 0.07, low=0, low_open=True,
-                  help="temperature of the contrastive scores")],
-    defaults={"feature_weight": 0.8}, kind="relation",
-    formula="NCE over `exp(⟨bank, v⟩/crd_t)/Z` of L2-normalised 128-d heads on both "
-            "embeddings, student and teacher memory banks (momentum 0.5), `crd_negatives` "
-            "negatives; trained heads",
-    paper="Tian et al. 2020 (CRD)")
 def crd(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
     """Stateful: computed by :class:`CRDTerm` in training, never called directly."""
     raise NotImplementedError

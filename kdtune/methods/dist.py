@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdtune.methods.registry import Param, register_method
 from kdtune.methods.vanilla import soft_targets
 
 EPS = 1e-8
@@ -29,13 +28,6 @@ def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(dim=1) / (norms + EPS)
 
 
-@register_method(
-    "dist", batch_level=True,
-    params=[Param("dist_beta", float, 1.0, low=0, help="weight of the inter-class term"),
-            Param("dist_gamma", float, 1.0, low=0, help="weight of the intra-class term")],
-    formula="`T²·(dist_beta·(1 − mean_i ρ(p_s[i,:], p_t[i,:])) + dist_gamma·(1 − mean_c "
-            "ρ(p_s[:,c], p_t[:,c])))`, ρ = Pearson",
-    paper="Huang et al. 2022 (DIST)")
 def dist(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, temperature: float,
          dist_beta: float, dist_gamma: float) -> Tensor:
     """DIST's soft term for the batch (a scalar)."""

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.registry import Param, register_method
-from kdtune.methods.vanilla import LOGIT_STANDARDIZATION, maybe_standardize
+from kdtune.methods.vanilla import maybe_standardize
 
 
 def binary_log_probs(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -56,15 +55,6 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
     return t2 * tckd, t2 * nckd
 
 
-@register_method(
-    "dkd",
-    params=[Param("tckd_weight", float, 1.0, low=0, help="weight of the target-class term"),
-            Param("nckd_weight", float, 8.0, low=0,
-                  help="weight of the non-target-class term"),
-            LOGIT_STANDARDIZATION],
-    formula="`tckd_weight·TCKD + nckd_weight·NCKD`: `T²·KL(b_t‖b_s)`, `b = [p_y, 1−p_y]`, and "
-            "`T²·KL(q_t‖q_s)`, `q` = softmax over the non-target classes",
-    paper="Zhao et al. 2022 (Decoupled KD)")
 def dkd(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, temperature: float,
         tckd_weight: float, nckd_weight: float, logit_standardization: bool) -> Tensor:
     """DKD's soft term ``tckd_weight * TCKD + nckd_weight * NCKD`` per sample."""

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.registry import Param, register_method
 from kdtune.methods.vanilla import kl_t, soft_targets
 from kdtune.metrics import evaluate
 
@@ -47,17 +46,10 @@ class Peers(nn.Module):
         return {"best_peer_val_accuracy": max(accs)}
 
 
-def _peers(make_student: Callable[[], nn.Module], params: Mapping[str, Any]) -> nn.Module:
+def make_peers(make_student: Callable[[], nn.Module], params: Mapping[str, Any]) -> nn.Module:
     return Peers(make_student, int(params["dml_peers"]) - 1)
 
 
-@register_method(
-    "dml", peers=_peers, kind="response · online",
-    params=[Param("dml_peers", int, 2, low=2, help="students trained together (the student "
-                                                    "is one of them)")],
-    formula="peer k: `mean_{j≠k} KL_T(softmax(z_j/T), z_k)` over the other peers (no teacher; "
-            "`dml_peers` students of the same architecture train together)",
-    paper="Zhang et al. 2018 (DML)")
 def dml(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, temperature: float,
         dml_peers: int) -> Tensor:
     """The one-peer soft term ``KL_T(softmax(z_j / T), z_k)`` (``z_j`` as target logits)."""

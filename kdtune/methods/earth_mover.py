@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdtune.methods.registry import register_method
 from kdtune.methods.vanilla import kl_t, soft_targets
 
 
@@ -44,11 +43,6 @@ def earth_mover_targets(teacher_logits: Tensor, labels: Tensor, temperature: flo
     return move_mass_to_label(soft_targets(teacher_logits, temperature), labels)
 
 
-@register_method(
-    "earth_mover",
-    formula="`KL_T(p', z_s)`, `p'` = `softmax(z_t/T)` with mass moved onto the label until it "
-            "is the argmax",
-    paper="earth-mover KD (D'Amicantonio 2021)")
 def earth_mover(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
                 temperature: float) -> Tensor:
     """The soft term ``KL_T(p', z_s)``, ``p'`` = moved ``softmax(z_t / T)``."""

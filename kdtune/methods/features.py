@@ -1,4 +1,4 @@
-"""Feature methods: the feature- and relation-based term of the objective.
+"""Feature methods in training: the pure terms' entry point, stage pairing and the term module.
 
 A trial's loss is::
 
@@ -6,7 +6,8 @@ A trial's loss is::
 
 ``method`` picks the logit term (:mod:`kdtune.methods.registry`); ``feature_method`` (default
 ``none``: no feature term) picks the feature term. A feature method registers its pure term
-with the parameters it reads, exactly like a logit method::
+with the parameters it reads (:mod:`kdtune.methods.specs`; the built-in ones are declared in
+:mod:`kdtune.methods.catalog`), exactly like a logit method::
 
     @register_feature_method("sp", inputs="stages", defaults={"feature_weight": 3000,
                              "stages": "last"}, params=[FEATURE_WEIGHT, STAGES], ...)
@@ -28,167 +29,25 @@ The trainer never reads a method's name: it asks the spec what it needs.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kdtune.errors import KdtuneError
-from kdtune.methods.params import PARAMS, Param
-from kdtune.registry import Registry
-
-INPUTS = ("stages", "embedding")
-
-#: The weight of the feature term; each feature method declares its default.
-FEATURE_WEIGHT = Param("feature_weight", float, None, low=0,
-                       help="weight of the feature term (default: the feature method's)")
-#: Which stage pairs a stage method reads; each declares its default.
-STAGES = Param("stages", str, None,
-               help="stage pairs, counted from the last stage backwards: last, all, or "
-                    "indices like 1,2 (1 = last); default: the feature method's")
-
-FeatureFn = Callable[..., Tensor]
-BuildFn = Callable[["FeatureSpec", Sequence[torch.Size], Sequence[torch.Size],
-                    Mapping[str, Any], int], "FeatureTerm"]
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """A registered feature method (see the module docstring)."""
-
-    name: str
-    fn: FeatureFn | None
-    inputs: str | None
-    params: tuple[Param, ...]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    adapt: bool = False
-    maps_only: bool = False
-    build: BuildFn | None = None
-    kind: str = "feature"
-    formula: str = ""
-    paper: str = ""
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.inputs is not None
-
-    @property
-    def loss_params(self) -> tuple[str, ...]:
-        """The parameters the term itself reads (not ``feature_weight``, ``stages``)."""
-        return tuple(p.name for p in self.params if p.name not in _TRAINER_PARAMS)
-
-    def reads(self, key: str) -> bool:
-        """Whether this feature method reads ``key``: its own parameters among the feature
-        parameters, ``kd_warmup`` when it has a term; any other key is not its concern."""
-        if key == "kd_warmup":
-            return self.needs_teacher
-        if key in PARAMS.group("feature method"):
-            return any(p.name == key for p in self.params)
-        return True
-
-    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Its parameters from ``given``: checked, with its own defaults filled in."""
-        own = {p.name: p for p in self.params}
-        for key, value in given.items():
-            if key not in own and value is not None:
-                raise KdtuneError(f"feature method {self.name!r} does not take {key!r}; its "
-                                  f"parameters: {', '.join(own) or '(none)'}")
-        out = {}
-        for name, p in own.items():
-            value = given.get(name)
-            out[name] = (self.defaults.get(name, p.default) if value is None
-                         else p.check(value))
-        if "stages" in out:
-            parse_stages(out["stages"])
-        return out
-
-    def make_term(self, student_shapes: Sequence[torch.Size],
-                  teacher_shapes: Sequence[torch.Size], params: Mapping[str, Any],
-                  num_train: int) -> FeatureTerm:
-        """The module computing this term in training, for features of these shapes (the
-        trainer's ``stages`` or ``[embedding]`` shapes, batch dimension included)."""
-        if self.build is not None:
-            return self.build(self, student_shapes, teacher_shapes, params, num_train)
-        return FeatureTerm(self, student_shapes, teacher_shapes, params)
-
-
-#: The registered feature methods (their plugins load with the methods').
-FEATURES: Registry[FeatureSpec] = Registry("feature method")
-_TRAINER_PARAMS = ("feature_weight", "stages")
-
-
-def register_feature_method(
-    name: str,
-    *,
-    inputs: str | None,
-    params: Sequence[Param] = (),
-    defaults: Mapping[str, Any] | None = None,
-    adapt: bool = False,
-    maps_only: bool = False,
-    build: BuildFn | None = None,
-    kind: str = "feature",
-    formula: str = "",
-    paper: str = "",
-) -> Callable[[FeatureFn], FeatureFn]:
-    """Register the pure term ``fn(student_feats, teacher_feats, *, <loss params>)`` of the
-    feature method ``name`` (see the module docstring). ``adapt``: the trainer's term maps
-    each student feature onto its teacher's shape with a trainable adapter when they differ.
-    ``maps_only``: the term needs ``(N, C, H, W)`` maps. ``build``: makes a custom
-    :class:`FeatureTerm` (a stateful method; its ``fn`` is then not reachable through
-    :func:`feature_loss`). ``kind``: the README's kind column."""
-    params = PARAMS.check("feature method", name, params)
-    defaults = dict(defaults or {})
-    if inputs is not None and inputs not in INPUTS:
-        raise ValueError(f"feature method {name!r}: inputs must be one of {INPUTS}")
-    for p in params:
-        if p.required and p.name not in defaults:
-            raise ValueError(f"feature method {name!r}: give {p.name!r} a default")
-    if inputs is not None and "feature_weight" not in defaults:
-        raise ValueError(f"feature method {name!r}: declare its default feature_weight")
-
-    def decorate(fn: FeatureFn) -> FeatureFn:
-        if name in FEATURES:
-            raise ValueError(f"feature method {name!r} is already registered")
-        spec = FeatureSpec(name=name, fn=fn, inputs=inputs, params=params, defaults=defaults,
-                           adapt=adapt, maps_only=maps_only, build=build, kind=kind,
-                           formula=formula, paper=paper)
-        keywords = {} if build is not None else {k: None for k in spec.loss_params}
-        try:
-            inspect.signature(fn).bind([], [], **keywords)
-        except TypeError:
-            raise TypeError(f"feature method {name!r}: the term must take (student_feats, "
-                            f"teacher_feats, *, {', '.join(spec.loss_params)})") from None
-        FEATURES.add(name, spec)
-        PARAMS.add("feature method", params)
-        return fn
-
-    return decorate
-
-
-def unregister_feature_method(name: str) -> None:
-    """Remove the feature method ``name`` and the parameters no other feature method
-    declares (for tests)."""
-    spec = FEATURES.remove(name)
-    PARAMS.release("feature method", spec.params,
-                   [p for s in FEATURES.values() for p in s.params])
-
-
-def list_feature_methods() -> list[str]:
-    """Names of all registered feature methods (``none`` first), in registration order."""
-    return FEATURES.names()
-
-
-def get_feature_method(name: str) -> FeatureSpec:
-    """The :class:`FeatureSpec` of ``name``; an unknown name raises :class:`KdtuneError`."""
-    return FEATURES.get(name)
-
-
-def feature_method_params(name: str) -> dict[str, Param]:
-    """The feature method's hyper-parameters (``feature_weight`` included): name -> spec."""
-    return {p.name: p for p in get_feature_method(name).params}
+from kdtune.methods.catalog import FEATURE_WEIGHT, STAGES  # noqa: F401  (declared there)
+from kdtune.methods.specs import (  # noqa: F401  (the spec side, re-exported)
+    FEATURES,
+    INPUTS,
+    FeatureSpec,
+    feature_method_params,
+    get_feature_method,
+    list_feature_methods,
+    parse_stages,
+    register_feature_method,
+    unregister_feature_method,
+)
 
 
 def feature_loss(name: str, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor],
@@ -228,23 +87,6 @@ def feature_loss(name: str, student_feats: Sequence[Tensor], teacher_feats: Sequ
 
 def pure_feature_methods() -> list[str]:
     return [n for n, s in FEATURES.items() if s.inputs is not None and s.build is None]
-
-
-def parse_stages(text: str) -> str | list[int]:
-    """``"last"`` -> ``[1]``, ``"all"`` -> ``"all"``, ``"1,2"`` -> ``[1, 2]`` (1 = last)."""
-    words = str(text).replace(" ", "")
-    if words == "all":
-        return "all"
-    if words == "last":
-        return [1]
-    try:
-        picks = [int(w) for w in words.split(",")]
-    except ValueError:
-        picks = []
-    if not picks or any(k < 1 for k in picks) or len(set(picks)) != len(picks):
-        raise KdtuneError(f"stages {text!r} must be last, all, or distinct indices >= 1 "
-                          "counted from the last stage (e.g. 1,2)")
-    return picks
 
 
 def stage_pairs(stages: str, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
@@ -329,7 +171,6 @@ class FeatureTerm(nn.Module):
         return self.spec.fn(ss, ts, **self.params).float()
 
 
-@register_feature_method("none", inputs=None, formula="no feature term", paper="–")
 def none(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
     """No feature term (never called: the trainer asks for no features)."""
     raise KdtuneError("feature method 'none' has no term")

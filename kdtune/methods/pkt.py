@@ -12,8 +12,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from kdtune.methods.features import FEATURE_WEIGHT, register_feature_method
-
 EPS = 1e-7
 
 
@@ -25,11 +23,6 @@ def conditional(x: Tensor) -> Tensor:
     return s / s.sum(dim=1, keepdim=True)
 
 
-@register_feature_method(
-    "pkt", inputs="embedding", params=[FEATURE_WEIGHT], defaults={"feature_weight": 30000.0},
-    kind="relation",
-    formula="`mean(P_t log((P_t+ε)/(P_s+ε)))`, `P` = rows of `(cos + 1)/2` normalised to sum 1",
-    paper="Passalis & Tefas 2018 (PKT)")
 def pkt(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
     """The mean KL-like divergence between the two conditional similarity matrices."""
     (s,), (t,) = student_feats, teacher_feats

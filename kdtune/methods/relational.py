@@ -20,9 +20,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.features import FEATURE_WEIGHT, register_feature_method
-from kdtune.methods.registry import Param
-
 
 def distances(e: Tensor) -> Tensor:
     """Pairwise Euclidean distances, diagonal 0, over the mean of the non-zero entries."""
@@ -39,16 +36,6 @@ def angles(e: Tensor) -> Tensor:
     return torch.bmm(v, v.transpose(1, 2))
 
 
-@register_feature_method(
-    "relational", inputs="embedding",
-    params=[FEATURE_WEIGHT,
-            Param("distance_weight", float, 25.0, low=0, help="weight of the distance term"),
-            Param("angle_weight", float, 50.0, low=0, help="weight of the angle term")],
-    defaults={"feature_weight": 1.0}, kind="relation",
-    formula="`distance_weight·smoothL1(ψ_D(e_s), ψ_D(e_t)) + angle_weight·smoothL1(ψ_A(e_s), "
-            "ψ_A(e_t))` on embeddings: distances over their mean, cosines of difference "
-            "vectors",
-    paper="Park et al. 2019 (RKD)")
 def relational(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], *,
                distance_weight: float, angle_weight: float) -> Tensor:
     """``distance_weight * d + angle_weight * a`` on the one embedding pair."""

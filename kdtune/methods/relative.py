@@ -30,7 +30,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from kdtune.methods.registry import AdjustFn, register_method
 from kdtune.methods.vanilla import kl_t, soft_targets
 
 
@@ -124,7 +123,8 @@ def _unsort(sorted_mask: Tensor, order: Tensor) -> Tensor:
     return torch.zeros_like(sorted_mask).scatter(1, order, sorted_mask)
 
 
-def _relative_kd(name: str, adjust: AdjustFn, formula: str) -> Callable[..., Tensor]:
+def _relative_kd(name: str, adjust: Callable[[Tensor, Tensor], Tensor]
+                 ) -> Callable[..., Tensor]:
     def loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
              temperature: float) -> Tensor:
         targets = soft_targets(adjust(teacher_logits.float(), labels), temperature)
@@ -133,15 +133,10 @@ def _relative_kd(name: str, adjust: AdjustFn, formula: str) -> Callable[..., Ten
     loss.__name__ = loss.__qualname__ = name
     loss.__doc__ = (f"{name}: the soft term ``KL_T(softmax(a(z_t, y) / T), z_s)`` with ``a`` = "
                     f":func:`{adjust.__name__}`.")
-    return register_method(name, adjust=adjust, formula=formula,
-                           paper="relative KD (D'Amicantonio 2021)")(loss)
+    return loss
 
 
-rkd_v1 = _relative_kd("rkd_v1", adjust_v1, "vanilla's term on teacher logits lowered to the "
-                      "runner-up where the teacher is right, zeroed where it is wrong")
-rkd_v2 = _relative_kd("rkd_v2", adjust_v2, "as rkd_v1, but where the teacher is wrong its "
-                      "label logit is raised until it wins")
-rkd_v3 = _relative_kd("rkd_v3", adjust_v3, "as rkd_v2, then every class used to lower/raise "
-                      "gets logit 0")
-rkd_v4 = _relative_kd("rkd_v4", adjust_v4, "vanilla's term on the teacher's top logit lowered "
-                      "to its runner-up (labels not used)")
+rkd_v1 = _relative_kd("rkd_v1", adjust_v1)
+rkd_v2 = _relative_kd("rkd_v2", adjust_v2)
+rkd_v3 = _relative_kd("rkd_v3", adjust_v3)
+rkd_v4 = _relative_kd("rkd_v4", adjust_v4)

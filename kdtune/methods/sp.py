@@ -11,8 +11,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.features import FEATURE_WEIGHT, STAGES, register_feature_method
-
 
 def similarity(f: Tensor) -> Tensor:
     """The ``(N, N)`` row-normalised Gram matrix of the flattened features."""
@@ -20,11 +18,6 @@ def similarity(f: Tensor) -> Tensor:
     return nn.functional.normalize(flat @ flat.t(), dim=1)
 
 
-@register_feature_method(
-    "sp", inputs="stages", params=[FEATURE_WEIGHT, STAGES],
-    defaults={"feature_weight": 3000.0, "stages": "last"}, kind="relation",
-    formula="sum over pairs of `Σ(G_s − G_t)² / N²`, `G = normalize(f fᵀ)` per row",
-    paper="Tung & Mori 2019 (SP)")
 def sp(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
     """Sum over pairs of the squared difference of the similarity matrices over ``N**2``."""
     terms = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.registry import Param, register_method
 from kdtune.methods.vanilla import kl_t
 
 
@@ -23,12 +22,6 @@ def virtual_teacher(labels: Tensor, num_classes: int, peak: float) -> Tensor:
                        torch.full_like(rest, peak), rest)
 
 
-@register_method(
-    "tf_kd", needs_teacher=False, kind="response · self",
-    params=[Param("tf_peak", float, 0.9, low=0, high=1,
-                  help="the virtual teacher's probability on the label")],
-    formula="`KL_T(v, z_s)`, `v` = `tf_peak` on the label, `(1 − tf_peak)/(C − 1)` elsewhere",
-    paper="Yuan et al. 2020 (teacher-free KD)")
 def tf_kd(student_logits: Tensor, teacher_logits: None, labels: Tensor, *, temperature: float,
           tf_peak: float) -> Tensor:
     """The soft term ``KL_T(virtual teacher, z_s)`` per sample."""

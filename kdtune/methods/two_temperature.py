@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdtune.methods.registry import Param, register_method
 from kdtune.methods.vanilla import kl_t, soft_targets
 
 
@@ -23,15 +22,6 @@ def sample_temperatures(
     return torch.where(correct, right, torch.full_like(right, float(t_wrong)))
 
 
-@register_method(
-    "two_temperature", uses_temperature=False,
-    params=[Param("t_right", float, low=0, low_open=True,
-                  help="T where the teacher is right"),
-            Param("t_wrong", float, low=0, low_open=True,
-                  help="T where the teacher is wrong")],
-    formula="`KL_{T_i}(softmax(z_t/T_i), z_s)`, `T_i` = `t_right` if the teacher is right "
-            "else `t_wrong`",
-    paper="two-temperature KD (D'Amicantonio 2021)")
 def two_temperature(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
                     t_right: float, t_wrong: float) -> Tensor:
     """The soft term ``KL_{T_i}(softmax(z_t / T_i), z_s)`` per sample.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.registry import Param, register_method
+from kdtune.methods.catalog import LOGIT_STANDARDIZATION  # noqa: F401  (declared there)
 
 
 def soft_targets(teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
@@ -46,12 +46,6 @@ def spherical_logits(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Te
     return student * scale, nn.functional.normalize(teacher, dim=1) * scale
 
 
-#: Logit standardization (Sun et al. 2024), a parameter of every method that declares it.
-LOGIT_STANDARDIZATION = Param(
-    "logit_standardization", bool, False,
-    help="standardize both logits per row before the soft term (CE stays on raw logits)")
-
-
 def standardize(logits: Tensor) -> Tensor:
     """``(z - mean(z)) / (1e-7 + std(z))`` per row, float32; ``std`` unbiased (torch's default).
 
@@ -73,18 +67,11 @@ def maybe_standardize(student_logits: Tensor, teacher_logits: Tensor, on: bool
     return standardize(student_logits), standardize(teacher_logits)
 
 
-@register_method("none", needs_teacher=False, uses_alpha=False, uses_temperature=False,
-                 kind="–", formula="`CE(z_s, y)`: the student alone, no teacher", paper="–")
 def none(student_logits: Tensor, teacher_logits: None, labels: Tensor) -> None:
     """No soft term: the student learns from the labels alone (CE with weight 1)."""
     return None
 
 
-@register_method(
-    "vanilla", params=[LOGIT_STANDARDIZATION],
-    formula="`KL_T(softmax(z_t/T), z_s)`; with `logit_standardization` both logits first "
-            "become `(z − mean z) / (1e-7 + std z)` per row",
-    paper="Hinton et al. 2015; LS: Sun et al. 2024")
 def vanilla(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
             temperature: float, logit_standardization: bool) -> Tensor:
     """Hinton's KD soft term ``KL_T(softmax(z_t / T), z_s)``, on standardized logits when
@@ -93,10 +80,6 @@ def vanilla(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
     return kl_t(soft_targets(teacher, temperature), student, temperature)
 
 
-@register_method(
-    "spherical", batch_level=True,
-    formula="vanilla's term on both logits rescaled to L2 norm = the batch-mean teacher norm",
-    paper="Guo et al. 2020 (spherical KD)")
 def spherical(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
               temperature: float) -> Tensor:
     """Spherical KD soft term: the batch mean of ``KL_T(softmax(z_t' / T), z_s')``.

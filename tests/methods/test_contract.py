@@ -270,3 +270,15 @@ def test_unknown_names_say_did_you_mean(kind: str, names: list[str], get: Any) -
             get(name + "x")
         assert str(info.value).startswith(f"unknown {kind} {name + 'x'!r}; choose one of: ")
         assert f"did you mean {name!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_function_takes_what_its_spec_declares(method: str) -> None:
+    """The built-in functions are named in kdtune.methods.catalog and imported on first use:
+    each exists and takes the parameters its spec declares."""
+    get_method(method).check_signature()
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_every_feature_function_takes_what_its_spec_declares(name: str) -> None:
+    get_feature_method(name).check_signature()
