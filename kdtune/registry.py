@@ -4,15 +4,18 @@ Each kind keeps one :class:`Registry`: ``add`` an entry under a new name, ``name
 registration order (or sorted), ``get`` one by name (an unknown name is a one-line
 :class:`~kdtune.errors.KdtuneError` listing the choices, with "did you mean"), ``remove`` one
 (for tests), and ``load_plugins``: import every entry point of the kind's group (a package
-outside kdtune registers its entries from the module its entry point names). This module
+outside kdtune registers its entries from the module its entry point names). An entry's
+function may be a :class:`Ref` ``"module:name"``, imported when first called, so that what a
+registry knows about its entries (names, parameters, docs) needs no heavy import. This module
 imports no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kdtune.errors import KdtuneError, choose_one
 
@@ -86,3 +89,31 @@ class Registry(Generic[T]):
                                   f"load: {type(exc).__name__}: {detail}") from None
             names.append(ep.name)
         return names
+
+
+class Ref:
+    """A function named ``"module:name"``, imported when first called (or :meth:`load`-ed)."""
+
+    def __init__(self, target: str) -> None:
+        module, _, name = target.partition(":")
+        if not module or not name:
+            raise ValueError(f"{target!r}: expected 'module:name'")
+        self.target = target
+        self._loaded: Callable[..., Any] | None = None
+
+    def load(self) -> Callable[..., Any]:
+        if self._loaded is None:
+            module, _, name = self.target.partition(":")
+            self._loaded = getattr(importlib.import_module(module), name)
+        return self._loaded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Ref({self.target!r})"
+
+
+def loaded(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """The function itself of ``fn`` (a :class:`Ref` is imported)."""
+    return fn.load() if isinstance(fn, Ref) else fn

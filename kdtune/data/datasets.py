@@ -1,8 +1,7 @@
-"""Dataset registry and loaders: every set comes back as in-memory tensors (:class:`DataSplits`).
+"""Dataset loaders: every set comes back as in-memory tensors (:class:`DataSplits`).
 
 A dataset is a loader registered with what is known without loading it
-(:func:`register_dataset`, :class:`DatasetSpec`); a package outside kdtune registers its own
-from the module its entry point in the group ``kdtune.datasets`` names.
+(:mod:`kdtune.data.catalog`: no torch there); the built-in loaders are here.
 
 Splits (see :mod:`kdtune.data.splits`):
 
@@ -33,6 +32,17 @@ import numpy as np
 import torch
 
 from kdtune.data.augment import Augmentation
+from kdtune.data.catalog import (  # noqa: F401  (the registry side, re-exported)
+    DATASETS,
+    DatasetSpec,
+    dataset_augments,
+    dataset_reads_files,
+    dataset_shape,
+    list_datasets,
+    list_file_datasets,
+    register_dataset,
+    unregister_dataset,
+)
 from kdtune.data.splits import (
     STREAM_PER_CLASS,
     STREAM_TEST,
@@ -41,7 +51,6 @@ from kdtune.data.splits import (
     stratified_split,
 )
 from kdtune.errors import KdtuneError
-from kdtune.registry import Registry
 
 __all__ = ["DATASETS", "DataSplits", "DatasetSpec", "Normalisation", "RawData", "SyntheticSpec",
            "list_datasets", "load_dataset", "register_dataset", "unregister_dataset"]
@@ -179,7 +188,7 @@ def _digits_arrays() -> tuple[torch.Tensor, np.ndarray]:
     return x, np.asarray(target, dtype=np.int64)
 
 
-def _load_digits(split_seed: int, **_: object) -> RawData:
+def load_digits(split_seed: int, **_: object) -> RawData:
     x, y = _digits_arrays()
     n_test = round(DIGITS_TEST_FRACTION * len(y))
     x_pool, y_pool, x_test, y_test = _carve_test(x, y, n_test, split_seed)
@@ -211,7 +220,7 @@ def make_synthetic(spec: SyntheticSpec) -> tuple[torch.Tensor, np.ndarray]:
     return x.contiguous(), y.numpy().astype(np.int64)
 
 
-def _load_synthetic(split_seed: int, synthetic: SyntheticSpec | None, **_: object) -> RawData:
+def load_synthetic(split_seed: int, synthetic: SyntheticSpec | None, **_: object) -> RawData:
     spec = synthetic or SyntheticSpec()
     x, y = make_synthetic(spec)
     x_pool, y_pool, x_test, y_test = _carve_test(x, y, spec.n_test, split_seed)
@@ -298,80 +307,10 @@ def _torchvision_loader(name: str) -> Callable[..., RawData]:
     return load
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered dataset: its loader and what is known without loading it.
-
-    ``load(data_root, download, split_seed, synthetic)`` (keywords; it may ignore any)
-    returns :class:`RawData`. ``augments``: the dataset has an augmentation (``augment``
-    turns it on or off). ``reads_files``: it reads files (``data_root``, ``download``).
-    """
-
-    name: str
-    load: Callable[..., RawData]
-    num_classes: int
-    in_shape: tuple[int, int, int]
-    augments: bool
-    reads_files: bool = False
-
-
-#: The registered datasets, in registration order; plugins: the group ``kdtune.datasets``.
-DATASETS: Registry[DatasetSpec] = Registry("dataset", plugins="kdtune.datasets")
-
-
-def register_dataset(name: str, *, num_classes: int, in_shape: tuple[int, int, int],
-                     augments: bool, reads_files: bool = False
-                     ) -> Callable[[Callable[..., RawData]], Callable[..., RawData]]:
-    """Register the loader of dataset ``name`` (see :class:`DatasetSpec`)."""
-
-    def decorate(load: Callable[..., RawData]) -> Callable[..., RawData]:
-        DATASETS.add(name, DatasetSpec(name, load, num_classes, tuple(in_shape), augments,
-                                       reads_files))
-        return load
-
-    return decorate
-
-
-def unregister_dataset(name: str) -> None:
-    """Remove the dataset ``name`` (for tests)."""
-    DATASETS.remove(name)
-
-
-register_dataset("digits", num_classes=10, in_shape=(1, 8, 8), augments=False)(_load_digits)
-for _name, _tv in _TORCHVISION.items():
-    register_dataset(_name, num_classes=_tv.num_classes, in_shape=_tv.in_shape,
-                     augments=_tv.augment is not None, reads_files=True)(
-        _torchvision_loader(_name))
-register_dataset("synthetic", num_classes=SyntheticSpec().num_classes,
-                 in_shape=SyntheticSpec().in_shape,
-                 augments=_synthetic_augmentation(SyntheticSpec()) is not None)(_load_synthetic)
-
-
-def list_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
-    return DATASETS.names()
-
-
-def list_file_datasets() -> list[str]:
-    """The datasets read from files (``data_root``, ``download``); the others are built in."""
-    return [name for name, spec in DATASETS.items() if spec.reads_files]
-
-
-def dataset_reads_files(name: str) -> bool:
-    """Whether dataset ``name`` reads files, so that ``data_root`` and ``download`` matter."""
-    return name in DATASETS and DATASETS.get(name).reads_files
-
-
-def dataset_augments(name: str) -> bool:
-    """Whether dataset ``name`` has an augmentation (``augment`` turns it on or off)."""
-    return name in DATASETS and DATASETS.get(name).augments
-
-
-def dataset_shape(name: str) -> tuple[int, tuple[int, int, int]]:
-    """``(num_classes, (C, H, W))`` of dataset ``name`` without loading it (``synthetic``:
-    its defaults)."""
-    spec = DATASETS.get(name)
-    return spec.num_classes, spec.in_shape
+load_mnist = _torchvision_loader("mnist")
+load_fashion_mnist = _torchvision_loader("fashion_mnist")
+load_cifar10 = _torchvision_loader("cifar10")
+load_cifar100 = _torchvision_loader("cifar100")
 
 
 # --------------------------------------------------------------------------------- assembly

@@ -12,7 +12,6 @@ known without importing torch; a plugin registers its functions with the decorat
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 
 from kdtune.errors import KdtuneError
 from kdtune.methods.params import KD_FIELDS, PARAMS, Param
-from kdtune.registry import Registry
+from kdtune.registry import Ref, Registry, loaded
 
 __all__ = ["FEATURES", "INPUTS", "KD_FIELDS", "METHODS", "FeatureSpec", "MethodSpec", "Ref",
            "all_params", "feature_method_params", "feature_params", "get_feature_method",
@@ -32,34 +31,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 INPUTS = ("stages", "embedding")
 #: The feature parameters the trainer applies itself (not passed to the term).
 TRAINER_PARAMS = ("feature_weight", "stages")
-
-
-class Ref:
-    """A function named ``"module:name"``, imported when first called (or :meth:`load`-ed)."""
-
-    def __init__(self, target: str) -> None:
-        module, _, name = target.partition(":")
-        if not module or not name:
-            raise ValueError(f"{target!r}: expected 'module:name'")
-        self.target = target
-        self._loaded: Callable[..., Any] | None = None
-
-    def load(self) -> Callable[..., Any]:
-        if self._loaded is None:
-            module, _, name = self.target.partition(":")
-            self._loaded = getattr(importlib.import_module(module), name)
-        return self._loaded
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.load()(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"Ref({self.target!r})"
-
-
-def loaded(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
-    """The function itself of ``fn`` (a :class:`Ref` is imported)."""
-    return fn.load() if isinstance(fn, Ref) else fn
 
 
 @dataclass(frozen=True)
