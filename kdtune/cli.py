@@ -47,7 +47,7 @@ def _add_data_and_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_kd_flags(p: argparse.ArgumentParser, *, methods: bool) -> None:
     """The distillation flags; with ``methods``, ``--method``'s help and one flag per method
-    parameter (``--nckd-weight``), generated from the method registry (which imports torch)."""
+    parameter (``--nckd-weight``), generated from the method registry's metadata."""
     add_method_flags(add_config_flags(p, "distillation"), p, methods=methods)
 
 
@@ -59,11 +59,12 @@ def _config_from_args(args: argparse.Namespace, **forced: Any) -> Any:
     value the user gave that changes nothing for the chosen input is refused."""
     from kdtune.config import load_yaml_mapping
     from kdtune.no_effect import refuse_no_effect
-    from kdtune.resolve import config_from_dict
+    from kdtune.resolve import check_model_options, config_from_dict
 
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     data = load_yaml_mapping(args.config) if args.config else {}
     config = config_from_dict({**data, **flags, **forced}, where=args.config or "command line")
+    check_model_options(config)
     shown = {**{k: f"{args.config}: {k}" for k in data},
              **{k: "--" + k.replace("_", "-") for k in flags}}
     refuse_no_effect(config, {k: v for k, v in shown.items() if k not in forced})
@@ -72,10 +73,10 @@ def _config_from_args(args: argparse.Namespace, **forced: Any) -> Any:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)  # refusals of bad input come before torch is imported
     from kdtune import report
     from kdtune.trainer import train
 
-    config = _config_from_args(args)
     if config.out:
         _check_run_folder(config.out, force=args.force)
     result = train(config, callbacks=[report.epoch_printer()])

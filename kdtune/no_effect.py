@@ -24,7 +24,7 @@ def no_effect(config: TrainConfig, key: str) -> str | None:
     """Why ``key`` changes nothing in a run of ``config`` (one clause), or None."""
     if key not in CHECKED:
         return None
-    from kdtune.data.datasets import dataset_augments, dataset_reads_files, list_file_datasets
+    from kdtune.data.catalog import dataset_augments, dataset_reads_files, list_file_datasets
 
     if key in ("data_root", "download") and not dataset_reads_files(config.dataset):
         return (f"dataset {config.dataset!r} reads no files (it is built in); datasets that "
@@ -77,7 +77,7 @@ def _has_conv(config: TrainConfig) -> bool:
     import torch
     from torch import nn
 
-    from kdtune.data.datasets import dataset_shape
+    from kdtune.data.catalog import dataset_shape
     from kdtune.models import create_model
 
     num_classes, in_shape = dataset_shape(config.dataset)

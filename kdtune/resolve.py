@@ -27,7 +27,7 @@ from kdtune.methods import (
     get_method,
     method_params,
 )
-from kdtune.models import list_models
+from kdtune.models import list_models, model_options
 
 
 def config_keys() -> list[str]:
@@ -107,6 +107,17 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if resolved == given:
         return cfg
     return dataclasses.replace(cfg, method_params=resolved)
+
+
+def check_model_options(cfg: TrainConfig) -> None:
+    """Refuse a model field ``cfg`` sets that its model does not take (the message
+    ``create_model`` gives, without building the model)."""
+    allowed = model_options(cfg.model)
+    unknown = [k for k in cfg.model_kwargs() if k not in allowed]
+    if unknown:
+        bad = ", ".join(repr(k) for k in unknown)
+        takes = ", ".join(sorted(allowed)) or "no options"
+        raise KdtuneError(f"model {cfg.model!r} does not take {bad}; it takes: {takes}")
 
 
 def replace_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:

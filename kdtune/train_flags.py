@@ -69,14 +69,19 @@ def add_config_flags(parser: argparse.ArgumentParser, group: str) -> Any:
 def add_method_flags(group: Any, parser: argparse.ArgumentParser, *, methods: bool) -> None:
     """``--method`` and ``--feature-method`` in ``group``; with ``methods``, their help lists
     the registered methods and each method parameter (``--nckd-weight``) becomes a flag in an
-    argument group of its own, generated from the method registry (which imports torch)."""
+    argument group of its own, generated from the method registry's metadata (no torch)."""
     S = argparse.SUPPRESS
     if not methods:
         group.add_argument("--method", default=S)
         group.add_argument("--feature-method", default=S)
         return
-    from kdtune.methods import all_params, list_feature_methods, list_methods, methods_reading
-    from kdtune.methods.registry import feature_params
+    from kdtune.methods import (
+        all_params,
+        feature_params,
+        list_feature_methods,
+        list_methods,
+        methods_reading,
+    )
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     group.add_argument("--method", default=S,

@@ -69,6 +69,11 @@ def test_digits_read_without_sklearn_import_match_sklearn() -> None:
 
 PARSER_DECIDES = [
     ["--help"],
+    ["train", "--help"],  # the method flags come from the registry's metadata
+    ["train", "--method", "rkd5"],  # refusals of bad input, from the registries' metadata
+    ["train", "--model", "resnet", "--hidden", "8"],
+    ["train", "--dataset", "digits", "--data-root", "x"],
+    ["train", "--method", "dkd", "--nckd-weight", "-1"],
     ["search", "--help"],
     ["serach", "space.yaml"],  # unknown command
     ["best", "--tpo", "3"],  # unknown flag

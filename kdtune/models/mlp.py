@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kdtune.models.registry import Features, check_dropout, check_int_list, register_model
+from kdtune.models.registry import Features, check_dropout, check_int_list
 
 
 class MLP(nn.Sequential):
@@ -43,7 +43,6 @@ class MLP(nn.Sequential):
         return Features(layers[-1](x), stages, x)
 
 
-@register_model("mlp")
 def mlp(
     num_classes: int,
     in_shape: tuple[int, int, int],

@@ -1,22 +1,29 @@
-"""The model registry: ``@register_model(name)`` builders and ``create_model``.
+"""Building models: ``create_model``, the :class:`Features` every model returns, value checks.
 
-A builder is a function ``builder(num_classes, in_shape, **kw) -> nn.Module``. Its keyword
-arguments (and their defaults) are the model's options; ``create_model`` rejects any keyword the
+A builder is a function ``builder(num_classes, in_shape, **kw) -> nn.Module``, registered with
+``@register_model(name)`` (:mod:`kdtune.models.catalog`, no torch there). Its keyword arguments
+(and their defaults) are the model's options; ``create_model`` rejects any keyword the
 builder does not declare, so adding a model is just writing and decorating one function.
 """
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from kdtune.errors import KdtuneError, choose_one
-from kdtune.registry import Registry
+from kdtune.models.catalog import (  # noqa: F401  (the registry side, re-exported)
+    MODELS,
+    ModelSpec,
+    list_models,
+    model_options,
+    register_model,
+    unregister_model,
+)
 
 
 class Features(NamedTuple):
@@ -33,43 +40,6 @@ class Features(NamedTuple):
     embedding: torch.Tensor
 
 Builder = Callable[..., nn.Module]
-B = TypeVar("B", bound=Builder)
-
-#: The registered model builders (listed sorted by name); plugins: the group kdtune.models.
-MODELS: Registry[Builder] = Registry("model", plugins="kdtune.models", sort=True)
-_POSITIONAL = ("num_classes", "in_shape")
-
-
-def register_model(name: str) -> Callable[[B], B]:
-    """Register ``builder(num_classes, in_shape, **kw) -> nn.Module`` under ``name``."""
-
-    def decorate(builder: B) -> B:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        params = list(inspect.signature(builder).parameters)
-        if tuple(params[:2]) != _POSITIONAL:
-            raise TypeError(f"model builder {name!r} must start with (num_classes, in_shape)")
-        MODELS.add(name, builder)
-        return builder
-
-    return decorate
-
-
-def unregister_model(name: str) -> None:
-    """Remove the model ``name`` (for tests)."""
-    MODELS.remove(name)
-
-
-def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return MODELS.names()
-
-
-def model_options(name: str) -> dict[str, Any]:
-    """The keyword options of model ``name`` with their defaults."""
-    builder = _get(name)
-    params = list(inspect.signature(builder).parameters.values())[2:]
-    return {p.name: p.default for p in params}
 
 
 def create_model(name: str, num_classes: int, in_shape: Sequence[int], **kw: Any) -> nn.Module:
@@ -78,8 +48,8 @@ def create_model(name: str, num_classes: int, in_shape: Sequence[int], **kw: Any
     Raises :class:`KdtuneError` for an unknown name, an option the model does not take, or an
     invalid value.
     """
-    builder = _get(name)
-    allowed = model_options(name)
+    spec = MODELS.get(name)
+    allowed = spec.options
     unknown = [k for k in kw if k not in allowed]
     if unknown:
         bad = ", ".join(repr(k) for k in unknown)
@@ -97,16 +67,12 @@ def create_model(name: str, num_classes: int, in_shape: Sequence[int], **kw: Any
             f"in_shape {in_shape!r}: must be 3 positive integers (channels, height, width)"
         )
     c, h, w = (int(d) for d in in_shape)
-    return builder(num_classes, (c, h, w), **kw)
+    return spec.build(num_classes, (c, h, w), **kw)
 
 
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _get(name: str) -> Builder:
-    return MODELS.get(name)
 
 
 # Value checks shared by the builders. Each returns the checked value or raises KdtuneError.

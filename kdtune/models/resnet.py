@@ -7,7 +7,7 @@ adaptive average pooling, so inputs as small as 8x8 work even when strides shrin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,6 @@ from kdtune.models.registry import (
     check_choice,
     check_int,
     check_int_list,
-    register_model,
 )
 
 STEM_STRIDES = (1, 2, 4)
@@ -155,7 +154,6 @@ def check_blocks(blocks: object) -> list[int]:
     return counts
 
 
-@register_model("resnet")
 def resnet(
     num_classes: int,
     in_shape: tuple[int, int, int],
@@ -176,7 +174,8 @@ def resnet(
     return ResNet(num_classes, in_shape[0], counts, block, width, int(stem_stride))
 
 
-def _preset(name: str, blocks: tuple[int, int, int, int], block: str, default_width: int) -> None:
+def _preset(name: str, blocks: tuple[int, int, int, int], block: str, default_width: int
+            ) -> Callable[..., nn.Module]:
     def build(
         num_classes: int,
         in_shape: tuple[int, int, int],
@@ -187,14 +186,14 @@ def _preset(name: str, blocks: tuple[int, int, int, int], block: str, default_wi
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"ResNet preset: blocks {list(blocks)}, {block} blocks, width {default_width}."
-    register_model(name)(build)
+    return build
 
 
-_preset("resnet18", (2, 2, 2, 2), "basic", 64)
-_preset("resnet34", (3, 4, 6, 3), "basic", 64)
-_preset("resnet50", (3, 4, 6, 3), "bottleneck", 64)
-_preset("resnet152", (3, 8, 36, 3), "bottleneck", 64)
+resnet18 = _preset("resnet18", (2, 2, 2, 2), "basic", 64)
+resnet34 = _preset("resnet34", (3, 4, 6, 3), "basic", 64)
+resnet50 = _preset("resnet50", (3, 4, 6, 3), "bottleneck", 64)
+resnet152 = _preset("resnet152", (3, 8, 36, 3), "bottleneck", 64)
 # The CIFAR ResNets of He et al.: 6n+2 layers, three stages of 16/32/64 channels.
-_preset("resnet8", (1, 1, 1, 0), "basic", 16)
-_preset("resnet20", (3, 3, 3, 0), "basic", 16)
-_preset("resnet56", (9, 9, 9, 0), "basic", 16)
+resnet8 = _preset("resnet8", (1, 1, 1, 0), "basic", 16)
+resnet20 = _preset("resnet20", (3, 3, 3, 0), "basic", 16)
+resnet56 = _preset("resnet56", (9, 9, 9, 0), "basic", 16)

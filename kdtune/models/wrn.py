@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from kdtune.errors import KdtuneError
-from kdtune.models.registry import Features, check_dropout, check_int, register_model
+from kdtune.models.registry import Features, check_dropout, check_int
 
 
 class WideBlock(nn.Module):
@@ -88,7 +89,6 @@ class WideResNet(nn.Module):
         return Features(self.fc(embedding), stages, embedding)
 
 
-@register_model("wrn")
 def wrn(
     num_classes: int,
     in_shape: tuple[int, int, int],
@@ -105,7 +105,7 @@ def wrn(
     return WideResNet(num_classes, in_shape[0], depth, widen_factor, check_dropout(dropout))
 
 
-def _preset(depth: int, widen_factor: int) -> None:
+def _preset(depth: int, widen_factor: int) -> Callable[..., nn.Module]:
     name = f"wrn_{depth}_{widen_factor}"
 
     def build(num_classes: int, in_shape: tuple[int, int, int], dropout: float = 0.0) -> nn.Module:
@@ -113,8 +113,10 @@ def _preset(depth: int, widen_factor: int) -> None:
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"WRN-{depth}-{widen_factor}."
-    register_model(name)(build)
+    return build
 
 
-for _depth, _k in [(16, 1), (16, 2), (40, 1), (40, 2)]:
-    _preset(_depth, _k)
+wrn_16_1 = _preset(16, 1)
+wrn_16_2 = _preset(16, 2)
+wrn_40_1 = _preset(40, 1)
+wrn_40_2 = _preset(40, 2)

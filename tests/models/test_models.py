@@ -51,8 +51,13 @@ def test_every_model_declares_its_options(name: str) -> None:
     """Every option has a default (the model builds without it) and is a config field, so
     ``kdtune train`` and a search space can set it; an unknown name says "did you mean"."""
     from kdtune.config import MODEL_FIELDS
+    from kdtune.models import MODELS
+    from kdtune.models.catalog import builder_options
+    from kdtune.registry import loaded
 
     options = model_options(name)
+    builder = loaded(MODELS.get(name).build)
+    assert builder_options(name, builder) == options  # declared as the builder takes them
     assert set(options) <= set(MODEL_FIELDS), f"{name}: options {set(options)} not config fields"
     assert all(v is not inspect.Parameter.empty for v in options.values())
     with pytest.raises(KdtuneError, match=f"did you mean {name!r}"):
