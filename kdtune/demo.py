@@ -26,6 +26,7 @@ COLUMNS = ["model", "train_per_class", "method", "params", "val_accuracy", "val_
 def compare(teacher_path: Path, seeds: int, base: TrainConfig = STUDENT,
             methods: tuple[str, ...] = ("none", "vanilla")) -> list[dict[str, Any]]:
     """Train the student with each method over ``seeds`` seeds; one averaged row per method."""
+    from kdtune.resolve import replace_config
     from kdtune.teacher import load_teacher
     from kdtune.trainer import load_data, train
 
@@ -35,7 +36,7 @@ def compare(teacher_path: Path, seeds: int, base: TrainConfig = STUDENT,
     for method in methods:
         runs = []
         for seed in range(seeds):
-            config = base.replace(method=method, seed=seed, teacher=str(teacher_path))
+            config = replace_config(base, method=method, seed=seed, teacher=str(teacher_path))
             runs.append(train(config, teacher=teacher, data=data).metrics)
         row: dict[str, Any] = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
         row["val_accuracy_sd"] = statistics.pstdev(r["val_accuracy"] for r in runs)

@@ -62,8 +62,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
 PENDING: list[tuple[str, str, str]] = [
     ("kdtune.config", "kdtune.resolve",
      "TrainConfig.from_dict/from_yaml/field_names/key_types/replace(method=...) forward to "
-     "kdtune.resolve until their callers (kdtune/tune/*, finalize, best, export, cli, demo, "
-     "teacher_store, tests) call kdtune.resolve themselves; then delete those methods"),
+     "kdtune.resolve (config_from_dict, config_from_yaml, config_keys, key_types, "
+     "replace_config) until their callers call kdtune.resolve themselves: kdtune/tune/space.py, "
+     "sweep.py, trainable.py, latency_board.py, finalize.py, best.py, export.py, "
+     "benchmarks/bench_asha.py, tests/tune/*, tests/test_kd_finding.py; then delete those "
+     "methods and kdtune.config._coerce (-> kdtune.coerce.coerce)"),
 ]
 
 

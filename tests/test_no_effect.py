@@ -12,6 +12,7 @@ import yaml
 from kdtune.cli import main
 from kdtune.config import TrainConfig
 from kdtune.no_effect import CHECKED, no_effect
+from kdtune.resolve import config_from_dict
 
 
 def one_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
@@ -49,8 +50,8 @@ def test_every_checked_key_has_a_case() -> None:
 @pytest.mark.parametrize("key", sorted(NO_EFFECT))
 def test_no_effect_names_the_reason_and_only_where_there_is_none(key: str) -> None:
     ignored, used = NO_EFFECT[key]
-    assert no_effect(TrainConfig.from_dict(ignored), key)
-    assert no_effect(TrainConfig.from_dict(used), key) is None
+    assert no_effect(config_from_dict(ignored), key)
+    assert no_effect(config_from_dict(used), key) is None
 
 
 @pytest.mark.parametrize(("argv", "shown"), [

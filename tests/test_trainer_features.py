@@ -18,6 +18,7 @@ from kdtune.data import DataSplits, SyntheticSpec, load_dataset
 from kdtune.errors import KdtuneError
 from kdtune.methods import list_feature_methods
 from kdtune.metrics import count_params
+from kdtune.resolve import config_from_dict, replace_config
 from kdtune.teacher import load_teacher, save_teacher
 from kdtune.trainer import TrainingRun, train
 
@@ -50,7 +51,7 @@ def student(teacher_path: Path, **changes: object) -> TrainConfig:
                       method="vanilla", teacher=str(teacher_path), augment=False, epochs=3,
                       batch_size=32, device="cpu", seed=1, lr=0.05)
     base.update(changes)
-    return TrainConfig.from_dict({k: list(v) if isinstance(v, tuple) else v
+    return config_from_dict({k: list(v) if isinstance(v, tuple) else v
                                   for k, v in base.items()})
 
 
@@ -177,7 +178,7 @@ def test_dml_peers_train_together_resume_bit_identical_and_are_not_the_student(
     assert run.teacher is None and len(run.parts["logit"].peers) == 2
     assert full.metrics["best_peer_val_accuracy"] >= full.metrics["val_accuracy"]
     assert all("best_peer_val_accuracy" in h for h in full.history)
-    alone = TrainingRun(cfg.replace(method="none"), data=synth)
+    alone = TrainingRun(replace_config(cfg, method="none"), data=synth)
     assert run.cost_metrics(measure_latency=False) == alone.cost_metrics(measure_latency=False)
     ckpt = tmp_path / "dml.pt"
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
 from kdtune.methods import (
     all_params,
@@ -20,6 +19,7 @@ from kdtune.methods import (
     list_feature_methods,
 )
 from kdtune.methods.features import parse_stages, pure_feature_methods, stage_pairs
+from kdtune.resolve import config_from_dict, replace_config
 
 PURE = pure_feature_methods()
 
@@ -89,11 +89,11 @@ def test_parameters_defaults_and_errors(name: str) -> None:
 
 @pytest.mark.parametrize("name", PURE)
 def test_feature_params_are_flat_config_keys(name: str) -> None:
-    cfg = TrainConfig.from_dict({"feature_method": name, "feature_weight": 7})
+    cfg = config_from_dict({"feature_method": name, "feature_weight": 7})
     assert cfg.method_params["feature_weight"] == 7.0
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.replace(method="dkd").method_params["feature_weight"] == 7.0
-    assert "feature_weight" not in cfg.replace(feature_method="none").method_params
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert replace_config(cfg, method="dkd").method_params["feature_weight"] == 7.0
+    assert "feature_weight" not in replace_config(cfg, feature_method="none").method_params
 
 
 def test_fitnet_by_hand() -> None:
@@ -157,18 +157,18 @@ def test_stage_selection_pairs_from_the_last_backwards() -> None:
     with pytest.raises(KdtuneError, match="at most 3 pairs"):
         stage_pairs("4", 3, 5)
     with pytest.raises(KdtuneError, match="must be last, all"):
-        TrainConfig.from_dict({"feature_method": "at", "stages": "first"})
+        config_from_dict({"feature_method": "at", "stages": "first"})
 
 
 def test_config_errors_are_one_line() -> None:
     with pytest.raises(KdtuneError, match=r"unknown feature method 'fitnets'.*'fitnet'"):
-        TrainConfig.from_dict({"feature_method": "fitnets"})
+        config_from_dict({"feature_method": "fitnets"})
     with pytest.raises(KdtuneError, match="does not take 'feature_weight'"):
-        TrainConfig.from_dict({"feature_weight": 3})
+        config_from_dict({"feature_weight": 3})
     with pytest.raises(KdtuneError, match="neither method 'vanilla' nor feature method 'pkt'"):
-        TrainConfig.from_dict({"feature_method": "pkt", "p": 2})
+        config_from_dict({"feature_method": "pkt", "p": 2})
     with pytest.raises(KdtuneError, match="p 5 must be an integer in"):
-        TrainConfig.from_dict({"feature_method": "at", "p": 5})
+        config_from_dict({"feature_method": "at", "p": 5})
     with pytest.raises(KdtuneError, match=r"needs \(N, C, H, W\) feature maps"):
         feature_loss("at", [torch.ones(2, 3)], [torch.ones(2, 3)])
 

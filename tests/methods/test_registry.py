@@ -12,7 +12,6 @@ import yaml
 from torch import Tensor
 
 from kdtune.cli import main
-from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
 from kdtune.methods import (
     Param,
@@ -25,6 +24,7 @@ from kdtune.methods import (
     unregister_method,
 )
 from kdtune.methods.vanilla import LOGIT_STANDARDIZATION, kl_t, soft_targets
+from kdtune.resolve import config_from_dict
 from kdtune.tune.space import load_space
 
 GAIN = Param("kd_gain", float, 1.0, low=0, high=10, help="multiplies the soft term")
@@ -69,8 +69,8 @@ def test_a_registered_method_and_its_parameter(gain_kd: str,
     vanilla = distillation_loss("vanilla", s, t, y, alpha=0.0, temperature=2.0)
     torch.testing.assert_close(one, vanilla)
     torch.testing.assert_close(three, 3 * vanilla)
-    cfg = TrainConfig.from_dict({"method": gain_kd, "kd_gain": 2.5})
-    assert cfg.to_dict()["kd_gain"] == 2.5 and TrainConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = config_from_dict({"method": gain_kd, "kd_gain": 2.5})
+    assert cfg.to_dict()["kd_gain"] == 2.5 and config_from_dict(cfg.to_dict()) == cfg
     assert "--kd-gain" in train_help(capsys) and gain_kd in train_help(capsys)
 
 
@@ -131,7 +131,7 @@ def test_unregistering_removes_method_parameter_and_flag(
     assert "logit_standardization" in all_params()  # still declared by other methods
     assert "--kd-gain" not in train_help(capsys)
     with pytest.raises(KdtuneError, match="unknown key 'kd_gain'"):
-        TrainConfig.from_dict({"kd_gain": 2})
+        config_from_dict({"kd_gain": 2})
 
 
 def test_parameter_names_are_global() -> None:
