@@ -36,7 +36,6 @@ import torch
 from torch import Tensor, nn
 
 from kdtune.errors import KdtuneError
-from kdtune.methods.catalog import FEATURE_WEIGHT, STAGES  # noqa: F401  (declared there)
 from kdtune.methods.specs import (  # noqa: F401  (the spec side, re-exported)
     FEATURES,
     INPUTS,

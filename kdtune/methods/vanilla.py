@@ -13,8 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdtune.methods.catalog import LOGIT_STANDARDIZATION  # noqa: F401  (declared there)
-
 
 def soft_targets(teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
     """``softmax(z_t / T)`` in float32; ``temperature`` is a float or one value per row."""

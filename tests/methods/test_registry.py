@@ -23,7 +23,8 @@ from kdtune.methods import (
     register_method,
     unregister_method,
 )
-from kdtune.methods.vanilla import LOGIT_STANDARDIZATION, kl_t, soft_targets
+from kdtune.methods.catalog import LOGIT_STANDARDIZATION
+from kdtune.methods.vanilla import kl_t, soft_targets
 from kdtune.resolve import config_from_dict
 from kdtune.tune.space import load_space
 
