@@ -106,3 +106,16 @@ def test_what_the_parser_decides_imports_no_torch_mlflow_or_ray(tmp_path: Path) 
         if "--help" not in argv:
             assert len(report["shown"].strip().splitlines()) == 1, (argv, report)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_registries_metadata_imports_no_torch(tmp_path: Path) -> None:
+    """Names, parameters, types, defaults and docs of methods, feature methods, models and
+    datasets, and a config resolved against them, need no torch."""
+    script = ("import sys, kdtune.methods as m, kdtune.models as mo, kdtune.data as d, "
+              "kdtune.resolve as r, kdtune.train_flags, kdtune.methods.docs as docs; "
+              "assert m.method_params('dkd') and m.feature_method_params('crd'); "
+              "assert mo.model_options('resnet20') and d.list_datasets(); "
+              "assert docs.methods_table() and m.get_method('dml').formula; "
+              "r.config_from_dict({'method': 'dkd', 'model': 'wrn', 'dataset': 'cifar10'}); "
+              "print(sorted(k for k in ('torch', 'numpy') if k in sys.modules))")
+    assert run_fresh(script, tmp_path) == "[]"
