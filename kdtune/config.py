@@ -123,28 +123,28 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         """:func:`kdtune.resolve.config_keys`."""
-        from kdtune.resolve import config_keys  # a shim: see SHIMS in tests/test_layers.py
+        from kdtune.resolve import config_keys  # see PENDING in tests/test_layers.py
 
         return config_keys()
 
     @classmethod
     def key_types(cls) -> dict[str, Any]:
         """:func:`kdtune.resolve.key_types`."""
-        from kdtune.resolve import key_types  # a shim: see SHIMS in tests/test_layers.py
+        from kdtune.resolve import key_types  # see PENDING in tests/test_layers.py
 
         return key_types()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
         """:func:`kdtune.resolve.config_from_dict`."""
-        from kdtune.resolve import config_from_dict  # a shim: see SHIMS in tests/test_layers.py
+        from kdtune.resolve import config_from_dict  # see PENDING in tests/test_layers.py
 
         return config_from_dict(data, where=where)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """:func:`kdtune.resolve.config_from_yaml`."""
-        from kdtune.resolve import config_from_yaml  # a shim: see SHIMS in tests/test_layers.py
+        from kdtune.resolve import config_from_yaml  # see PENDING in tests/test_layers.py
 
         return config_from_yaml(path, **overrides)
 
@@ -152,7 +152,7 @@ class TrainConfig:
         """A copy with ``changes``. A new ``method`` or ``feature_method`` is
         :func:`kdtune.resolve.replace_config` (the method parameters follow the methods)."""
         if "method" in changes or "feature_method" in changes:
-            from kdtune.resolve import replace_config  # a shim: see SHIMS in test_layers.py
+            from kdtune.resolve import replace_config  # see PENDING in tests/test_layers.py
 
             return replace_config(self, **changes)
         return dataclasses.replace(self, **changes)
