@@ -88,8 +88,9 @@ class CRDTerm(FeatureTerm):
 
 
 def build_term(spec: FeatureSpec, student_shapes: Sequence[torch.Size],
-           teacher_shapes: Sequence[torch.Size], params: Mapping[str, Any],
-           num_train: int) -> FeatureTerm:
+               teacher_shapes: Sequence[torch.Size], params: Mapping[str, Any],
+               num_train: int) -> FeatureTerm:
+    """crd's ``build``: its stateful term (heads and memory banks for ``num_train`` samples)."""
     return CRDTerm(spec, student_shapes, teacher_shapes, params, num_train)
 
 

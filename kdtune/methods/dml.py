@@ -47,6 +47,7 @@ class Peers(nn.Module):
 
 
 def make_peers(make_student: Callable[[], nn.Module], params: Mapping[str, Any]) -> nn.Module:
+    """dml's ``peers``: the ``dml_peers - 1`` other students, trained with the student."""
     return Peers(make_student, int(params["dml_peers"]) - 1)
 
 
