@@ -29,7 +29,8 @@ from kdtune.tune.sampling import (
     params_in_space,
     suggest,
 )
-from kdtune.tune.space_schema import DATA_KEYS, At, teacher_dict
+from kdtune.tune.space_checks import teacher_dict
+from kdtune.tune.space_schema import DATA_KEYS, At
 
 __all__ = [
     "DATA_KEYS", "Objective", "Parameter", "Resources", "SchedulerSettings", "SearchSettings",
@@ -192,7 +193,7 @@ def load_space(path: str | Path) -> SearchSpace:
         raise KdtuneError(f"{shown}: no such search-space file") from None
     except OSError as exc:
         raise KdtuneError(f"{shown}: cannot read: {exc.strerror}") from None
-    from kdtune.tune.space_schema import validate
+    from kdtune.tune.space_errors import validate
 
     doc = validate(parse_yaml(raw, shown), shown)
     try:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
 from kdtune.tune.sampling import MAX_CONFIGS, expand, plain
-from kdtune.tune.space_schema import NOT_TEACHER, At, default, teacher_dict
+from kdtune.tune.space_checks import default, teacher_dict
+from kdtune.tune.space_schema import NOT_TEACHER, At
 
 if TYPE_CHECKING:
     from kdtune.tune.space import Parameter
@@ -74,9 +75,9 @@ class Branches:
 
         try:
             refuse_no_effect(cfg, {k: f"teacher.{k}" for k in config})
-        except KdtuneError as exc:  # "teacher.KEY has no effect here: ..."
-            key, _, message = str(exc).partition(" ")
-            raise At(key, message) from None
+        except KdtuneError as exc:  # "teacher.KEY has no effect here: REASON; drop it"
+            said, _, reason = str(exc).partition(": ")
+            raise At(said, reason) from None
         self.model_options(cfg, lambda k: f"teacher.{k}" if k in config else f"fixed.{k}")
         self.model_values(cfg, "teacher")
         from kdtune.data.datasets import dataset_shape

@@ -9,12 +9,14 @@ config, model or feature pair are :mod:`kdtune.tune.space_branches`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError, did_you_mean
 from kdtune.tune.sampling import MAX_CONFIGS, expand, hashable, plain
-from kdtune.tune.space_schema import RUNG_METRICS, At, coerce, default
+from kdtune.tune.space_schema import DATA_KEYS, RUNG_METRICS, TEACHER_DEFAULT_KEYS, At, coerce
 from kdtune.vocabulary import MODES as METRIC_MODES
 
 if TYPE_CHECKING:
@@ -47,10 +49,8 @@ def conditions(name: str, when: Mapping[str, tuple[Any, ...]] | None,
         shown = [str(plain(c)) for c in ref_p.choices]
         allowed: list[Any] = []
         for value in values:
-            try:
+            with contextlib.suppress(KdtuneError):  # not of the type: not a choice either
                 value = hashable(coerce(ref, value))
-            except KdtuneError:
-                pass
             if value not in ref_p.choices:
                 raise At(where, f"impossible condition: {plain(value)!r} is not a choice of "
                                 f"{ref} (choices: {', '.join(shown)})"
@@ -155,3 +155,17 @@ def max_epochs(parameters: Iterable[Parameter], fixed: Mapping[str, Any]) -> int
         if p.name == "epochs":
             return int(max(p.choices) if p.choices is not None else p.high)  # type: ignore
     return int(fixed.get("epochs", default("epochs")))
+
+
+def default(name: str) -> Any:
+    """``TrainConfig``'s default for field ``name``."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def teacher_dict(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """The teacher's flat config: data (and unless ``config`` sets them, augment, device,
+    threads, amp) from ``fixed``, the rest from the teacher section; method none."""
+    data = {k: fixed[k] for k in (*DATA_KEYS, *TEACHER_DEFAULT_KEYS) if k in fixed}
+    data.update(config)
+    data["method"] = "none"
+    return data

@@ -1,5 +1,5 @@
-"""The search-space file's schema: pydantic models built from the registries, its JSON Schema,
-and pydantic's errors as kdtune's one-line form.
+"""The search-space file's schema: pydantic models built from the registries, and its JSON
+Schema.
 
 :func:`space_model` builds the model of a space file when a file is loaded, from what is
 registered then: ``fixed``, ``teacher`` and ``parameters`` have a field per key a
@@ -16,10 +16,8 @@ own options), its type is built there like ``parameters``: a union tagged by the
 model per registered entry, made with ``create_model``. Unknown-key errors with "did you mean",
 the one-line translation and the JSON Schema (``kdtune space-schema``) follow from the field.
 
-Errors: :func:`validate` turns the first entry of pydantic's ``ValidationError`` into one line,
-``FILE: key.path: what is wrong; what is allowed``; pydantic's own report never reaches the
-user. Rules across sections are :mod:`kdtune.tune.space_checks`; the checks that build models
-are :mod:`kdtune.tune.space_branches`.
+Errors as one line: :mod:`kdtune.tune.space_errors`; rules across sections:
+:mod:`kdtune.tune.space_checks`; checks that build models: :mod:`kdtune.tune.space_branches`.
 
 YAML booleans: PyYAML reads YAML 1.1, where an unquoted ``yes``/``no``/``on``/``off`` is a
 boolean; editors read YAML 1.2, where those are strings. A true/false key takes both forms
@@ -43,15 +41,13 @@ from pydantic import (
     PrivateAttr,
     Strict,
     Tag,
-    ValidationError,
     WithJsonSchema,
     create_model,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 
 from kdtune.config import DEVICES, SCHEDULES, TEACHER_OUTPUTS, TrainConfig, _coerce
-from kdtune.errors import KdtuneError, choose_one, did_you_mean
+from kdtune.errors import KdtuneError
 from kdtune.vocabulary import OBJECTIVE_METRICS, RUNG_METRICS
 
 PARAM_TYPES = ("categorical", "int", "float", "logfloat")
@@ -82,8 +78,7 @@ NOT_TEACHER = {**{k: "the teacher takes it from fixed" for k in DATA_KEYS
                             "teacher")},
                "out": "the search layer chooses where the teacher is saved"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-#: What PyYAML reads as a boolean (YAML 1.1) and an editor as a string (YAML 1.2), and the
-#: words TrainConfig takes for true/false besides.
+#: The words a true/false key takes: YAML 1.1's booleans, which YAML 1.2 reads as strings.
 BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 YAML11_HINT = ("; YAML 1.1 reads an unquoted yes, no, on or off as true or false: quote the "
                "word")
@@ -99,11 +94,10 @@ class At(ValueError):
         self.message = message
 
 
-class Kind:
+class Kind(typing.NamedTuple):
     """Field metadata: the word an error uses for the field's values (``unknown sampler``)."""
 
-    def __init__(self, word: str) -> None:
-        self.word = word
+    word: str
 
 
 class Section(BaseModel):
@@ -154,15 +148,10 @@ def base_type(hint: Any) -> type:
     return tuple if typing.get_origin(hint) is tuple else hint
 
 
-def key_types() -> dict[str, Any]:
-    """Every key a config takes -> its type (the registered method parameters included)."""
-    return TrainConfig.key_types()
-
-
-def coerce(name: str, value: Any, types_: Mapping[str, Any] | None = None) -> Any:
+def coerce(name: str, value: Any) -> Any:
     """``value`` as config key ``name`` takes it (:func:`kdtune.config._coerce`), with
     ``on``/``off`` for true/false; else :class:`KdtuneError` without a location."""
-    hint = (types_ or key_types())[name]
+    hint = TrainConfig.key_types()[name]
     base = base_type(hint)
     if base is bool and isinstance(value, str) and value.lower() in ("on", "off"):
         value = value.lower() == "on"
@@ -189,20 +178,6 @@ def check_alone(name: str, value: Any) -> None:
         specs = [get_method(m) for m in list_methods()]
         base = {"method": next((s.name for s in specs if s.uses_temperature), "none")}
     TrainConfig.from_dict({**base, name: value})
-
-
-def default(name: str) -> Any:
-    """``TrainConfig``'s default for field ``name``."""
-    return TrainConfig.__dataclass_fields__[name].default
-
-
-def teacher_dict(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
-    """The teacher's flat config: data (and unless ``config`` sets them, augment, device,
-    threads, amp) from ``fixed``, the rest from the teacher section; method none."""
-    data = {k: fixed[k] for k in (*DATA_KEYS, *TEACHER_DEFAULT_KEYS) if k in fixed}
-    data.update(config)
-    data["method"] = "none"
-    return data
 
 
 def _bool_pattern() -> str:
@@ -460,8 +435,8 @@ class ObjectiveSpec(Section):
 
 
 Objectives = Annotated[
-    Union[Annotated[ObjectiveSpec, Tag("one")],
-          Annotated[Annotated[list[ObjectiveSpec], Field(min_length=1)], Tag("list")]],
+    Annotated[ObjectiveSpec, Tag("one")]
+    | Annotated[Annotated[list[ObjectiveSpec], Field(min_length=1)], Tag("list")],
     Discriminator(lambda v: "list" if isinstance(v, list) else "one")]
 
 
@@ -502,8 +477,7 @@ def _scheduler_tag(value: Any) -> str:
     return kind if isinstance(kind, str) else repr(kind)
 
 
-Scheduler = Annotated[Union[Annotated[AshaSpec, Tag("asha")],
-                            Annotated[NoSchedulerSpec, Tag("none")]],
+Scheduler = Annotated[Annotated[AshaSpec, Tag("asha")] | Annotated[NoSchedulerSpec, Tag("none")],
                       Discriminator(_scheduler_tag), Kind("scheduler")]
 
 
@@ -547,7 +521,7 @@ def _build(state: tuple[Any, ...]) -> type[SpaceFileBase]:
     from kdtune.methods import all_params
 
     _, methods, feature_methods, models, datasets = state
-    types_ = key_types()
+    types_ = TrainConfig.key_types()
     params = all_params()
     names = {"dataset": datasets, "model": models, "method": methods,
              "feature_method": feature_methods, "schedule": SCHEDULES,
@@ -564,8 +538,8 @@ def _build(state: tuple[Any, ...]) -> type[SpaceFileBase]:
     teacher_config.refused = {
         **{k: f"not allowed here: {why}" for k, why in NOT_TEACHER.items()},
         **{k: f"not allowed here: {NOT_TEACHER['method']}" for k in params}}
-    teacher = Annotated[Union[Annotated[TeacherPathSpec, Tag("path")],
-                              Annotated[teacher_config, Tag("config")]],
+    teacher = Annotated[Annotated[TeacherPathSpec, Tag("path")]
+                        | Annotated[teacher_config, Tag("config")],
                         Discriminator(_teacher_tag)]
 
     specs: dict[str, Any] = {}
@@ -597,206 +571,30 @@ def _build(state: tuple[Any, ...]) -> type[SpaceFileBase]:
     return model
 
 
-def validate(data: Any, shown: str) -> Any:
-    """``data`` (a parsed space file) validated by :func:`space_model`; else one
-    :class:`KdtuneError` line ``SHOWN: key.path: what is wrong; what is allowed``."""
-    model = space_model()
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        where, message = translate(exc, model)
-        raise KdtuneError(f"{shown}: {where}: {message}" if where else f"{shown}: {message}"
-                          ) from None
-
-
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a space file, for editors (``kdtune space-schema``)."""
-    schema = space_model().model_json_schema()
+    schema = _json_bounds(space_model().model_json_schema())
     schema["required"] = sorted({*schema.get("required", []), "parameters"})
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "kdtune search space",
             "description": "A kdtune search-space file (docs/search-space.md).", **schema}
 
 
-# -- pydantic's errors as one line -------------------------------------------------------------
-class _Spot:
-    """Where an error's location leads in the model: the key path as the user writes it, the
-    model holding the last key, that key's field type and metadata."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.owner: type[BaseModel] | None = None
-        self.type: Any = None
-        self.meta: list[Any] = []
-
-    @property
-    def path(self) -> str:
-        return ".".join(self.parts).replace(".[", "[")
-
-    def kind(self, default: str) -> str:
-        return next((m.word for m in self.meta if isinstance(m, Kind)), default)
+def _json_bounds(node: Any) -> Any:
+    """Pydantic writes the bounds of a number it validates after a function as ``ge``/``gt``:
+    JSON Schema's ``minimum``/``exclusiveMinimum``."""
+    if isinstance(node, list):
+        return [_json_bounds(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    names = {"ge": "minimum", "gt": "exclusiveMinimum"} if node.get("type") in (
+        "integer", "number") else {}
+    return {names.get(k, k): _json_bounds(v) for k, v in node.items()}
 
 
-def _unwrap(t: Any) -> tuple[Any, list[Any]]:
-    """Annotated and Optional taken off ``t``; the metadata met on the way."""
-    meta: list[Any] = []
-    while True:
-        origin = typing.get_origin(t)
-        if origin is Annotated:
-            meta.extend(t.__metadata__)
-            t = typing.get_args(t)[0]
-        elif origin in (Union, types.UnionType):
-            args = [a for a in typing.get_args(t) if a is not type(None)]
-            if len(args) != 1:
-                return t, meta
-            t = args[0]
-        else:
-            break
-    for m in list(meta):
-        if isinstance(m, FieldInfo):
-            meta.extend(m.metadata)
-    return t, meta
+def print_json_schema() -> int:
+    """``kdtune space-schema``: the JSON Schema on stdout."""
+    import json
 
-
-def _tags(union: Any) -> dict[str, Any]:
-    """A tagged union's members by tag."""
-    out: dict[str, Any] = {}
-    for member in typing.get_args(union):
-        t, meta = _unwrap(member)
-        tag = next((m.tag for m in meta if isinstance(m, Tag)), None)
-        if tag is not None:
-            out[tag] = member
-        elif isinstance(t, type) and issubclass(t, BaseModel) and "type" in t.model_fields:
-            for literal in typing.get_args(t.model_fields["type"].annotation):
-                out[literal] = member
-    return out
-
-
-def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> _Spot:
-    spot = _Spot()
-    t: Any = model
-    for item in loc:
-        t, meta = _unwrap(t)
-        if typing.get_origin(t) in (Union, types.UnionType):
-            member = _tags(t).get(item)
-            if member is not None:
-                t = member
-                continue
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            spot.owner = t
-            field = next((f for n, f in t.model_fields.items()
-                          if (f.alias or n) == item), None)
-            spot.parts.append(str(item))
-            t = None if field is None else field.annotation
-            spot.meta = [] if field is None else [*field.metadata]
-            if field is not None and field.description:
-                spot.meta.append(field)
-            continue
-        origin = typing.get_origin(t)
-        if origin in (list, tuple) and isinstance(item, int):
-            if spot.parts[-1:] != ["choices"]:  # a choice's error names the list
-                spot.parts.append(f"[{item}]")
-            t = typing.get_args(t)[0]
-        else:
-            spot.parts.append(str(item) if not isinstance(item, int) else f"[{item}]")
-            t = typing.get_args(t)[-1] if origin is dict else None
-        spot.meta = []
-    spot.type, meta = _unwrap(t)
-    spot.meta += meta
-    return spot
-
-
-def _describe_number(spot: _Spot) -> str:
-    what = "an integer" if spot.type is int else "a number"
-    for m in spot.meta:
-        for attr, sign in (("ge", ">="), ("gt", ">")):
-            bound = getattr(m, attr, None)
-            if isinstance(bound, int | float) and not isinstance(m, FieldInfo):
-                what += f" {sign} {bound:g}"
-    return what
-
-
-def _param_type(name: str, tag: Any) -> str:
-    """Why ``tag`` is no type for parameter ``name``."""
-    base = base_type(key_types()[name])
-    allowed = {int: PARAM_TYPES[:2], float: PARAM_TYPES}.get(base, PARAM_TYPES[:1])
-    if tag is None:
-        return f"missing; choose one of: {', '.join(allowed)}"
-    if tag in PARAM_TYPES:
-        takes = {int: "integers", float: "numbers", bool: "true/false", str: "strings",
-                 tuple: "lists of integers"}[base]
-        fits = {int: "int or categorical", float: "int, float, logfloat or categorical"}.get(
-            base, "categorical")
-        return f"{name} takes {takes}; use type {fits}"
-    return str(choose_one("type", tag, PARAM_TYPES))
-
-
-def _unknown(owner: type[BaseModel] | None, key: Any) -> str:
-    if owner is None:
-        return f"unknown key {key!r}"
-    section = typing.cast(type[Section], owner)
-    if key in section.refused:
-        return section.refused[key]
-    if section.refused_other:
-        return section.refused_other
-    allowed = sorted((f.alias or n for n, f in owner.model_fields.items()),
-                     key=lambda k: k == "when")  # the condition last, as files write it
-    if issubclass(owner, ParametersBase):
-        return f"{choose_one('parameter', key, allowed)} (parameters are TrainConfig fields)"
-    return f"unknown key {key!r}; allowed: {', '.join(allowed)}{did_you_mean(key, allowed)}"
-
-
-def translate(exc: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
-    """The key path and the message of ``exc``'s first error."""
-    errors = exc.errors(include_url=False)
-    error = errors[0]
-    if error["type"] == "missing":  # a misspelt key is also a missing one: name the misspelling
-        error = next((e for e in errors if e["type"] == "extra_forbidden"
-                      and e["loc"][:-1] == error["loc"][:-1]), error)
-    kind, loc, value = error["type"], error["loc"], error.get("input")
-    ctx = error.get("ctx") or {}
-    spot = _walk(model, loc)
-    path = spot.path
-    cause = ctx.get("error")
-    if isinstance(cause, At):
-        return (f"{path}.{cause.key}".strip(".").replace(".[", "[") if cause.key else path,
-                cause.message)
-    if isinstance(cause, KdtuneError):
-        return path, str(cause)
-    if kind == "extra_forbidden":
-        return path, _unknown(spot.owner, loc[-1])
-    in_param = spot.owner is not None and issubclass(spot.owner, ParamSpec)
-    if kind == "missing":
-        if in_param and loc[-1] == "type":
-            return path, _param_type(str(loc[-2]), None)
-        described = next((m.description for m in spot.meta if isinstance(m, FieldInfo)), None)
-        return path, "missing" + (f"; {described}" if described else "")
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        raw = value.get("type") if isinstance(value, dict) else None
-        if spot.owner is not None and issubclass(spot.owner, ParametersBase):
-            return f"{path}.type", _param_type(str(loc[-1]), raw)
-        allowed = list(_tags(spot.type))
-        hint = YAML11_HINT if isinstance(raw, bool) else ""
-        return f"{path}.type", str(choose_one(spot.kind("type"), raw, allowed)) + hint
-    if kind == "literal_error":
-        if in_param and loc[-1] == "type":
-            return path, _param_type(str(loc[-2]), value)
-        allowed = list(typing.get_args(spot.type))
-        hint = YAML11_HINT if isinstance(value, bool) else ""
-        return path, str(choose_one(spot.kind(str(loc[-1])), value, allowed)) + hint
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        shape = getattr(spot.type, "shape", "a mapping")
-        return path, f"expected {shape}, got {show(value)}"
-    if kind == "list_type":
-        return path, f"expected a list, got {show(value)}"
-    if kind in ("too_short", "string_too_short"):
-        return path, "empty; " + ("list at least one value" if kind == "too_short"
-                                  else "give a value")
-    if kind.startswith(("int_", "float_", "greater_than", "less_than", "finite_number")):
-        return path, f"expected {_describe_number(spot)}, got {show(value)}"
-    if kind.startswith("string_"):
-        return path, f"expected a string, got {show(value)}"
-    if kind == "invalid_key":
-        return path, f"expected a name as key, got {show(loc[-1])}"
-    message = str(error["msg"])
-    return path, message[:1].lower() + message[1:]
+    print(json.dumps(json_schema(), indent=1))
+    return 0
