@@ -30,6 +30,7 @@ from kdtune.tune.sampling import (
     suggest,
 )
 from kdtune.tune.space_checks import teacher_dict
+from kdtune.tune.space_errors import one_line, validate
 from kdtune.tune.space_schema import DATA_KEYS, At
 
 __all__ = [
@@ -193,13 +194,11 @@ def load_space(path: str | Path) -> SearchSpace:
         raise KdtuneError(f"{shown}: no such search-space file") from None
     except OSError as exc:
         raise KdtuneError(f"{shown}: cannot read: {exc.strerror}") from None
-    from kdtune.tune.space_errors import validate
-
     doc = validate(parse_yaml(raw, shown), shown)
     try:
         return _space(doc, path, shown, hashlib.sha256(raw).hexdigest())
     except At as exc:
-        raise KdtuneError(f"{shown}: {exc.key}: {exc.message}") from None
+        raise KdtuneError(one_line(f"{shown}: {exc.key}: {exc.message}")) from None
 
 
 def _space(doc: Any, path: Path, shown: str, sha256: str) -> SearchSpace:

@@ -30,6 +30,11 @@ from kdtune.tune.space_schema import (
 )
 
 
+def one_line(text: str) -> str:
+    """``text`` with what is not printable (newlines in a user's key) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def validate(data: Any, shown: str) -> Any:
     """``data`` (a parsed space file) validated by :func:`space_model`; else one
     :class:`KdtuneError` line ``SHOWN: key.path: what is wrong; what is allowed``."""
@@ -38,8 +43,8 @@ def validate(data: Any, shown: str) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         where, message = translate(exc, model)
-        raise KdtuneError(f"{shown}: {where}: {message}" if where else f"{shown}: {message}"
-                          ) from None
+        raise KdtuneError(one_line(f"{shown}: {where}: {message}" if where
+                                   else f"{shown}: {message}")) from None
 
 
 class _Spot:
@@ -208,7 +213,8 @@ def translate(exc: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
         hint = YAML11_HINT if isinstance(value, bool) else ""
         return path, str(choose_one(spot.kind(str(loc[-1])), value, allowed)) + hint
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        shape = getattr(spot.type, "shape", "a mapping")
+        shape = ParamSpec.shape if spot.owner is not None and issubclass(
+            spot.owner, ParametersBase) else getattr(spot.type, "shape", "a mapping")
         return path, f"expected {shape}, got {show(value)}"
     if kind == "list_type":
         return path, f"expected a list, got {show(value)}"

@@ -188,18 +188,12 @@ def _bool_pattern() -> str:
 
 def _value_schema(hint: Any, names: list[str] | None, param: Any) -> dict[str, Any]:
     base = base_type(hint)
-    schema: dict[str, Any]
-    if base is bool:
-        schema = {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": _bool_pattern()}]}
-    elif base is int:
-        schema = {"type": "integer"}
-    elif base is float:
-        schema = {"type": "number"}
-    elif base is tuple:
-        schema = {"anyOf": [{"type": "array", "items": {"type": "integer"}},
-                            {"type": "integer"}, {"type": "string"}]}
-    else:
-        schema = {"type": "string"}
+    schema: dict[str, Any] = {
+        bool: {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": _bool_pattern()}]},
+        int: {"type": "integer"}, float: {"type": "number"},
+        tuple: {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "integer"},
+                          {"type": "string"}]},
+    }.get(base, {"type": "string"})
     if names is not None:
         schema["enum"] = list(names)
     if param is not None:
@@ -368,6 +362,9 @@ class ParametersBase(Keyed):
     def _not_empty(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not data:
             raise At("", f"expected {cls.shape}; add at least one parameter")
+        for name, spec in data.items():  # None is for a key not given
+            if spec is None:
+                raise At(str(name), f"expected {ParamSpec.shape}, got None")
         return data
 
     @model_validator(mode="after")
