@@ -148,10 +148,11 @@ def base_type(hint: Any) -> type:
     return tuple if typing.get_origin(hint) is tuple else hint
 
 
-def coerce(name: str, value: Any) -> Any:
-    """``value`` as config key ``name`` takes it (:func:`kdtune.config._coerce`), with
-    ``on``/``off`` for true/false; else :class:`KdtuneError` without a location."""
-    hint = TrainConfig.key_types()[name]
+def coerce(name: str, value: Any, hint: Any = None) -> Any:
+    """``value`` as config key ``name`` (of type ``hint``, looked up when None) takes it
+    (:func:`kdtune.config._coerce`), with ``on``/``off`` for true/false; else
+    :class:`KdtuneError` without a location."""
+    hint = TrainConfig.key_types()[name] if hint is None else hint
     base = base_type(hint)
     if base is bool and isinstance(value, str) and value.lower() in ("on", "off"):
         value = value.lower() == "on"
@@ -215,7 +216,7 @@ def _value_schema(hint: Any, names: list[str] | None, param: Any) -> dict[str, A
 def _value_type(name: str, hint: Any, names: list[str] | None, param: Any, check: bool) -> Any:
     """The type of key ``name``'s value: coerced like a config's, range-checked when ``check``."""
     def validate(value: Any) -> Any:
-        out = coerce(name, value)
+        out = coerce(name, value, hint)
         if check:
             check_alone(name, out)
         return out
@@ -362,9 +363,6 @@ class ParametersBase(Keyed):
     def _not_empty(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not data:
             raise At("", f"expected {cls.shape}; add at least one parameter")
-        for name, spec in data.items():  # None is for a key not given
-            if spec is None:
-                raise At(str(name), f"expected {ParamSpec.shape}, got None")
         return data
 
     @model_validator(mode="after")
@@ -551,7 +549,7 @@ def _build(state: tuple[Any, ...]) -> type[SpaceFileBase]:
             base_type(types_[k]), [])
         spec = categorical if not kinds else Annotated[
             Union[(categorical, *kinds)], Field(discriminator="type")]
-        specs[k] = (spec | None, None)
+        specs[k] = (spec, None)  # None: not searched (a null in the file is refused)
     parameters = create_model("Parameters", __base__=ParametersBase, **specs)
     parameters.refused = {k: f"{k} cannot be searched: {why}" for k, why in NOT_SEARCHABLE.items()}
 
