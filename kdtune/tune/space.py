@@ -21,6 +21,7 @@ from typing import Any
 
 from kdtune.config import TrainConfig, parse_yaml
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.tune import space_checks as rules
 from kdtune.tune.sampling import (
     expand_grid,
     grid_points,
@@ -29,9 +30,10 @@ from kdtune.tune.sampling import (
     params_in_space,
     suggest,
 )
+from kdtune.tune.space_branches import Branches
 from kdtune.tune.space_checks import teacher_dict
 from kdtune.tune.space_errors import one_line, validate
-from kdtune.tune.space_schema import DATA_KEYS, At
+from kdtune.tune.space_schema import DATA_KEYS, AshaSpec, At, ResourcesSpec, SearchSpec
 
 __all__ = [
     "DATA_KEYS", "Objective", "Parameter", "Resources", "SchedulerSettings", "SearchSettings",
@@ -204,10 +206,6 @@ def load_space(path: str | Path) -> SearchSpace:
 def _space(doc: Any, path: Path, shown: str, sha256: str) -> SearchSpace:
     """The validated document ``doc`` as a :class:`SearchSpace`, once the rules across its
     sections and its branches hold."""
-    from kdtune.tune import space_checks as rules
-    from kdtune.tune.space_branches import Branches
-    from kdtune.tune.space_schema import AshaSpec, ResourcesSpec, SearchSpec
-
     def resolve(value: str) -> str:  # relative to the file's folder, ~ expanded
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else (path.parent / p).resolve())

@@ -156,7 +156,7 @@ def _param_type(name: str, tag: Any) -> str:
         fits = {int: "int or categorical", float: "int, float, logfloat or categorical"}.get(
             base, "categorical")
         return f"{name} takes {takes}; use type {fits}"
-    return str(choose_one("type", tag, PARAM_TYPES))
+    return str(choose_one("type", tag, allowed))
 
 
 def _unknown(owner: type[BaseModel] | None, key: Any) -> str:

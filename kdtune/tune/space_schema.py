@@ -52,7 +52,6 @@ from kdtune.vocabulary import OBJECTIVE_METRICS, RUNG_METRICS
 
 PARAM_TYPES = ("categorical", "int", "float", "logfloat")
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
-SCHEDULERS = ("asha", "none")
 MODES = ("max", "min")
 #: Data settings shared by the teacher and every trial: set under ``fixed`` only.
 DATA_KEYS = ("dataset", "data_root", "download", "split_seed", "val_fraction", "train_per_class")
