@@ -1,5 +1,6 @@
-"""Configurations of a search space: define-by-run sampling, grid expansion, and a trained
-config read back as a trial of a space.
+"""Configurations of a search space: define-by-run sampling, grid expansion, read-back.
+
+:func:`params_in_space` reads a trained config back as a trial of a space.
 
 Neither Optuna nor Ray is imported here: :func:`suggest` only calls the methods of the trial it
 is handed, and Optuna appears in type hints alone.

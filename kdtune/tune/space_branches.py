@@ -1,6 +1,8 @@
-"""Load-time checks of a search space that build what its trials build: the teacher's config,
-every branch's TrainConfig, each model and each feature pair (on PyTorch's meta device: no
-memory, no weights), so that a space no trial could run is refused before any trial starts.
+"""Load-time checks of a search space that build what its trials build: configs and models.
+
+The teacher's config, every branch's TrainConfig, each model and each feature pair (on
+PyTorch's meta device: no memory, no weights), so that a space no trial could run is refused
+before any trial starts.
 
 Errors are :class:`~kdtune.tune.space_schema.At` with the key path from the top of the file.
 """

@@ -1,6 +1,7 @@
-"""Rules of a search-space file across its sections, applied to its validated document: a key
-searched or fixed but not both, conditions on earlier parameters, objectives, the sampler, the
-scheduler and the resources against the rest.
+"""Rules across the sections of a search-space file, checked on its validated document.
+
+A key searched or fixed but not both, conditions on earlier parameters, objectives, the
+sampler, the scheduler and the resources against the rest; the teacher's share of ``fixed``.
 
 Each rule raises :class:`~kdtune.tune.space_schema.At` with the key path from the top of the
 file; :func:`kdtune.tune.space.load_space` adds the file's name. Checks that build a trial's

@@ -1,5 +1,6 @@
-"""Pydantic's errors on a search-space file as kdtune's one line:
-``FILE: key.path: what is wrong; what is allowed``.
+"""Pydantic's errors on a search-space file as kdtune's one line, ``FILE: key.path: ...``.
+
+The line reads ``FILE: key.path: what is wrong; what is allowed``.
 
 The first entry of pydantic's ``ValidationError`` (a misspelt key before the key it leaves
 missing) is translated; its location is walked through the model of

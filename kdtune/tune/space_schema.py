@@ -1,5 +1,4 @@
-"""The search-space file's schema: pydantic models built from the registries, and its JSON
-Schema.
+"""The search-space file's schema: pydantic models built from the registries; JSON Schema.
 
 :func:`space_model` builds the model of a space file when a file is loaded, from what is
 registered then: ``fixed``, ``teacher`` and ``parameters`` have a field per key a
