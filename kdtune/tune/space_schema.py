@@ -568,6 +568,10 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema of a space file, for editors (``kdtune space-schema``)."""
     schema = _json_bounds(space_model().model_json_schema())
     schema["required"] = sorted({*schema.get("required", []), "parameters"})
+    searchable = list(schema["$defs"]["Parameters"]["properties"])
+    for spec in schema["$defs"].values():  # a condition names a parameter
+        if "when" in spec.get("properties", {}):
+            spec["properties"]["when"]["propertyNames"] = {"enum": searchable}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "kdtune search space",
             "description": "A kdtune search-space file (docs/search-space.md).", **schema}

@@ -97,6 +97,7 @@ def test_every_yaml_example_of_the_docs_fits_the_schema(
     (edit(resources={"cpus": 1, "gpus": -1}), "resources"),
     (edit(objective={"metric": "val_acc"}), "objective"),
     (edit(teacher={"path": "t.pt", "model": "mlp"}), "teacher"),
+    (edit(parameters__alpha__when={"methd": ["vanilla"]}), "parameters.alpha"),
 ])
 def test_the_schema_and_the_loader_refuse_alike(data: dict[str, Any], path: str,
                                                 validator: jsonschema.Draft202012Validator,
