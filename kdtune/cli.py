@@ -124,6 +124,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, seeds=args.seeds, as_json=args.json)
 
 
+def cmd_space_schema(args: argparse.Namespace) -> int:
+    from kdtune.tune.space_schema import print_json_schema
+
+    return print_json_schema()
+
+
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                    "else the sqlite store ./kdtune-runs/mlflow.db)")
@@ -404,6 +410,10 @@ def build_parser(*, method_flags: bool = True) -> _Parser:
     p.add_argument("--seeds", type=int, default=3, help="student seeds to average (default 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("space-schema", help="print the JSON Schema of search-space files (for "
+                       "an editor: # yaml-language-server: $schema=space.schema.json)")
+    p.set_defaults(func=cmd_space_schema)
     parser.commands = dict(sub.choices)
     return parser
 

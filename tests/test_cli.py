@@ -213,8 +213,8 @@ def test_no_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(("argv", "line"), [
     (["serach", "space.yaml"], "kdtune: error: unknown command 'serach'; choose one of: train, "
-     "teacher, search, resume, best, finalize, dashboard, export, report, demo (did you mean "
-     "'search'?)"),
+     "teacher, search, resume, best, finalize, dashboard, export, report, demo, space-schema "
+     "(did you mean 'search'?)"),
     (["best", "--tpo", "3"], "kdtune best: error: unknown flag --tpo (did you mean --top?)"),
     (["best", "--zzzz"], "kdtune best: error: unknown flag --zzzz (see kdtune best --help)"),
     (["search", "space.yaml", "--num-smaples", "3"],

@@ -107,7 +107,7 @@ def test_shipped_space_loads(path: Path) -> None:
             assert isinstance(trial_config(space, params), TrainConfig)
 
 
-def test_shipped_files_cover_the_issue() -> None:
+def test_search_spaces_folder_holds_exactly_the_known_spaces() -> None:
     assert {p.stem for p in SHIPPED} == {"digits_quick", "digits_methods", "mnist_mlp",
                                          "cifar10_resnet_blocks", "cifar100_thesis",
                                          "cifar100_thesis_wrn", "alpha_study_good",
@@ -309,7 +309,7 @@ def test_fractional_gpu(tmp_path: Path) -> None:
 
 
 def test_space_module_imports_neither_ray_nor_optuna() -> None:
-    code = ("import sys, kdtune.tune.space; "
+    code = ("import sys, kdtune.tune.space, kdtune.tune.sampling; "
             "assert not {'ray', 'optuna'} & set(sys.modules), 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -600,7 +600,7 @@ def test_a_feature_term_that_cannot_be_built_at_load(raised: Exception, refused:
                    "for student 'mlp' and teacher 'mlp' failed: ValueError: the adapter's " \
                    "shapes do not match" in message, message
         else:
-            with caplog.at_level("WARNING", logger="kdtune.tune.space"):
+            with caplog.at_level("WARNING", logger="kdtune.tune.space_branches"):
                 load_space(write(tmp_path, space))
             skipped = [r for r in caplog.records if "was skipped" in r.getMessage()]
             assert len(skipped) == 1, caplog.text
