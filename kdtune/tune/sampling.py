@@ -13,11 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError
+from kdtune.tune.space_values import hashable
 
 if TYPE_CHECKING:
     import optuna
 
-    from kdtune.tune.space import Parameter, SearchSpace
+    from kdtune.tune.space_values import Parameter, SearchSpace
 
 MAX_CONFIGS = 100_000  # cap on grid expansion and on the branches checked at load time
 
@@ -121,11 +122,6 @@ def expand(parameters: Iterable[Parameter], too_many: Exception) -> list[dict[st
 def encode(choice: Any) -> Any:
     """An Optuna-safe categorical value: tuples become ``"300-300"`` strings."""
     return "-".join(str(v) for v in choice) if isinstance(choice, tuple) else choice
-
-
-def hashable(value: Any) -> Any:
-    """Lists as tuples (a choice as a space holds it)."""
-    return tuple(value) if isinstance(value, list) else value
 
 
 def plain(value: Any) -> Any:

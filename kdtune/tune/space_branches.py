@@ -21,7 +21,7 @@ from kdtune.tune.space_checks import default, teacher_dict
 from kdtune.tune.space_schema import NOT_TEACHER, At
 
 if TYPE_CHECKING:
-    from kdtune.tune.space import Parameter
+    from kdtune.tune.space_values import Parameter
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError, did_you_mean
-from kdtune.tune.sampling import MAX_CONFIGS, expand, hashable, plain
+from kdtune.tune.sampling import MAX_CONFIGS, expand, plain
 from kdtune.tune.space_schema import DATA_KEYS, RUNG_METRICS, TEACHER_DEFAULT_KEYS, At, coerce
+from kdtune.tune.space_values import hashable
 from kdtune.vocabulary import MODES as METRIC_MODES
 
 if TYPE_CHECKING:
-    from kdtune.tune.space import Parameter
+    from kdtune.tune.space_values import Parameter
 
 
 def conditions(name: str, when: Mapping[str, tuple[Any, ...]] | None,
