@@ -20,6 +20,7 @@ from typing import Any
 
 from kdtune.config import TrainConfig, parse_yaml
 from kdtune.errors import KdtuneError
+from kdtune.resolve import config_from_dict
 from kdtune.tune import space_checks as rules
 from kdtune.tune.sampling import expand_grid, grid_points, optuna_params, params_in_space, suggest
 from kdtune.tune.space_branches import Branches
@@ -50,7 +51,7 @@ def trial_config(space: SearchSpace, params: Mapping[str, Any], *,
     data = {**space.fixed, **params}
     if seed is not None:
         data["seed"] = seed
-    return TrainConfig.from_dict(data, where=f"{space.source}: trial")
+    return config_from_dict(data, where=f"{space.source}: trial")
 
 
 def teacher_config(space: SearchSpace) -> TrainConfig | None:
@@ -61,7 +62,7 @@ def teacher_config(space: SearchSpace) -> TrainConfig | None:
     """
     if space.teacher is None or space.teacher.config is None:
         return None
-    return TrainConfig.from_dict(teacher_dict(space.fixed, space.teacher.config),
+    return config_from_dict(teacher_dict(space.fixed, space.teacher.config),
                                  where=f"{space.source}: teacher")
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
+from kdtune.resolve import config_from_dict
 from kdtune.tune.sampling import MAX_CONFIGS, expand, plain
 from kdtune.tune.space_checks import default, teacher_dict
 from kdtune.tune.space_schema import NOT_TEACHER, At
@@ -70,7 +71,7 @@ class Branches:
             if key in all_params():  # a plugin registered after the model was built
                 raise At(f"teacher.{key}", f"not allowed here: {NOT_TEACHER['method']}")
         try:
-            cfg = TrainConfig.from_dict(teacher_dict(fixed, config))
+            cfg = config_from_dict(teacher_dict(fixed, config))
         except KdtuneError as exc:
             raise At("teacher", str(exc)) from None
         from kdtune.no_effect import refuse_no_effect
@@ -174,7 +175,7 @@ class Branches:
         from kdtune.no_effect import no_effect
 
         try:
-            cfg = TrainConfig.from_dict({**fixed, **params})
+            cfg = config_from_dict({**fixed, **params})
         except KdtuneError as exc:
             raise At(key, f"{exc}{_in_trial(params)}") from None
         for name in fixed:  # a fixed value has an effect when it has one in some trial

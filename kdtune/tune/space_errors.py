@@ -15,8 +15,8 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Tag, ValidationError
 from pydantic.fields import FieldInfo
 
-from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError, choose_one, did_you_mean
+from kdtune.resolve import key_types
 from kdtune.tune.space_schema import (
     PARAM_TYPES,
     YAML11_HINT,
@@ -147,7 +147,7 @@ def _describe_number(spot: _Spot) -> str:
 
 def _param_type(name: str, tag: Any) -> str:
     """Why ``tag`` is no type for parameter ``name``."""
-    base = base_type(TrainConfig.key_types()[name])
+    base = base_type(key_types()[name])
     allowed = {int: PARAM_TYPES[:2], float: PARAM_TYPES}.get(base, PARAM_TYPES[:1])
     if tag is None:
         return f"missing; choose one of: {', '.join(allowed)}"

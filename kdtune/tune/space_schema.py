@@ -2,7 +2,7 @@
 
 :func:`space_model` builds the model of a space file when a file is loaded, from what is
 registered then: ``fixed``, ``teacher`` and ``parameters`` have a field per key a
-:class:`~kdtune.config.TrainConfig` takes (:meth:`TrainConfig.key_types`: its fields and every
+:class:`~kdtune.config.TrainConfig` takes (:func:`kdtune.resolve.key_types`: its fields and every
 registered method's and feature method's parameters, plugins included), and names such as
 ``method``, ``model`` and ``dataset`` are enums of their registries. A model is built once per
 state of the registries (:func:`_registry_state`); registering a method builds a new one.
@@ -45,8 +45,10 @@ from pydantic import (
     model_validator,
 )
 
-from kdtune.config import DEVICES, SCHEDULES, TEACHER_OUTPUTS, TrainConfig, _coerce
+from kdtune import coerce as coercion
+from kdtune.config import DEVICES, SCHEDULES, TEACHER_OUTPUTS
 from kdtune.errors import KdtuneError
+from kdtune.resolve import config_from_dict, key_types
 from kdtune.vocabulary import OBJECTIVE_METRICS, RUNG_METRICS
 
 PARAM_TYPES = ("categorical", "int", "float", "logfloat")
@@ -148,14 +150,14 @@ def base_type(hint: Any) -> type:
 
 def coerce(name: str, value: Any, hint: Any = None) -> Any:
     """``value`` as config key ``name`` (of type ``hint``, looked up when None) takes it
-    (:func:`kdtune.config._coerce`), with ``on``/``off`` for true/false; else
+    (:func:`kdtune.coerce.coerce`), with ``on``/``off`` for true/false; else
     :class:`KdtuneError` without a location."""
-    hint = TrainConfig.key_types()[name] if hint is None else hint
+    hint = key_types()[name] if hint is None else hint
     base = base_type(hint)
     if base is bool and isinstance(value, str) and value.lower() in ("on", "off"):
         value = value.lower() == "on"
     try:
-        return _coerce(value, hint, "")
+        return coercion.coerce(value, hint, "")
     except KdtuneError as exc:
         hint_ = YAML11_HINT if isinstance(value, bool) and base is str else ""
         raise KdtuneError(str(exc).removeprefix(": ") + hint_) from None
@@ -176,7 +178,7 @@ def check_alone(name: str, value: Any) -> None:
     if name == "temperature":
         specs = [get_method(m) for m in list_methods()]
         base = {"method": next((s.name for s in specs if s.uses_temperature), "none")}
-    TrainConfig.from_dict({**base, name: value})
+    config_from_dict({**base, name: value})
 
 
 def _bool_pattern() -> str:
@@ -514,7 +516,7 @@ def _build(state: tuple[Any, ...]) -> type[SpaceFileBase]:
     from kdtune.methods import all_params
 
     _, methods, feature_methods, models, datasets = state
-    types_ = TrainConfig.key_types()
+    types_ = key_types()
     params = all_params()
     names = {"dataset": datasets, "model": models, "method": methods,
              "feature_method": feature_methods, "schedule": SCHEDULES,
