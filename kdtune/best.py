@@ -34,7 +34,8 @@ def show_best(name: str, *, tracking_uri: str, top: int | None = 10, metric: str
     """Print the best trials (Pareto front for several metrics) and optionally write the
     winner's config as YAML that ``kdtune train --config`` accepts. One search of the store
     answers it (:func:`~kdtune.tracking.sweep_best`)."""
-    from kdtune.tracking import Tracker, objective_of, require_store, sweep_best
+    from kdtune.mlflow_store import require_store
+    from kdtune.tracking import Tracker, objective_of, sweep_best
 
     if top is not None and top < 1:
         raise KdtuneError(f"--top {top} must be >= 1")
@@ -66,7 +67,8 @@ def show_sweeps(*, tracking_uri: str, fmt: str = "table") -> None:
     its first objective, when it started. One search of the store answers it."""
     from datetime import UTC, datetime
 
-    from kdtune.tracking import TRIAL_STATUSES, Tracker, decode_param, is_final, require_store
+    from kdtune.mlflow_store import require_store
+    from kdtune.tracking import TRIAL_STATUSES, Tracker, decode_param, is_final
 
     require_store(tracking_uri)
     runs = Tracker(tracking_uri).all_runs()
@@ -112,7 +114,8 @@ def _first(value: str | None, decode: Any) -> str:
 def sweep_study(name: str, *, tracking_uri: str, study_storage: str | None = None) -> Any:
     """The :class:`~kdtune.tune.study.SweepStudy` of sweep ``name``: at ``study_storage``, else
     where its parent run says it is."""
-    from kdtune.tracking import Tracker, require_store
+    from kdtune.mlflow_store import require_store
+    from kdtune.tracking import Tracker
     from kdtune.tune.study import study_of_sweep
 
     require_store(tracking_uri)

@@ -274,14 +274,15 @@ def cmd_best(args: argparse.Namespace) -> int:
     """Answered from MLflow alone: the search layer (Ray, torch, the method registry) is not
     imported, so the answer costs what MLflow's own import and queries cost."""
     from kdtune.best import show_best, show_importance, show_sweeps
-    from kdtune.urls import check_store_flags
+    from kdtune.mlflow_store import resolve_tracking_uri
+    from kdtune.urls import check_storage_flags
 
-    check_store_flags(args.mlflow_uri, args.storage, args.study_storage)
+    tracking_uri = resolve_tracking_uri(args.mlflow_uri)
+    check_storage_flags(args.storage, args.study_storage)
     if args.config_out is not None:
         from kdtune.paths import writable_file
 
         writable_file(args.config_out, "--config-out")
-    tracking_uri = _tracking_uri(args.mlflow_uri)
     if tracking_uri.startswith(("http://", "https://")):
         from kdtune.urls import check_reachable
 
@@ -305,7 +306,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
         check_ray_address(args.address)
     from kdtune.finalize import run_finalize, show_finalists
-    from kdtune.tune.sweep import Store
+    from kdtune.tune.stores import Store
 
     store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)
     name = _sweep_name(args, store.tracking_uri)
@@ -318,7 +319,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kdtune.best import sweep_study
-    from kdtune.tune.sweep import Store
+    from kdtune.tune.stores import Store
 
     store = Store.resolve(args.mlflow_uri, args.storage, args.study_storage)
     name = _sweep_name(args, store.tracking_uri)
@@ -333,17 +334,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tracking_uri(flag: str | None) -> str:
-    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``, else the store ./kdtune-runs/mlflow.db."""
-    import os
-
-    from kdtune.tracking import default_store, default_tracking_uri
-
-    return flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(default_store())
-
-
 def _newest_sweep(tracking_uri: str) -> str:
-    from kdtune.tracking import Tracker, require_store
+    from kdtune.mlflow_store import require_store
+    from kdtune.tracking import Tracker
 
     require_store(tracking_uri)
     names = Tracker(tracking_uri).sweep_names()
@@ -354,9 +347,11 @@ def _newest_sweep(tracking_uri: str) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from kdtune.export import export_student
+    from kdtune.mlflow_store import resolve_tracking_uri
 
     done = export_student(args.name, fmt=args.format, out=args.out, trial=args.trial,
-                          register=args.register, tracking_uri=_tracking_uri(args.mlflow_uri))
+                          register=args.register,
+                          tracking_uri=resolve_tracking_uri(args.mlflow_uri))
     print(f"exported {done.label} of sweep {done.sweep!r} (Ray trial {done.trial_id}, MLflow "
           f"run {done.run_id}) to {done.path}; config and preprocessing: {done.sidecar}; "
           f"largest logit difference from the student on a validation batch: "
@@ -367,15 +362,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from kdtune.mlflow_store import default_store, resolve_tracking_uri
     from kdtune.paths import writable_file, writable_folder
     from kdtune.sweep_report import REPORTS_DIRNAME, write_report
-    from kdtune.tracking import default_store
 
     if args.out is not None:
         writable_file(args.out, "--out")
     else:
         writable_folder(default_store() / REPORTS_DIRNAME, "the report folder (no --out)")
-    uri = _tracking_uri(args.mlflow_uri)
+    uri = resolve_tracking_uri(args.mlflow_uri)
     names = args.names or [_newest_sweep(uri)]
     done = write_report(names, out=args.out, tracking_uri=uri)
     print(f"report of {', '.join(repr(n) for n in names)}: {done.path} "

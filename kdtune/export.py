@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.mlflow_store import require_store
 from kdtune.paths import writable_file
 from kdtune.report import STUDENT_FILE, STUDENT_FORMAT
 from kdtune.sweep_results import (
@@ -29,7 +30,7 @@ from kdtune.sweep_results import (
     runs_with_weights,
     teacher_facts,
 )
-from kdtune.tracking import Tracker, require_store
+from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     LATENCY_SPREAD_METRICS,
     TAG_ERROR,

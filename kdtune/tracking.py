@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.mlflow_store import default_store, default_tracking_uri, require_store, sqlite_path
 from kdtune.urls import file_lock, recall, redact, remember
 from kdtune.vocabulary import (
     DIRECTIONS,
@@ -50,58 +51,12 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "kdtune"
-STORE_DIRNAME = "kdtune-runs"
-DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "artifacts"
 
 TRIAL_STATUSES = ("FINISHED", "KILLED", "FAILED")
 _MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _PAGE = 1000  # search_runs page size (MLflow's default maximum)
-
-
-# -- store locations ----------------------------------------------------------------------
-def default_store(cwd: Path | None = None) -> Path:
-    """The default local store: ``<cwd>/kdtune-runs`` as an absolute path."""
-    return (Path.cwd() if cwd is None else Path(cwd)).resolve() / STORE_DIRNAME
-
-
-def default_tracking_uri(store: Path) -> str:
-    """SQLite URI of the MLflow database inside ``store`` (absolute: trials change cwd)."""
-    return f"sqlite:///{Path(store).resolve() / DB_FILENAME}"
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for any other kind of store."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    rest = tracking_uri[len(prefix):].split("?", 1)[0]
-    if not rest or rest == ":memory:":
-        return None
-    return Path(rest).resolve()
-
-
-def transient_tracking_error(exc: BaseException) -> bool:
-    """An MLflow call that failed because the tracking server (or the SQLite file) did not
-    answer -- worth retrying -- rather than because of what it was asked."""
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(exc, MlflowException):
-        if exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):
-            return True
-        message = str(exc)
-        return exc.error_code == "INTERNAL_ERROR" and (
-            message.startswith("API request to") or "database is locked" in message)
-    return isinstance(exc, OSError)  # requests' connection errors are OSErrors
-
-
-def require_store(tracking_uri: str) -> None:
-    """Raise a one-line error if ``tracking_uri`` is a SQLite file that does not exist."""
-    path = sqlite_path(tracking_uri)
-    if path is not None and not path.is_file():
-        raise KdtuneError(f"no kdtune store at {path}; run `kdtune search` first or pass "
-                          "--mlflow-uri")
 
 
 # -- params as strings --------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_the_command_makes_a_second_ctrl_c_quiet_once_it_said_how_to_go_on(
     def stopped(args: object) -> int:
         """A command stopped by a real Ctrl-C: its handler (which says how to go on at a
         second one) stays installed, as a sweep's does."""
-        from kdtune.tune.sweep import Interrupts
+        from kdtune.tune.ray_session import Interrupts
 
         with Interrupts("continue with `kdtune resume x`"):
             os.kill(os.getpid(), signal.SIGINT)

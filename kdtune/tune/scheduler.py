@@ -20,13 +20,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from kdtune.tune.study import ATTR_RAY_ID, ATTR_RUNG, SweepStudy
 from kdtune.tune.trainable import EPOCH_KEY
+from kdtune.vocabulary import RUNG_METRICS
+
+if TYPE_CHECKING:
+    from kdtune.tune.space import SearchSpace
+
+
+def trial_scheduler(space: SearchSpace, study: SweepStudy) -> FIFOScheduler:
+    """The sweep's Ray Tune trial scheduler: ASHA (MO-ASHA for several objectives) with its
+    rungs in the study, or FIFO."""
+    s = space.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    assert s.grace_period is not None and s.reduction_factor is not None and s.max_t is not None
+    metrics, modes = rung_objectives(space)
+    return RungScheduler(study, metrics=metrics, modes=modes, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, max_t=s.max_t)
+
+
+def rung_objectives(space: SearchSpace) -> tuple[list[str], list[str]]:
+    """What early stopping compares at a rung: the scheduler's per-epoch metric, and with
+    several objectives also the cost objectives (known from the first epoch on)."""
+    s = space.scheduler
+    assert s.metric is not None and s.mode is not None
+    costs = [o for o in space.objectives if o.metric not in RUNG_METRICS]
+    if not space.multi_objective:
+        costs = []
+    return [s.metric, *(o.metric for o in costs)], [s.mode, *(o.mode for o in costs)]
 
 
 def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[float]:

@@ -136,8 +136,9 @@ def test_the_teacher_is_said_to_be_trained_or_reused_before_it_is(asha_sweep: Sw
 
     from rich.console import Console
 
+    from kdtune.tune.prepare import prepare_context
     from kdtune.tune.space import load_space
-    from kdtune.tune.sweep import Store, prepare_context
+    from kdtune.tune.stores import Store
 
     lines = asha_sweep.output.splitlines()
     assert lines[0] == "training the teacher once on the driver ..."
