@@ -17,7 +17,6 @@ Layout in the store:
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -26,8 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdtune.errors import KdtuneError, choose_one
+from kdtune.errors import KdtuneError, choose_one, did_you_mean
 from kdtune.mlflow_store import default_store, default_tracking_uri, require_store, sqlite_path
+from kdtune.pareto import pareto_front
 from kdtune.urls import file_lock, recall, redact, remember
 from kdtune.vocabulary import (
     DIRECTIONS,
@@ -314,8 +314,7 @@ class Tracker:
                                "yet; run `kdtune search` first or pass --mlflow-uri")
         shown = ", ".join(names[:10]) + (f" (and {len(names) - 10} more)" if len(names) > 10
                                           else "")
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, names)
         return KdtuneError(f"no sweep {name!r} in {self.tracking_uri}{hint}; existing sweeps: "
                            f"{shown}")
 
@@ -500,8 +499,6 @@ def rank_trials(frame: pd.DataFrame, sweep: str, *, metrics: Sequence[str],
     beats or equals on every metric while beating on one), sorted by the first metric.
     ``top`` cuts the result afterwards. Rows lacking an objective metric are left out.
     """
-    import numpy as np
-
     metrics, modes = list(metrics), list(modes)
     if not metrics or len(metrics) != len(modes):
         raise KdtuneError(f"give one mode per metric: metrics {metrics}, modes {modes}")
@@ -514,14 +511,10 @@ def rank_trials(frame: pd.DataFrame, sweep: str, *, metrics: Sequence[str],
     cols = [f"metrics.{m}" for m in metrics]
     frame = frame[frame["status"].isin(list(status))].dropna(subset=cols)
     if len(metrics) > 1 and len(frame):
-        # Minimisation matrix: negate the maximised columns.
-        sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
-        values = frame[cols].to_numpy(dtype=float) * sign
-        keep = np.ones(len(values), dtype=bool)
-        for i, row in enumerate(values):
-            beaten = np.all(values <= row, axis=1) & np.any(values < row, axis=1)
-            keep[i] = not beaten.any()
-        frame = frame[keep]
+        # to minimise: the maximised metrics negated
+        points = [[-v if m == "max" else v for v, m in zip(row, modes, strict=True)]
+                  for row in frame[cols].to_numpy(dtype=float).tolist()]
+        frame = frame.iloc[pareto_front(points)]
     frame = frame.sort_values(cols, ascending=[m == "min" for m in modes], kind="stable")
     front = ["run_id", "trial_id", "status", *cols]
     frame = frame[front + [c for c in frame.columns if c not in front]]
@@ -614,10 +607,9 @@ def _check_logged(frame: pd.DataFrame, metrics: Sequence[str], sweep: str, *,
     logged = sorted(c[len("metrics."):] for c in frame.columns if c.startswith("metrics."))
     for metric in metrics:
         if metric not in logged:
-            close = difflib.get_close_matches(metric, logged, n=1)
-            if typos_only and not close:
+            hint = did_you_mean(metric, logged)
+            if typos_only and not hint:
                 continue
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise KdtuneError(f"metric {metric!r} was not logged by any trial of sweep "
                               f"{sweep!r}{hint}; logged metrics: "
                               f"{', '.join(logged) or '(none)'}")

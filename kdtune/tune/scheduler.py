@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from kdtune.pareto import non_dominated_fronts
 from kdtune.tune.study import ATTR_RAY_ID, ATTR_RUNG, SweepStudy
 from kdtune.tune.trainable import EPOCH_KEY
 from kdtune.vocabulary import RUNG_METRICS
@@ -85,23 +86,6 @@ def rung_keeps(values: Sequence[Sequence[float]], modes: Sequence[str],
         rank.update({i: (f, -d) for i, d in zip(front, distance, strict=True)})
     above = sum(rank[i] < rank[len(points) - 1] for i in range(len(earlier)))
     return above < math.ceil(len(earlier) / reduction_factor)
-
-
-def non_dominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
-    """Indices of ``points`` (to minimise) by front: the first holds those no point dominates,
-    the next those only the first dominates, and so on."""
-    left = list(range(len(points)))
-    fronts = []
-    while left:
-        front = [i for i in left if not any(_dominates(points[j], points[i]) for j in left)]
-        fronts.append(front)
-        left = [i for i in left if i not in front]
-    return fronts
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and \
-        any(x < y for x, y in zip(a, b, strict=True))
 
 
 def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:
