@@ -138,7 +138,7 @@ def reach(trials: list[dict[str, Any]], best: float, max_t: int) -> dict[str, An
 
 
 def one_seed(seed: int, tmp: Path, *, quick: bool) -> dict[str, Any]:
-    from kdtune.tracking import decode_param
+    from kdtune.runs import decode_param
 
     epochs, grace = (9, 1) if quick else (27, 3)
     fixed = {"epochs": epochs, "seeds": [seed]}

@@ -35,7 +35,8 @@ def show_best(name: str, *, tracking_uri: str, top: int | None = 10, metric: str
     winner's config as YAML that ``kdtune train --config`` accepts. One search of the store
     answers it (:func:`~kdtune.tracking.sweep_best`)."""
     from kdtune.mlflow_store import require_store
-    from kdtune.tracking import Tracker, objective_of, sweep_best
+    from kdtune.runs import objective_of
+    from kdtune.tracking import Tracker, sweep_best
 
     if top is not None and top < 1:
         raise KdtuneError(f"--top {top} must be >= 1")
@@ -68,7 +69,8 @@ def show_sweeps(*, tracking_uri: str, fmt: str = "table") -> None:
     from datetime import UTC, datetime
 
     from kdtune.mlflow_store import require_store
-    from kdtune.tracking import TRIAL_STATUSES, Tracker, decode_param, is_final
+    from kdtune.runs import TRIAL_STATUSES, decode_param, is_final
+    from kdtune.tracking import Tracker
 
     require_store(tracking_uri)
     runs = Tracker(tracking_uri).all_runs()
@@ -172,7 +174,7 @@ def _print(rows: list[dict[str, Any]], columns: list[str], fmt: str, *, title: s
 
 
 def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any]:
-    from kdtune.tracking import decode_param
+    from kdtune.runs import decode_param
 
     readable = r.get(f"tags.{TAG_READABLE_ID}")
     row: dict[str, Any] = {"id": readable if isinstance(readable, str) else r["trial_id"],
@@ -196,7 +198,7 @@ def write_config(row: Any, path: str | Path) -> Path:
     import yaml
 
     from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
 
     config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
                                    where="best config")

@@ -32,7 +32,8 @@ from kdtune.config import TrainConfig
 from kdtune.errors import Interrupted, KdtuneError
 from kdtune.mlflow_store import require_store
 from kdtune.report import STUDENT_FILE
-from kdtune.tracking import Tracker, config_from_run, decode_param
+from kdtune.runs import config_from_run, decode_param
+from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     LATENCY_FIGURES,
     LATENCY_SPREADS,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kdtune import cli
+from kdtune import cli, cli_sweep
 from kdtune.errors import Interrupted
 
 
@@ -34,7 +34,7 @@ def test_the_command_makes_a_second_ctrl_c_quiet_once_it_said_how_to_go_on(
             time.sleep(5)  # (the handler raises first)
         return 0
 
-    monkeypatch.setattr(cli, "cmd_best", stopped)
+    monkeypatch.setattr(cli_sweep, "cmd_best", stopped)
     monkeypatch.setattr(sys, "argv", ["kdtune", "best", "--list"])  # as the kdtune command
     assert cli.main() == 130
     assert capsys.readouterr().err.strip() == \
@@ -48,7 +48,7 @@ def test_called_as_a_function_main_leaves_the_handlers_alone(
     def stopped(args: object) -> int:
         raise Interrupted("stopped")
 
-    monkeypatch.setattr(cli, "cmd_best", stopped)
+    monkeypatch.setattr(cli_sweep, "cmd_best", stopped)
     before = signal.getsignal(signal.SIGINT)
     assert cli.main(["best", "--list"]) == 130
     assert signal.getsignal(signal.SIGINT) is before

@@ -140,7 +140,7 @@ def seed_board(board: Any, runs: pd.DataFrame, data: DataSplits) -> int:
     import ray
 
     from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
     from kdtune.trainer import build_student
 
     figures: dict[str, Figure] = {}

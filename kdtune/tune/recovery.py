@@ -75,7 +75,7 @@ def warm_start_configs(space: SearchSpace, tracker: Tracker, console: Console
     warm = space.search.warm_start
     if warm is None:
         return []
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
     from kdtune.tune.searcher import config_key
 
     metrics, modes = tracker.objective(warm.source)

@@ -16,7 +16,7 @@ import yaml
 import kdtune
 from kdtune.cli import main
 from kdtune.config import TrainConfig
-from kdtune.tracking import decode_param
+from kdtune.runs import decode_param
 
 from .conftest import (
     BASE_SPACE,

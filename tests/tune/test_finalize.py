@@ -258,7 +258,7 @@ def _config(params: dict[str, Any]) -> Any:
 
 def _key(row: Any) -> tuple[str, str, int]:
     from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
 
     config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
     return job_key(row["tags.kdtune.role"], row["tags.kdtune.finalist"], config,
@@ -286,7 +286,7 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
     import pandas as pd
 
     from kdtune.config import TrainConfig
-    from kdtune.tracking import encode_param
+    from kdtune.runs import encode_param
     from kdtune.tune.callbacks import describe
     from kdtune.tune.trainable import TrialSettings
 
@@ -345,7 +345,7 @@ def test_the_baseline_of_a_feature_distiller_is_the_student_alone() -> None:
 
     from kdtune.config import TrainConfig
     from kdtune.finalize import baseline_key
-    from kdtune.tracking import encode_param
+    from kdtune.runs import encode_param
 
     config = TrainConfig.from_dict({"dataset": "digits", "model": "mlp", "hidden": [8],
                                     "method": "vanilla", "feature_method": "fitnet",

@@ -134,7 +134,7 @@ def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
     import ray
 
     from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
     from kdtune.trainer import build_student, load_data
 
     runs = asha_sweep.tracker().trial_runs("asha")
@@ -164,7 +164,7 @@ def test_figures_recorded_without_a_spread_are_seeded_without_one(
     import ray
 
     from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
     from kdtune.trainer import build_student, load_data
 
     runs = asha_sweep.tracker().trial_runs("asha")

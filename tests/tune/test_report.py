@@ -21,6 +21,7 @@ import pytest
 
 from kdtune.cli import main
 from kdtune.config import TrainConfig
+from kdtune.runs import config_from_run, driver_run_seconds
 from kdtune.sweep_report import write_report
 from kdtune.sweep_report.figures import (
     HEIGHT,
@@ -43,7 +44,7 @@ from kdtune.sweep_report.sweep_data import (
     on_grid,
 )
 from kdtune.sweep_results import TeacherFacts
-from kdtune.tracking import Tracker, config_from_run, driver_run_seconds
+from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     TAG_DRIVER_RUNS,
     TAG_FINALIST,

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 import kdtune
 from kdtune.cli import main
 from kdtune.config import TrainConfig
-from kdtune.tracking import config_from_run, decode_param
+from kdtune.runs import config_from_run, decode_param
 from kdtune.vocabulary import LATENCY_SPREAD_METRICS, TEACHER_LATENCY_SPREAD
 
 from .conftest import BASE_SPACE, SweepRecord, sqlite_uri, write_space

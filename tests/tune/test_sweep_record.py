@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from kdtune.cli import main
-from kdtune.tracking import Tracker, driver_run_seconds
+from kdtune.runs import driver_run_seconds
+from kdtune.tracking import Tracker
 
 from .conftest import SweepRecord, new_store, sqlite_uri, write_space
 
