@@ -165,7 +165,13 @@ class Tracker:
         return self._experiment_id
 
     def _search(self, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
-        """All active runs of the experiment matching ``filter_string`` (every page)."""
+        """All active runs of the experiment matching ``filter_string`` (every page).
+
+        Through this tracker's own client, not ``mlflow.search_runs``: that one reads the
+        process-wide tracking URI, and one process may hold trackers of several stores (a
+        driver and its tests, a report over sweeps); the Run objects it pages through are
+        also what :func:`~kdtune.runs.is_final` and the sweep queries read before any frame
+        is built."""
         exp_id = self._existing_experiment_id()
         if exp_id is None:
             return []

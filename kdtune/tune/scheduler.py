@@ -1,4 +1,5 @@
-"""Early stopping at rungs (ASHA; MO-ASHA for several objectives), decided from the study.
+"""The sweep's trial scheduler: early stopping at rungs (ASHA; MO-ASHA for several
+objectives), decided from the study, or none (FIFO).
 
 Rungs lie at ``grace_period * reduction_factor**k`` epochs below ``max_t``; a trial that passes
 them trains all its epochs. A trial reaching a rung is compared with the trials recorded at
