@@ -197,11 +197,9 @@ def write_config(row: Any, path: str | Path) -> Path:
     """The trial's full training config, validated, as YAML."""
     import yaml
 
-    from kdtune.config import TrainConfig
-    from kdtune.runs import config_from_run
+    from kdtune.runs import run_config
 
-    config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
-                                   where="best config")
+    config = run_config(row, where="best config")
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config.to_saved_dict(), sort_keys=False))

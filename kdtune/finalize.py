@@ -32,7 +32,7 @@ from kdtune.config import TrainConfig
 from kdtune.errors import Interrupted, KdtuneError
 from kdtune.mlflow_store import require_store
 from kdtune.report import STUDENT_FILE
-from kdtune.runs import config_from_run, decode_param
+from kdtune.runs import config_from_run, decode_param, run_config
 from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     LATENCY_FIGURES,
@@ -84,8 +84,7 @@ def finalist_jobs(finalists: Any, seeds: Sequence[int]) -> list[dict[str, Any]]:
     jobs, baselines = [], set()
     for _, row in finalists.iterrows():
         label = trial_id_of(row)
-        config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
-                                       where=f"trial {label}")
+        config = run_config(row, where=f"trial {label}")
         kd = _params(config)
         alone = _params(student_alone(config))
         key = baseline_key(config)
@@ -118,7 +117,7 @@ def _job_key(job: Mapping[str, Any]) -> tuple[str, str, int]:
 
 def _run_key(row: Any) -> tuple[str, str, int]:
     return job_key(row[f"tags.{TAG_ROLE}"], str(row.get(f"tags.{TAG_FINALIST}")),
-                   _run_config(row), int(decode_param(row["params.seed"])))
+                   run_config(row), int(decode_param(row["params.seed"])))
 
 
 def _params(config: TrainConfig) -> dict[str, Any]:
@@ -145,10 +144,6 @@ def baseline_key(config: TrainConfig) -> str:
     return repr(sorted(_params(student_alone(config)).items()))
 
 
-def _run_config(row: Any) -> TrainConfig:
-    return TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
-
-
 def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str],
               jobs: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per finalist (rows of ``Tracker.final_runs``; with ``jobs``, only the runs of
@@ -163,12 +158,12 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
         done = done[[_run_key(r) in wanted for _, r in done.iterrows()]]
     kd = done[done[f"tags.{TAG_ROLE}"] == ROLE_KD]
     alone = done[done[f"tags.{TAG_ROLE}"] == ROLE_ALONE]
-    alone_keys = [baseline_key(_run_config(r)) for _, r in alone.iterrows()]
+    alone_keys = [baseline_key(run_config(r)) for _, r in alone.iterrows()]
     order = list(dict.fromkeys(j["finalist"] for j in jobs or ()))
     rows = []
     for finalist, group in kd.groupby(f"tags.{TAG_FINALIST}", sort=False):
         config = config_from_run(group.iloc[0], fields=TrainConfig.field_names())
-        key = baseline_key(TrainConfig.from_dict(config))
+        key = baseline_key(run_config(group.iloc[0]))
         mine = alone.loc[[k == key for k in alone_keys]]
         by_seed = dict(zip(group["params.seed"], group["metrics.test_accuracy"], strict=True))
         alone_by_seed = dict(zip(mine["params.seed"], mine["metrics.test_accuracy"],

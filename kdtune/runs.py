@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError, choose_one, did_you_mean
 from kdtune.pareto import pareto_front
 from kdtune.vocabulary import (
@@ -86,6 +87,14 @@ def config_from_run(row_or_params: Mapping[str, Any] | pd.Series,
         out[key] = decode_param(value)
     return out
 
+
+
+def run_config(row_or_params: Mapping[str, Any] | pd.Series, where: str = "config"
+               ) -> TrainConfig:
+    """The training config a run logged as its params (see :func:`config_from_run`),
+    validated; logged keys that are not config fields (``seeds``) are left out."""
+    return TrainConfig.from_dict(config_from_run(row_or_params, fields=TrainConfig.field_names()),
+                                 where=where)
 
 
 def rank_trials(frame: pd.DataFrame, sweep: str, *, metrics: Sequence[str],

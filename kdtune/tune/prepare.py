@@ -4,7 +4,7 @@ on the training set, and its latency.
 
 The teacher's logits (and embeddings, or the logits of every augmentation view) are computed
 here once so that trials run no teacher; the teacher is timed here once, as trials time their
-students, and shipped with the teacher to every trial.
+students, and its figure travels with it to every trial.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from kdtune.runs import config_from_run
 from kdtune.tracking import Tracker
 from kdtune.tune.ray_session import trial_dirname_of
 from kdtune.tune.space import SearchSpace, params_in_space
@@ -75,7 +76,6 @@ def warm_start_configs(space: SearchSpace, tracker: Tracker, console: Console
     warm = space.search.warm_start
     if warm is None:
         return []
-    from kdtune.runs import config_from_run
     from kdtune.tune.searcher import config_key
 
     metrics, modes = tracker.objective(warm.source)
