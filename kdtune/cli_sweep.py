@@ -72,8 +72,7 @@ def add_sweep_commands(sub: Any) -> None:
                    "the config and preprocessing goes beside it")
     p.add_argument("--register", metavar="MODEL_NAME",
                    help="also register it in the MLflow model registry under this name")
-    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                   "else the sqlite store ./kdtune-runs/mlflow.db)")
+    _add_tracking_flag(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="a self-contained HTML report of one or more sweeps")
@@ -81,14 +80,17 @@ def add_sweep_commands(sub: Any) -> None:
                    help="sweep names (default: the newest sweep); several overlay their "
                    "accuracy-vs-alpha curves")
     p.add_argument("--out", help="HTML file to write (default: kdtune-runs/reports/NAME.html)")
-    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                   "else the sqlite store ./kdtune-runs/mlflow.db)")
+    _add_tracking_flag(p)
     p.set_defaults(func=cmd_report)
 
 
-def _add_store_flags(p: argparse.ArgumentParser) -> None:
+def _add_tracking_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                    "else the sqlite store ./kdtune-runs/mlflow.db)")
+
+
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    _add_tracking_flag(p)
     p.add_argument("--storage", help="Ray Tune storage folder or URI (default ./kdtune-runs/ray)")
     p.add_argument("--study-storage", help="Optuna study storage: an SQLAlchemy URL "
                    "(postgresql://...) or a journal file path (default: the sqlite file "
