@@ -298,6 +298,34 @@ def _register(space: SearchSpace, store: Store, tracker: Tracker, name: str | No
     raise KdtuneError(f"no free sweep name after {base!r}; choose one with --name")
 
 
+def _folder_taken(name: str, store: Store) -> KdtuneError:
+    return KdtuneError(f"Ray storage {redact(str(store.experiment_dir(name)))} already exists; "
+                       f"resume with `kdtune resume {name}`, or choose another --name or "
+                       "--storage")
+
+
+def _name_taken(name: str, store: Store) -> KdtuneError:
+    return KdtuneError(f"sweep {name!r} already exists in {redact(store.tracking_uri)}; resume "
+                       f"it with `kdtune resume {name}` or choose another --name")
+
+
+def _check_name_free(tracker: Tracker, study: SweepStudy, name: str, store: Store) -> None:
+    if tracker.find_sweep(name) is not None:
+        raise _name_taken(name, store)
+    if study.exists():
+        raise KdtuneError(f"a study named {name!r} already exists in "
+                          f"{redact(store.study_url)}; choose another --name")
+
+
+def _num_samples(space: SearchSpace, override: int | None) -> int:
+    n = override if override is not None else space.search.num_samples
+    if n is None or n < 1:  # the space file requires it, but a grid has its size
+        raise KdtuneError(f"num_samples {n} must be >= 1 (--num-samples or search.num_samples)")
+    if space.search.sampler == "grid" and n > (size := len(expand_grid(space))):
+        raise KdtuneError(f"--num-samples {n} is more than the grid's {size} configurations")
+    return n
+
+
 # -- an existing sweep -------------------------------------------------------------------------
 def resume_sweep(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
                  storage: str | None = None, study_storage: str | None = None,
@@ -492,34 +520,6 @@ def _first_failure(tracker: Tracker, name: str) -> str:
     if failed.empty or column not in failed.columns or failed[column].isna().all():
         return "no trial recorded why"
     return str(failed[column].dropna().iloc[0]).strip().splitlines()[0]
-
-
-def _folder_taken(name: str, store: Store) -> KdtuneError:
-    return KdtuneError(f"Ray storage {redact(str(store.experiment_dir(name)))} already exists; "
-                       f"resume with `kdtune resume {name}`, or choose another --name or "
-                       "--storage")
-
-
-def _name_taken(name: str, store: Store) -> KdtuneError:
-    return KdtuneError(f"sweep {name!r} already exists in {redact(store.tracking_uri)}; resume "
-                       f"it with `kdtune resume {name}` or choose another --name")
-
-
-def _check_name_free(tracker: Tracker, study: SweepStudy, name: str, store: Store) -> None:
-    if tracker.find_sweep(name) is not None:
-        raise _name_taken(name, store)
-    if study.exists():
-        raise KdtuneError(f"a study named {name!r} already exists in "
-                          f"{redact(store.study_url)}; choose another --name")
-
-
-def _num_samples(space: SearchSpace, override: int | None) -> int:
-    n = override if override is not None else space.search.num_samples
-    if n is None or n < 1:  # the space file requires it, but a grid has its size
-        raise KdtuneError(f"num_samples {n} must be >= 1 (--num-samples or search.num_samples)")
-    if space.search.sampler == "grid" and n > (size := len(expand_grid(space))):
-        raise KdtuneError(f"--num-samples {n} is more than the grid's {size} configurations")
-    return n
 
 
 def _log_best_student(sweep: _Sweep, results: Any) -> None:
