@@ -50,20 +50,20 @@ _STATE: dict[str, Any] = {}
 def _init_worker(teacher_path: str, data_config: dict[str, Any]) -> None:
     import torch
 
-    from kdtune.config import TrainConfig
+    from kdtune.resolve import config_from_dict
     from kdtune.teacher import load_teacher
     from kdtune.trainer import load_data
 
     torch.set_num_threads(1)
-    _STATE["data"] = load_data(TrainConfig.from_dict(data_config))
+    _STATE["data"] = load_data(config_from_dict(data_config))
     _STATE["teacher"] = load_teacher(teacher_path)
 
 
 def _train_one(config: dict[str, Any]) -> dict[str, Any]:
-    from kdtune.config import TrainConfig
+    from kdtune.resolve import config_from_dict
     from kdtune.trainer import train
 
-    cfg = TrainConfig.from_dict(config)
+    cfg = config_from_dict(config)
     res = train(cfg, data=_STATE["data"], teacher=_STATE["teacher"], measure_latency=False)
     return {"val_accuracy": res.metrics["val_accuracy"], "train_time_s": res.metrics[
         "train_time_s"], "epochs": int(res.metrics["epochs"]),
@@ -138,7 +138,7 @@ def reach(trials: list[dict[str, Any]], best: float, max_t: int) -> dict[str, An
 
 
 def one_seed(seed: int, tmp: Path, *, quick: bool) -> dict[str, Any]:
-    from kdtune.tracking import decode_param
+    from kdtune.runs import decode_param
 
     epochs, grace = (9, 1) if quick else (27, 3)
     fixed = {"epochs": epochs, "seeds": [seed]}

@@ -34,7 +34,9 @@ def show_best(name: str, *, tracking_uri: str, top: int | None = 10, metric: str
     """Print the best trials (Pareto front for several metrics) and optionally write the
     winner's config as YAML that ``kdtune train --config`` accepts. One search of the store
     answers it (:func:`~kdtune.tracking.sweep_best`)."""
-    from kdtune.tracking import Tracker, objective_of, require_store, sweep_best
+    from kdtune.mlflow_store import require_store
+    from kdtune.runs import objective_of
+    from kdtune.tracking import Tracker, sweep_best
 
     if top is not None and top < 1:
         raise KdtuneError(f"--top {top} must be >= 1")
@@ -66,7 +68,9 @@ def show_sweeps(*, tracking_uri: str, fmt: str = "table") -> None:
     its first objective, when it started. One search of the store answers it."""
     from datetime import UTC, datetime
 
-    from kdtune.tracking import TRIAL_STATUSES, Tracker, decode_param, is_final, require_store
+    from kdtune.mlflow_store import require_store
+    from kdtune.runs import TRIAL_STATUSES, decode_param, is_final
+    from kdtune.tracking import Tracker
 
     require_store(tracking_uri)
     runs = Tracker(tracking_uri).all_runs()
@@ -112,7 +116,8 @@ def _first(value: str | None, decode: Any) -> str:
 def sweep_study(name: str, *, tracking_uri: str, study_storage: str | None = None) -> Any:
     """The :class:`~kdtune.tune.study.SweepStudy` of sweep ``name``: at ``study_storage``, else
     where its parent run says it is."""
-    from kdtune.tracking import Tracker, require_store
+    from kdtune.mlflow_store import require_store
+    from kdtune.tracking import Tracker
     from kdtune.tune.study import study_of_sweep
 
     require_store(tracking_uri)
@@ -169,7 +174,7 @@ def _print(rows: list[dict[str, Any]], columns: list[str], fmt: str, *, title: s
 
 
 def _row(r: Any, metric_cols: list[str], param_cols: list[str]) -> dict[str, Any]:
-    from kdtune.tracking import decode_param
+    from kdtune.runs import decode_param
 
     readable = r.get(f"tags.{TAG_READABLE_ID}")
     row: dict[str, Any] = {"id": readable if isinstance(readable, str) else r["trial_id"],
@@ -192,11 +197,9 @@ def write_config(row: Any, path: str | Path) -> Path:
     """The trial's full training config, validated, as YAML."""
     import yaml
 
-    from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import run_config
 
-    config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
-                                   where="best config")
+    config = run_config(row, where="best config")
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config.to_saved_dict(), sort_keys=False))

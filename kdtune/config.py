@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdtune.coerce import coerce
 from kdtune.errors import KdtuneError, choose_one
 
 SCHEDULES = ("multistep", "cosine")
@@ -119,42 +118,13 @@ class TrainConfig:
         object.__setattr__(self, "method_params", dict(self.method_params))
         check_fields(self)
 
-    # -- built from user input (kdtune.resolve; kept here for callers not yet switched) ---
-    @classmethod
-    def field_names(cls) -> list[str]:
-        """:func:`kdtune.resolve.config_keys`."""
-        from kdtune.resolve import config_keys  # see PENDING in tests/test_layers.py
-
-        return config_keys()
-
-    @classmethod
-    def key_types(cls) -> dict[str, Any]:
-        """:func:`kdtune.resolve.key_types`."""
-        from kdtune.resolve import key_types  # see PENDING in tests/test_layers.py
-
-        return key_types()
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> TrainConfig:
-        """:func:`kdtune.resolve.config_from_dict`."""
-        from kdtune.resolve import config_from_dict  # see PENDING in tests/test_layers.py
-
-        return config_from_dict(data, where=where)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """:func:`kdtune.resolve.config_from_yaml`."""
-        from kdtune.resolve import config_from_yaml  # see PENDING in tests/test_layers.py
-
-        return config_from_yaml(path, **overrides)
-
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes``. A new ``method`` or ``feature_method`` is
-        :func:`kdtune.resolve.replace_config` (the method parameters follow the methods)."""
+        """A copy with ``changes`` to fields other than the methods: a new ``method`` or
+        ``feature_method`` changes which parameters ``method_params`` holds, which
+        :func:`kdtune.resolve.replace_config` works out."""
         if "method" in changes or "feature_method" in changes:
-            from kdtune.resolve import replace_config  # see PENDING in tests/test_layers.py
-
-            return replace_config(self, **changes)
+            raise TypeError("TrainConfig.replace cannot change the methods; use "
+                            "kdtune.resolve.replace_config")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,10 +176,6 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise KdtuneError(f"{path}: expected a mapping of keys to values, got "
                           f"{type(data).__name__}")
     return data
-
-
-#: :func:`kdtune.coerce.coerce` under its former name, for callers not yet switched.
-_coerce = coerce
 
 
 def check_fields(cfg: TrainConfig) -> None:

@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdtune.errors import KdtuneError, choose_one
+from kdtune.mlflow_store import require_store
 from kdtune.paths import writable_file
 from kdtune.report import STUDENT_FILE, STUDENT_FORMAT
+from kdtune.resolve import config_from_dict
 from kdtune.sweep_results import (
     finalist_mask,
     objective,
     runs_with_weights,
     teacher_facts,
 )
-from kdtune.tracking import Tracker, require_store
+from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     LATENCY_SPREAD_METRICS,
     TAG_ERROR,
@@ -207,10 +209,9 @@ def _download_student(tracker: Tracker, run_id: str) -> dict[str, Any]:
 def _rebuild(state: dict[str, Any]) -> tuple[Any, DataSplits, nn.Module]:
     """The student's config, its data (input shape, classes, normalisation, a batch) and the
     student with its weights, on the CPU in eval mode."""
-    from kdtune.config import TrainConfig
     from kdtune.trainer import build_student, load_data
 
-    config = TrainConfig.from_dict(state["config"], where="student.pt")
+    config = config_from_dict(state["config"], where="student.pt")
     data = load_data(config)
     model = build_student(config, data)
     model.load_state_dict(state["state_dict"])

@@ -30,9 +30,11 @@ from rich.console import Console
 
 from kdtune.config import TrainConfig
 from kdtune.errors import Interrupted, KdtuneError
+from kdtune.mlflow_store import require_store
 from kdtune.report import STUDENT_FILE
-from kdtune.tracking import Tracker, config_from_run, decode_param
-from kdtune.tune.space import load_space
+from kdtune.resolve import config_from_dict, config_keys, replace_config
+from kdtune.runs import config_from_run, decode_param, run_config
+from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     LATENCY_FIGURES,
     LATENCY_SPREADS,
@@ -83,8 +85,7 @@ def finalist_jobs(finalists: Any, seeds: Sequence[int]) -> list[dict[str, Any]]:
     jobs, baselines = [], set()
     for _, row in finalists.iterrows():
         label = trial_id_of(row)
-        config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()),
-                                       where=f"trial {label}")
+        config = run_config(row, where=f"trial {label}")
         kd = _params(config)
         alone = _params(student_alone(config))
         key = baseline_key(config)
@@ -111,13 +112,13 @@ def job_key(role: str, finalist: str, config: TrainConfig, seed: int) -> tuple[s
 
 
 def _job_key(job: Mapping[str, Any]) -> tuple[str, str, int]:
-    return job_key(job["role"], job["finalist"], TrainConfig.from_dict(job["params"]),
+    return job_key(job["role"], job["finalist"], config_from_dict(job["params"]),
                    job["seed"])
 
 
 def _run_key(row: Any) -> tuple[str, str, int]:
     return job_key(row[f"tags.{TAG_ROLE}"], str(row.get(f"tags.{TAG_FINALIST}")),
-                   _run_config(row), int(decode_param(row["params.seed"])))
+                   run_config(row), int(decode_param(row["params.seed"])))
 
 
 def _params(config: TrainConfig) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def student_alone(config: TrainConfig) -> TrainConfig:
     finalists differing only in them share one baseline)."""
     from kdtune.methods.registry import KD_FIELDS
 
-    return config.replace(method="none", feature_method="none",
+    return replace_config(config, method="none", feature_method="none",
                           **{f: getattr(TrainConfig(), f) for f in KD_FIELDS})
 
 
@@ -142,10 +143,6 @@ def baseline_key(config: TrainConfig) -> str:
     baseline runs by this key, not by their ``kdtune.finalist`` tag: a baseline shared by
     several finalists runs once, tagged with the first of them only."""
     return repr(sorted(_params(student_alone(config)).items()))
-
-
-def _run_config(row: Any) -> TrainConfig:
-    return TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
 
 
 def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str],
@@ -162,12 +159,12 @@ def summarise(runs: Any, teacher_accuracy: float | None, searched: Sequence[str]
         done = done[[_run_key(r) in wanted for _, r in done.iterrows()]]
     kd = done[done[f"tags.{TAG_ROLE}"] == ROLE_KD]
     alone = done[done[f"tags.{TAG_ROLE}"] == ROLE_ALONE]
-    alone_keys = [baseline_key(_run_config(r)) for _, r in alone.iterrows()]
+    alone_keys = [baseline_key(run_config(r)) for _, r in alone.iterrows()]
     order = list(dict.fromkeys(j["finalist"] for j in jobs or ()))
     rows = []
     for finalist, group in kd.groupby(f"tags.{TAG_FINALIST}", sort=False):
-        config = config_from_run(group.iloc[0], fields=TrainConfig.field_names())
-        key = baseline_key(TrainConfig.from_dict(config))
+        config = config_from_run(group.iloc[0], fields=config_keys())
+        key = baseline_key(run_config(group.iloc[0]))
         mine = alone.loc[[k == key for k in alone_keys]]
         by_seed = dict(zip(group["params.seed"], group["metrics.test_accuracy"], strict=True))
         alone_by_seed = dict(zip(mine["params.seed"], mine["metrics.test_accuracy"],
@@ -241,7 +238,10 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     training seeds each, beside their baselines and the teacher (the runs not finished
     already); returns the finalists table and the teacher's test accuracy."""
     from kdtune.tune.latency_board import end_board, seed_board, start_board
-    from kdtune.tune.sweep import Interrupts, Store, prepare_context, start_ray
+    from kdtune.tune.prepare import prepare_context
+    from kdtune.tune.ray_session import Interrupts, start_ray
+    from kdtune.tune.stores import Store
+    from kdtune.tune.study import load_unchanged_space
 
     console = console or Console(highlight=False, soft_wrap=True)  # a line stays one line
     if top < 1:
@@ -249,8 +249,6 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     if seeds < 2:
         raise KdtuneError(f"--seeds {seeds} must be >= 2 (an interval needs two seeds)")
     store = Store.resolve(mlflow_uri, storage, study_storage)
-    from kdtune.tracking import require_store
-
     require_store(store.tracking_uri)
     tracker = Tracker(store.tracking_uri)
     run = tracker.sweep_run(name)
@@ -258,9 +256,7 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
         raise KdtuneError(f"sweep {name!r} has not finished; finish it with `kdtune resume "
                           f"{name}` first")
     tags = run.data.tags
-    space = load_space(tags[TAG_SPACE])
-    if space.sha256 != tags[TAG_SPACE_SHA]:
-        raise KdtuneError(f"{space.source} changed since sweep {name!r} started; restore it")
+    space = load_unchanged_space(tags[TAG_SPACE], tags[TAG_SPACE_SHA], name)
     metrics, modes = tracker.objective(name)
     finalists = tracker.best_configs(name, metrics=metrics, modes=modes, top=top)
     if finalists.empty:
@@ -280,7 +276,7 @@ def run_finalize(name: str, *, top: int = 3, seeds: int = 3, address: str | None
     if dropped:
         console.print(f"finalists no longer in the top {top} keep their runs (tagged "
                       f"{TAG_OUT_OF_TOP}) and leave the table: {', '.join(dropped)}")
-    base = store.experiment_dir(name) if storage else tags[TAG_STORAGE]
+    base = store.sweep_dir(name, tags[TAG_STORAGE], storage_given=bool(storage))
     hint = f"run `kdtune finalize {name}` again: it continues where it stopped"
     teacher_run = (not existing.empty) and (existing[f"tags.{TAG_ROLE}"] == ROLE_TEACHER).any()
     if todo or not teacher_run:
@@ -370,34 +366,43 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
     when it stopped before its end and every run it still owes is among ``todo`` (restored,
     its finished trials not trained again; its jobs are kept on the parent run), then a new
     experiment for what is left."""
-    from ray import tune
+    from ray.tune import grid_search
 
-    from kdtune.tune.sweep import log_student, ray_tune_logs, trial_dirname_of
+    from kdtune.tune.ray_session import (
+        can_restore,
+        log_student,
+        new_tuner,
+        ray_tune_logs,
+        restored_tuner,
+        trainable,
+        trial_dirname_of,
+    )
+    from kdtune.tune.stores import join_location
     from kdtune.tune.trainable import run_final
 
-    resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
-    trainable = tune.with_resources(tune.with_parameters(run_final, context=context),
-                                    resources)
+    function = trainable(run_final, space, context)
     folders = _finalize_folders(base)
     finished = _finished_keys(tracker.final_runs(name))
     results = []
     with ray_tune_logs(store.logs / f"{name}-finalize.log"):
         last = _recorded_jobs(tracker, parent, folders[-1]) if folders else None
         owed = {_job_key(j) for j in last or ()} - finished
-        if owed and owed <= {_job_key(j) for j in todo} and \
-                tune.Tuner.can_restore(str(folders[-1])):
+        if owed and owed <= {_job_key(j) for j in todo} and can_restore(folders[-1]):
             console.print(f"continuing the finalize that stopped before its end: {len(owed)} "
                           "run(s)")
-            results.extend(tune.Tuner.restore(str(folders[-1]), trainable=trainable,
-                                              resume_unfinished=True, resume_errored=False,
-                                              restart_errored=False).fit())
+            results.extend(restored_tuner(function, folders[-1]).fit())
             finished = _finished_keys(tracker.final_runs(name))
         left = [j for j in todo if _job_key(j) not in finished]
         if left:
-            folder = _join(base, f"finalize-{len(folders) + 1}" if folders else "finalize")
+            folder = join_location(base, f"finalize-{len(folders) + 1}" if folders
+                                   else "finalize")
             tracker.client.log_dict(parent, left, _jobs_artifact(folder))
-            results.extend(_new_tuner(trainable, folder, left, space, tracker, parent, name,
-                                      context).fit())
+            # one trial per job
+            results.extend(new_tuner(
+                function, folder, tracker=tracker, parent=parent, sweep=name,
+                settings=context.settings, shown=("test_accuracy", "max"), max_failures=0,
+                param_space={"job": grid_search(left)},
+                max_concurrent=space.search.max_concurrent).fit())
     for result in results:  # the distilled students' weights, for `kdtune export`
         job = (result.config or {}).get("job", {})
         trial_id = Path(result.path).name.removeprefix(trial_dirname_of(""))
@@ -409,29 +414,6 @@ def _fit(space: Any, context: Any, tracker: Tracker, parent: str, name: str,
     if failed:
         raise KdtuneError(f"{failed} finalist run(s) failed; see their MLflow runs (tag "
                           f"kdtune.error); run `kdtune finalize {name}` again to retry them")
-
-
-def _new_tuner(trainable: Any, folder: Any, jobs: list[dict[str, Any]], space: Any,
-               tracker: Tracker, parent: str, name: str, context: Any) -> Any:
-    """A Ray experiment at ``folder`` with one trial per job."""
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from kdtune.tune.callbacks import MlflowTrials, Progress, TrialLabels
-    from kdtune.tune.sweep import trial_dirname
-
-    where = str(folder).rstrip("/")
-    return tune.Tuner(
-        trainable, param_space={"job": tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=space.search.max_concurrent,
-                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(
-            name=where.rsplit("/", 1)[1], storage_path=where.rsplit("/", 1)[0], verbose=0,
-            callbacks=[MlflowTrials(tracker, parent, name, context.settings),
-                       Progress("test_accuracy", "max", TrialLabels(name, None)),
-                       JsonLoggerCallback(), CSVLoggerCallback()],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0)))
 
 
 def _jobs_artifact(folder: Any) -> str:
@@ -456,19 +438,13 @@ def _recorded_jobs(tracker: Tracker, parent: str, folder: Any) -> list[dict[str,
 def _finalize_folders(base: Any) -> list[Any]:
     """The sweep's finalize experiments so far (``finalize``, ``finalize-2``, ...), oldest
     first."""
-    from kdtune.tune.sweep import location_exists
+    from kdtune.tune.stores import join_location, location_exists
 
     folders = []
-    while location_exists(folder := _join(base, f"finalize-{len(folders) + 1}"
-                                          if folders else "finalize")):
+    while location_exists(folder := join_location(base, f"finalize-{len(folders) + 1}"
+                                                  if folders else "finalize")):
         folders.append(folder)
     return folders
-
-
-def _join(base: Any, name: str) -> Any:
-    from kdtune.tune.sweep import is_uri
-
-    return f"{str(base).rstrip('/')}/{name}" if is_uri(base) else Path(base) / name
 
 
 def _log_table(tracker: Tracker, parent: str, rows: list[dict[str, Any]]) -> None:

@@ -17,29 +17,34 @@ Layout in the store:
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
-import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdtune.errors import KdtuneError, choose_one
+from kdtune.errors import KdtuneError, did_you_mean
+from kdtune.mlflow_store import default_store, default_tracking_uri, require_store, sqlite_path
+from kdtune.runs import (
+    TRIAL_STATUSES,
+    as_list,
+    check_logged,
+    driver_run_seconds,
+    encode_param,
+    is_final,
+    objective_of,
+    rank_trials,
+    runs_frame,
+)
 from kdtune.urls import file_lock, recall, redact, remember
 from kdtune.vocabulary import (
-    DIRECTIONS,
     DRIVER_RUN_KINDS,
     MODES,
-    PARAM_OBJECTIVE_METRICS,
-    PARAM_OBJECTIVE_MODES,
-    STAGE_FINAL,
     TAG_DRIVER_RUNS,
     TAG_KIND,
     TAG_PARENT,
     TAG_READABLE_ID,
-    TAG_STAGE,
     TAG_SWEEP,
     TAG_TRIAL_ID,
 )
@@ -50,113 +55,11 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "kdtune"
-STORE_DIRNAME = "kdtune-runs"
-DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "artifacts"
 
-TRIAL_STATUSES = ("FINISHED", "KILLED", "FAILED")
 _MAX_TAG_LEN = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _PAGE = 1000  # search_runs page size (MLflow's default maximum)
-
-
-# -- store locations ----------------------------------------------------------------------
-def default_store(cwd: Path | None = None) -> Path:
-    """The default local store: ``<cwd>/kdtune-runs`` as an absolute path."""
-    return (Path.cwd() if cwd is None else Path(cwd)).resolve() / STORE_DIRNAME
-
-
-def default_tracking_uri(store: Path) -> str:
-    """SQLite URI of the MLflow database inside ``store`` (absolute: trials change cwd)."""
-    return f"sqlite:///{Path(store).resolve() / DB_FILENAME}"
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for any other kind of store."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    rest = tracking_uri[len(prefix):].split("?", 1)[0]
-    if not rest or rest == ":memory:":
-        return None
-    return Path(rest).resolve()
-
-
-def transient_tracking_error(exc: BaseException) -> bool:
-    """An MLflow call that failed because the tracking server (or the SQLite file) did not
-    answer -- worth retrying -- rather than because of what it was asked."""
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(exc, MlflowException):
-        if exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):
-            return True
-        message = str(exc)
-        return exc.error_code == "INTERNAL_ERROR" and (
-            message.startswith("API request to") or "database is locked" in message)
-    return isinstance(exc, OSError)  # requests' connection errors are OSErrors
-
-
-def require_store(tracking_uri: str) -> None:
-    """Raise a one-line error if ``tracking_uri`` is a SQLite file that does not exist."""
-    path = sqlite_path(tracking_uri)
-    if path is not None and not path.is_file():
-        raise KdtuneError(f"no kdtune store at {path}; run `kdtune search` first or pass "
-                          "--mlflow-uri")
-
-
-# -- params as strings --------------------------------------------------------------------
-def _json_default(value: Any) -> Any:
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):  # numpy arrays
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot log {type(value).__name__} value {value!r} as an MLflow param")
-
-
-def encode_param(value: Any) -> str:
-    """Encode a config value as an MLflow param string that :func:`decode_param` inverts.
-
-    Plain strings are kept as they are unless they would read back as JSON (``"3"``,
-    ``"null"``), in which case they are JSON-quoted; everything else is JSON.
-    """
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except ValueError:
-            return value
-    return json.dumps(value, default=_json_default)
-
-
-def decode_param(text: str) -> Any:
-    """Inverse of :func:`encode_param`."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def config_from_run(row_or_params: Mapping[str, Any] | pd.Series,
-                    fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """Rebuild the config dict logged as a run's params.
-
-    Accepts ``run.data.params`` (``"x"`` keys) or a row of :meth:`Tracker.trial_runs`
-    (``"params.x"`` keys; other columns are ignored, params a run did not log — NaN in a
-    frame — are skipped). With ``fields``, keys that are not among them are dropped.
-    """
-    items = list(row_or_params.items())
-    if any(str(k).startswith("params.") for k, _ in items):
-        items = [(k[len("params."):], v) for k, v in items if str(k).startswith("params.")]
-    keep = None if fields is None else set(fields)
-    out: dict[str, Any] = {}
-    for key, value in items:
-        if not isinstance(value, str) or (keep is not None and key not in keep):
-            continue
-        out[key] = decode_param(value)
-    return out
 
 
 # -- the tracker --------------------------------------------------------------------------
@@ -262,7 +165,13 @@ class Tracker:
         return self._experiment_id
 
     def _search(self, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
-        """All active runs of the experiment matching ``filter_string`` (every page)."""
+        """All active runs of the experiment matching ``filter_string`` (every page).
+
+        Through this tracker's own client, not ``mlflow.search_runs``: that one reads the
+        process-wide tracking URI, and one process may hold trackers of several stores (a
+        driver and its tests, a report over sweeps); the Run objects it pages through are
+        also what :func:`~kdtune.runs.is_final` and the sweep queries read before any frame
+        is built."""
         exp_id = self._existing_experiment_id()
         if exp_id is None:
             return []
@@ -359,8 +268,7 @@ class Tracker:
                                "yet; run `kdtune search` first or pass --mlflow-uri")
         shown = ", ".join(names[:10]) + (f" (and {len(names) - 10} more)" if len(names) > 10
                                           else "")
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, names)
         return KdtuneError(f"no sweep {name!r} in {self.tracking_uri}{hint}; existing sweeps: "
                            f"{shown}")
 
@@ -378,7 +286,7 @@ class Tracker:
 
     def list_sweeps(self) -> pd.DataFrame:
         """One row per sweep, newest first: name, run_id, status, times, params.*, tags.*."""
-        frame = _runs_frame(self._sweep_runs())
+        frame = runs_frame(self._sweep_runs())
         frame.insert(0, "name", frame["run_name"])
         return frame.drop(columns="run_name")
 
@@ -518,12 +426,12 @@ class Tracker:
             raise self._unknown_sweep(sweep)
         runs = self._search(f"tags.`{TAG_PARENT}` = '{parent_id}'",
                             order_by=["attributes.start_time ASC"])
-        return _runs_frame([r for r in runs if final is None or is_final(r) == final])
+        return runs_frame([r for r in runs if final is None or is_final(r) == final])
 
     def all_trial_runs(self) -> pd.DataFrame:
         """Every search trial of every sweep in the experiment, with ``parent_id`` (one
         query)."""
-        frame = _runs_frame([r for r in self._search(f"tags.`{TAG_KIND}` = 'trial'")
+        frame = runs_frame([r for r in self._search(f"tags.`{TAG_KIND}` = 'trial'")
                              if not is_final(r)])
         frame["parent_id"] = frame.get(f"tags.{TAG_PARENT}")
         return frame
@@ -534,45 +442,6 @@ class Tracker:
         """The best trials of a sweep, as :func:`rank_trials` ranks them."""
         return rank_trials(self.trial_runs(sweep), sweep, metrics=metrics, modes=modes,
                            top=top, status=status)
-
-
-def rank_trials(frame: pd.DataFrame, sweep: str, *, metrics: Sequence[str],
-                modes: Sequence[str], top: int | None = None,
-                status: Sequence[str] = ("FINISHED",)) -> pd.DataFrame:
-    """The best of a sweep's trials (``frame``, as :meth:`Tracker.trial_runs` returns them).
-
-    One metric: rows sorted best-first. Several: the Pareto front (rows no other row
-    beats or equals on every metric while beating on one), sorted by the first metric.
-    ``top`` cuts the result afterwards. Rows lacking an objective metric are left out.
-    """
-    import numpy as np
-
-    metrics, modes = list(metrics), list(modes)
-    if not metrics or len(metrics) != len(modes):
-        raise KdtuneError(f"give one mode per metric: metrics {metrics}, modes {modes}")
-    for mode in modes:
-        if mode not in DIRECTIONS:
-            raise choose_one("mode", mode, DIRECTIONS)
-    if frame.empty:
-        return frame
-    _check_logged(frame, metrics, sweep)
-    cols = [f"metrics.{m}" for m in metrics]
-    frame = frame[frame["status"].isin(list(status))].dropna(subset=cols)
-    if len(metrics) > 1 and len(frame):
-        # Minimisation matrix: negate the maximised columns.
-        sign = np.array([-1.0 if m == "max" else 1.0 for m in modes])
-        values = frame[cols].to_numpy(dtype=float) * sign
-        keep = np.ones(len(values), dtype=bool)
-        for i, row in enumerate(values):
-            beaten = np.all(values <= row, axis=1) & np.any(values < row, axis=1)
-            keep[i] = not beaten.any()
-        frame = frame[keep]
-    frame = frame.sort_values(cols, ascending=[m == "min" for m in modes], kind="stable")
-    front = ["run_id", "trial_id", "status", *cols]
-    frame = frame[front + [c for c in frame.columns if c not in front]]
-    if top is not None:
-        frame = frame.head(top)
-    return frame.reset_index(drop=True)
 
 
 def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
@@ -598,8 +467,8 @@ def sweep_best(tracker: Tracker, name: str, *, metric: str | Sequence[str] | Non
     """The parent run of sweep ``name`` and its best finished trials (see
     :func:`best_configs`), from one search of the store."""
     parent, children = tracker.sweep_and_children(name)
-    trials = _runs_frame([r for r in children if not is_final(r)])
-    metrics, modes = _as_list(metric), _as_list(mode)
+    trials = runs_frame([r for r in children if not is_final(r)])
+    metrics, modes = as_list(metric), as_list(mode)
     if not metrics or not modes:
         try:
             sweep_metrics, sweep_modes = objective_of(parent, name)
@@ -614,7 +483,7 @@ def sweep_best(tracker: Tracker, name: str, *, metric: str | Sequence[str] | Non
             missing = [m for m, d in zip(metrics, modes, strict=True) if not d]
             if missing:
                 # a typo of a logged metric: say so rather than ask for a mode
-                _check_logged(trials, missing, name, typos_only=True)
+                check_logged(trials, missing, name, typos_only=True)
                 raise KdtuneError(f"no default mode for metric {missing[0]!r}; pass --mode "
                                   "max or --mode min")
     if len(modes) == 1 and len(metrics) > 1:
@@ -622,52 +491,7 @@ def sweep_best(tracker: Tracker, name: str, *, metric: str | Sequence[str] | Non
     return parent, rank_trials(trials, name, metrics=metrics, modes=modes, top=top)
 
 
-def objective_of(parent: Run, name: str) -> tuple[list[str], list[str]]:
-    """The objective (metrics, modes) recorded on sweep ``name``'s parent run."""
-    params = parent.data.params
-    metrics = _as_list(params.get(PARAM_OBJECTIVE_METRICS))
-    modes = _as_list(params.get(PARAM_OBJECTIVE_MODES))
-    if not metrics:
-        raise KdtuneError(f"sweep {name!r} records no objective; pass --metric and --mode")
-    if len(modes) != len(metrics):
-        modes = [MODES.get(m, "max") for m in metrics]
-    return metrics, modes
-
-
-def is_final(run: Run) -> bool:
-    """Whether a child run is a finalist run (``kdtune finalize``), not a search trial."""
-    return run.data.tags.get(TAG_STAGE) == STAGE_FINAL
-
-
 # -- helpers ------------------------------------------------------------------------------
-def driver_run_seconds(run: Mapping[str, Any]) -> float | None:
-    """How long a recorded driver run lasted (None while it runs, or if its driver was killed
-    before it recorded its end)."""
-    if "seconds" in run:
-        return float(run["seconds"])
-    if run.get("end") is None:
-        return None
-    return (int(run["end"]) - int(run["start"])) / 1000
-
-
-def _check_logged(frame: pd.DataFrame, metrics: Sequence[str], sweep: str, *,
-                  typos_only: bool = False) -> None:
-    """A one-line error naming the closest logged metric if one of ``metrics`` never was
-    (with ``typos_only``, only when there is a close one)."""
-    if frame.empty:
-        return
-    logged = sorted(c[len("metrics."):] for c in frame.columns if c.startswith("metrics."))
-    for metric in metrics:
-        if metric not in logged:
-            close = difflib.get_close_matches(metric, logged, n=1)
-            if typos_only and not close:
-                continue
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise KdtuneError(f"metric {metric!r} was not logged by any trial of sweep "
-                              f"{sweep!r}{hint}; logged metrics: "
-                              f"{', '.join(logged) or '(none)'}")
-
-
 def _quote(value: str) -> str | None:
     """A filter-string literal for ``value``; None if it holds both kinds of quote."""
     if "'" not in value:
@@ -688,33 +512,3 @@ def _check_status(status: str) -> str:
     return status
 
 
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    """``None`` -> [], ``"a,b"`` or ``'["a", "b"]'`` -> ["a", "b"], a list stays a list."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        decoded = decode_param(value)
-        if isinstance(decoded, list):
-            return [str(v) for v in decoded]
-        return [p.strip() for p in value.split(",") if p.strip()]
-    return [str(v) for v in value]
-
-
-def _runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """Runs as a DataFrame: run_id, run_name, trial_id, status, start/end time, params.*,
-    metrics.*, tags.* (sorted within each group)."""
-    import pandas as pd
-
-    head = ["run_id", "run_name", "trial_id", "status", "start_time", "end_time"]
-    rows = [{"run_id": r.info.run_id, "run_name": r.info.run_name,
-             "trial_id": r.data.tags.get(TAG_TRIAL_ID), "status": r.info.status,
-             "start_time": r.info.start_time, "end_time": r.info.end_time,
-             **{f"params.{k}": v for k, v in r.data.params.items()},
-             **{f"metrics.{k}": float(v) for k, v in r.data.metrics.items()},
-             **{f"tags.{k}": v for k, v in r.data.tags.items()}} for r in runs]
-    group = {"params": 0, "metrics": 1, "tags": 2}
-    rest = sorted(set().union(*rows) - set(head), key=lambda c: (group[c.split(".")[0]], c))
-    frame = pd.DataFrame(rows, columns=head + rest)
-    for col in ("start_time", "end_time"):
-        frame[col] = pd.to_datetime(frame[col], unit="ms", utc=True)
-    return frame.astype({c: float for c in rest if c.startswith("metrics.")})

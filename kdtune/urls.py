@@ -90,16 +90,10 @@ def check_tracking_uri(uri: str, flag: str = "--mlflow-uri") -> str:
     return uri
 
 
-def check_store_flags(mlflow_uri: str | None, storage: str | None = None,
-                      study_storage: str | None = None) -> None:
-    """Check the form of each store a command is given (``--mlflow-uri``, else
-    ``$MLFLOW_TRACKING_URI``; ``--storage``; ``--study-storage``): one-line errors."""
-    import os
-
-    if mlflow_uri is not None:
-        check_tracking_uri(mlflow_uri)
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
-        check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+def check_storage_flags(storage: str | None = None, study_storage: str | None = None) -> None:
+    """Check the form of the Ray storage (``--storage``) and the study storage
+    (``--study-storage``) a command is given: one-line errors. (The tracking URI:
+    :func:`kdtune.mlflow_store.resolve_tracking_uri`.)"""
     if storage is not None:
         check_storage(storage)
     if study_storage is not None:

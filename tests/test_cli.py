@@ -1,5 +1,6 @@
-"""``kdtune train`` / ``kdtune teacher`` in-process (``main([...])``), plus one real subprocess
-proving that ``python -m kdtune`` works."""
+"""``kdtune train`` / ``kdtune teacher`` in-process (``main([...])``), the refusals the other
+commands make before they read a store, plus one real subprocess proving that ``python -m
+kdtune`` works."""
 
 from __future__ import annotations
 
@@ -228,6 +229,31 @@ def test_unknown_command_or_flag_names_the_closest(argv: list[str], line: str, t
     monkeypatch.chdir(tmp_path)
     code, out, err = run_bad(argv, capsys)
     assert (code, out, err) == (2, "", line + "\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+STORE_COMMANDS = {
+    "resume": ["resume", "x"], "best": ["best", "x"], "finalize": ["finalize", "x"],
+    "dashboard": ["dashboard", "x"], "report": ["report", "x", "--out", "r.html"],
+    "export": ["export", "x", "--format", "onnx", "--out", "s.onnx"],
+}
+
+
+@pytest.mark.parametrize("argv", STORE_COMMANDS.values(), ids=STORE_COMMANDS.keys())
+def test_every_store_command_checks_the_tracking_uri_it_is_given(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``: one line naming it, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_bad([*argv, "--mlflow-uri", "runs.db"], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"kdtune {argv[0]}: error: --mlflow-uri 'runs.db' is not a URI; "
+                          "give http(s)://"), err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite://runs.db")
+    code, out, err = run_bad(argv, capsys)
+    assert (code, out, err) == (2, "", f"kdtune {argv[0]}: error: MLFLOW_TRACKING_URI "
+                                "'sqlite://runs.db': an SQLite store is sqlite:///PATH (three "
+                                "slashes, then the file)\n")
     assert list(tmp_path.iterdir()) == []
 
 

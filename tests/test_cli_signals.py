@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kdtune import cli
+from kdtune import cli, cli_sweep
 from kdtune.errors import Interrupted
 
 
@@ -27,14 +27,14 @@ def test_the_command_makes_a_second_ctrl_c_quiet_once_it_said_how_to_go_on(
     def stopped(args: object) -> int:
         """A command stopped by a real Ctrl-C: its handler (which says how to go on at a
         second one) stays installed, as a sweep's does."""
-        from kdtune.tune.sweep import Interrupts
+        from kdtune.tune.ray_session import Interrupts
 
         with Interrupts("continue with `kdtune resume x`"):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # (the handler raises first)
         return 0
 
-    monkeypatch.setattr(cli, "cmd_best", stopped)
+    monkeypatch.setattr(cli_sweep, "cmd_best", stopped)
     monkeypatch.setattr(sys, "argv", ["kdtune", "best", "--list"])  # as the kdtune command
     assert cli.main() == 130
     assert capsys.readouterr().err.strip() == \
@@ -48,7 +48,7 @@ def test_called_as_a_function_main_leaves_the_handlers_alone(
     def stopped(args: object) -> int:
         raise Interrupted("stopped")
 
-    monkeypatch.setattr(cli, "cmd_best", stopped)
+    monkeypatch.setattr(cli_sweep, "cmd_best", stopped)
     before = signal.getsignal(signal.SIGINT)
     assert cli.main(["best", "--list"]) == 130
     assert signal.getsignal(signal.SIGINT) is before

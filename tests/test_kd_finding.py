@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kdtune.config import TrainConfig
+from kdtune.resolve import replace_config
 from kdtune.teacher import Teacher
 from kdtune.trainer import load_data, train
 
@@ -33,7 +34,7 @@ def test_vanilla_kd_beats_training_alone(per_class: int, teacher: Teacher,
     assert len(data.y_train) == 10 * per_class
     mean = {}
     for method in ("none", "vanilla"):
-        accs = [train(base.replace(method=method, seed=seed), teacher=teacher, data=data,
+        accs = [train(replace_config(base, method=method, seed=seed), teacher=teacher, data=data,
                       measure_latency=False).metrics["val_accuracy"] for seed in SEEDS]
         mean[method] = statistics.fmean(accs)
     assert mean["vanilla"] > mean["none"] + 0.01, mean

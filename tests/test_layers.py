@@ -33,8 +33,6 @@ import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import pytest
-
 import kdtune
 
 KDTUNE = Path(kdtune.__file__).parent
@@ -43,32 +41,18 @@ KDTUNE = Path(kdtune.__file__).parent
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("kdtune", "kdtune.errors", "kdtune.vocabulary", "kdtune.paths",
                    "kdtune.urls", "kdtune.versions", "kdtune.cache", "kdtune.coerce",
-                   "kdtune.registry"),
+                   "kdtune.registry", "kdtune.pareto"),
     "config": ("kdtune.config",),
     "components": ("kdtune.data", "kdtune.models", "kdtune.methods", "kdtune.metrics"),
     "checks": ("kdtune.resolve", "kdtune.no_effect", "kdtune.train_flags"),
     "run": ("kdtune.trainer", "kdtune.teacher", "kdtune.teacher_store", "kdtune.report",
             "kdtune.demo"),
-    "record": ("kdtune.tracking", "kdtune.sqlite_store"),
+    "record": ("kdtune.tracking", "kdtune.sqlite_store", "kdtune.mlflow_store", "kdtune.runs"),
     "tune": ("kdtune.tune",),
     "results": ("kdtune.best", "kdtune.finalize", "kdtune.export", "kdtune.sweep_results",
                 "kdtune.sweep_report"),
-    "cli": ("kdtune.cli", "kdtune.__main__"),
+    "cli": ("kdtune.cli", "kdtune.cli_sweep", "kdtune.__main__"),
 }
-
-#: Upward imports still in the code, each ``(importer, imported)``: every one is an expected
-#: failure (``xfail(strict=True)``), so removing the import turns its test into an error that
-#: says to delete the entry. Empty this list; never add to it.
-PENDING: list[tuple[str, str, str]] = [
-    ("kdtune.config", "kdtune.resolve",
-     "TrainConfig.from_dict/from_yaml/field_names/key_types/replace(method=...) forward to "
-     "kdtune.resolve (config_from_dict, config_from_yaml, config_keys, key_types, "
-     "replace_config) until their callers call kdtune.resolve themselves: kdtune/tune/space.py, "
-     "sweep.py, trainable.py, latency_board.py, finalize.py, best.py, export.py, "
-     "benchmarks/bench_asha.py, tests/tune/*, tests/test_kd_finding.py; then delete those "
-     "methods and kdtune.config._coerce (-> kdtune.coerce.coerce)"),
-]
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(KDTUNE.parent).with_suffix("").parts
@@ -171,25 +155,14 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_no_module_imports_a_higher_layer() -> None:
-    pending = {(a, b) for a, b, _ in PENDING}
     names = list(LAYERS)
     found = [f"{a} ({names[layer_of(a)]}) imports {b} ({names[layer_of(b)]})"
-             for a, b in upward(graph()) if (a, b) not in pending]
+             for a, b in upward(graph())]
     assert found == []
 
 
 def test_no_circle() -> None:
-    edges = graph()
-    pending = {(a, b) for a, b, _ in PENDING}
-    assert circles({a: {b for b in bs if (a, b) not in pending}
-                    for a, bs in edges.items()}) == []
-
-
-@pytest.mark.parametrize(("importer", "imported"), [
-    pytest.param(a, b, marks=pytest.mark.xfail(strict=True, reason=why), id=f"{a}->{b}")
-    for a, b, why in PENDING])
-def test_pending_upward_import_is_gone(importer: str, imported: str) -> None:
-    assert imported not in graph()[importer]
+    assert circles(graph()) == []
 
 
 def test_the_checker_sees_lazy_and_relative_imports() -> None:

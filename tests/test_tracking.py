@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from kdtune.errors import KdtuneError
-from kdtune.tracking import (
-    Tracker,
-    best_configs,
-    config_from_run,
-    decode_param,
-    default_store,
-    default_tracking_uri,
-    encode_param,
-)
+from kdtune.mlflow_store import default_store, default_tracking_uri
+from kdtune.runs import config_from_run, decode_param, encode_param
+from kdtune.tracking import Tracker, best_configs
 
 pytest.importorskip("mlflow")
 pytest.importorskip("pandas")

@@ -40,7 +40,7 @@ class Written:
 
 def default_out(names: Sequence[str]) -> Path:
     """``./kdtune-runs/reports/<name>[+<name2>...].html``."""
-    from kdtune.tracking import default_store
+    from kdtune.mlflow_store import default_store
 
     return default_store() / REPORTS_DIRNAME / ("+".join(names) + ".html")
 
@@ -50,11 +50,12 @@ def write_report(names: Sequence[str], *, tracking_uri: str, out: str | Path | N
     """Write the report of sweeps ``names`` to ``out`` (default :func:`default_out`) and log
     its figures to the sweeps' parent runs. ``importances`` (by sweep name) replaces what
     :func:`~kdtune.sweep_report.importances.parameter_importances` returns."""
+    from kdtune.mlflow_store import require_store
     from kdtune.sweep_report.figures import alpha_overlay, sweep_figures
     from kdtune.sweep_report.importances import parameter_importances
     from kdtune.sweep_report.page import render
     from kdtune.sweep_report.sweep_data import load_sweep
-    from kdtune.tracking import Tracker, require_store
+    from kdtune.tracking import Tracker
 
     names = list(names)
     if not names:

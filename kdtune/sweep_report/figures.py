@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kdtune.pareto import pareto_front
 from kdtune.sweep_report.sweep_data import (
     Grid,
     Series,
@@ -79,16 +80,11 @@ def _id_list(ids: Sequence[str]) -> str:
 
 
 # -- accuracy against latency and size, with the Pareto front -------------------------------------
-def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats (smaller or equal x and larger or equal
-    y, one of them strictly), sorted by x."""
-    order = sorted(range(len(xs)), key=lambda i: (xs[i], -ys[i]))
-    front, best = [], -math.inf
-    for i in order:
-        if ys[i] > best:
-            front.append(i)
-            best = ys[i]
-    return front
+def accuracy_cost_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
+    """Indices of the trials no other trial beats on both accuracy ``ys`` (larger) and cost
+    ``xs`` (smaller), sorted by cost: the staircase the figure draws."""
+    front = pareto_front([(x, -y) for x, y in zip(xs, ys, strict=True)])
+    return sorted(front, key=lambda i: (xs[i], -ys[i]))
 
 
 def accuracy_front(data: SweepData) -> Drawn | None:
@@ -119,7 +115,7 @@ def accuracy_front(data: SweepData) -> Drawn | None:
             pts = [(x, y) for x, y, m in zip(xs, ys, methods, strict=True) if m == method]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=28, alpha=0.8,
                        color=colours[method], label=str(method))
-        front = pareto_front(xs, ys)
+        front = accuracy_cost_front(xs, ys)
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="black",
                 linewidth=1.2, marker="s", markersize=9, markerfacecolor="none",
                 label="Pareto front")

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kdtune.runs import decode_param, driver_run_seconds
 from kdtune.sweep_results import (
     NOT_A_SETTING,
     TeacherFacts,
@@ -19,7 +20,7 @@ from kdtune.sweep_results import (
     objective,
     teacher_facts,
 )
-from kdtune.tracking import Tracker, decode_param, driver_run_seconds
+from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     STAGE_FINAL,
     TAG_DRIVER_RUNS,

@@ -38,7 +38,8 @@ from rich.live import Live
 from rich.table import Table
 
 from kdtune.config import saved_config
-from kdtune.tracking import Tracker, transient_tracking_error
+from kdtune.mlflow_store import transient_tracking_error
+from kdtune.tracking import Tracker
 from kdtune.tune.searcher import stopped_early
 from kdtune.tune.study import SweepStudy
 from kdtune.tune.trainable import (

@@ -139,8 +139,7 @@ def seed_board(board: Any, runs: pd.DataFrame, data: DataSplits) -> int:
     how many figures it published."""
     import ray
 
-    from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import run_config
     from kdtune.trainer import build_student
 
     figures: dict[str, Figure] = {}
@@ -152,8 +151,7 @@ def seed_board(board: Any, runs: pd.DataFrame, data: DataSplits) -> int:
         if not known:
             continue
         try:
-            config = TrainConfig.from_dict(
-                config_from_run(row, fields=TrainConfig.field_names()), where="a trial")
+            config = run_config(row, where="a trial")
             model = build_student(config, data)
         except KdtuneError:  # logged by another kdtune version: that trial's figure is lost
             continue

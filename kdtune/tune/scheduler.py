@@ -1,4 +1,5 @@
-"""Early stopping at rungs (ASHA; MO-ASHA for several objectives), decided from the study.
+"""The sweep's trial scheduler: early stopping at rungs (ASHA; MO-ASHA for several
+objectives), decided from the study, or none (FIFO).
 
 Rungs lie at ``grace_period * reduction_factor**k`` epochs below ``max_t``; a trial that passes
 them trains all its epochs. A trial reaching a rung is compared with the trials recorded at
@@ -20,13 +21,41 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from kdtune.pareto import non_dominated_fronts
 from kdtune.tune.study import ATTR_RAY_ID, ATTR_RUNG, SweepStudy
 from kdtune.tune.trainable import EPOCH_KEY
+from kdtune.vocabulary import RUNG_METRICS
+
+if TYPE_CHECKING:
+    from kdtune.tune.space import SearchSpace
+
+
+def trial_scheduler(space: SearchSpace, study: SweepStudy) -> FIFOScheduler:
+    """The sweep's Ray Tune trial scheduler: ASHA (MO-ASHA for several objectives) with its
+    rungs in the study, or FIFO."""
+    s = space.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    assert s.grace_period is not None and s.reduction_factor is not None and s.max_t is not None
+    metrics, modes = rung_objectives(space)
+    return RungScheduler(study, metrics=metrics, modes=modes, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, max_t=s.max_t)
+
+
+def rung_objectives(space: SearchSpace) -> tuple[list[str], list[str]]:
+    """What early stopping compares at a rung: the scheduler's per-epoch metric, and with
+    several objectives also the cost objectives (known from the first epoch on)."""
+    s = space.scheduler
+    assert s.metric is not None and s.mode is not None
+    costs = [o for o in space.objectives if o.metric not in RUNG_METRICS]
+    if not space.multi_objective:
+        costs = []
+    return [s.metric, *(o.metric for o in costs)], [s.mode, *(o.mode for o in costs)]
 
 
 def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[float]:
@@ -58,23 +87,6 @@ def rung_keeps(values: Sequence[Sequence[float]], modes: Sequence[str],
         rank.update({i: (f, -d) for i, d in zip(front, distance, strict=True)})
     above = sum(rank[i] < rank[len(points) - 1] for i in range(len(earlier)))
     return above < math.ceil(len(earlier) / reduction_factor)
-
-
-def non_dominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
-    """Indices of ``points`` (to minimise) by front: the first holds those no point dominates,
-    the next those only the first dominates, and so on."""
-    left = list(range(len(points)))
-    fronts = []
-    while left:
-        front = [i for i in left if not any(_dominates(points[j], points[i]) for j in left)]
-        fronts.append(front)
-        left = [i for i in left if i not in front]
-    return fronts
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and \
-        any(x < y for x, y in zip(a, b, strict=True))
 
 
 def crowding_distance(points: Sequence[Sequence[float]]) -> list[float]:

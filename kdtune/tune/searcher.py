@@ -37,6 +37,7 @@ from kdtune.tune.study import (
     ATTR_SPACE,
     ATTR_SPACE_SHA,
     SweepStudy,
+    load_unchanged_space,
 )
 from kdtune.tune.trainable import EPOCH_KEY, FAILURE_KEY, PLANNED_KEY
 from kdtune.urls import redact
@@ -193,13 +194,8 @@ class _Session:
 
     @classmethod
     def load(cls, sweep_study: SweepStudy) -> _Session:
-        from kdtune.errors import KdtuneError
-        from kdtune.tune.space import load_space
-
         attrs = sweep_study.attrs
-        space = load_space(attrs[ATTR_SPACE])
-        if space.sha256 != attrs[ATTR_SPACE_SHA]:
-            raise KdtuneError(f"{space.source} changed since the sweep started; restore it")
+        space = load_unchanged_space(attrs[ATTR_SPACE], attrs[ATTR_SPACE_SHA], sweep_study.name)
         session = cls(sweep_study, space, attrs)
         for trial_id, t in sweep_study.sweep_trials().items():
             session.add(trial_id, t.number, session.config_of(t),

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
+    from kdtune.tune.space import SearchSpace
+
 STUDY_FILENAME = "optuna.db"
 #: User attribute of an Optuna trial: the Ray trial it is.
 ATTR_RAY_ID = "ray_trial_id"
@@ -70,6 +72,18 @@ def study_of_sweep(name: str, tags: Mapping[str, str], study_storage: str | None
         raise KdtuneError(f"no study {name!r} in {redact(url)}; pass --study-storage with "
                           "the storage the sweep was started with")
     return study
+
+
+def load_unchanged_space(source: str, sha256: str, sweep: str) -> SearchSpace:
+    """The space file sweep ``sweep`` was started with (``source``, recorded with its
+    ``sha256``), read again; a one-line error when it changed since."""
+    from kdtune.tune.space import load_space
+
+    space = load_space(source)
+    if space.sha256 != sha256:
+        raise KdtuneError(f"{space.source} changed since sweep {sweep!r} started (sha256 "
+                          f"{sha256[:12]} -> {space.sha256[:12]}); restore it")
+    return space
 
 
 def default_study_url(store_root: Path) -> str:

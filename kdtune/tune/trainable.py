@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdtune.config import TrainConfig
 from kdtune.tune.latency_board import SharedLatency
+from kdtune.tune.overlay import trial_train_config
 from kdtune.vocabulary import SPREAD_METRICS
 
 if TYPE_CHECKING:  # torch: imported by a trial when it starts, by the driver beside Ray's start
@@ -62,8 +63,8 @@ class TrialSettings:
 
     def config(self, params: Mapping[str, Any], seed: int) -> TrainConfig:
         """The trial's full config for one seed (``teacher`` names the driver's checkpoint)."""
-        return TrainConfig.from_dict({**self.fixed, **params, **self.overrides, "seed": seed,
-                                      "teacher": self.teacher_path}, where="trial")
+        return trial_train_config(self.fixed, params, seed=seed, where="trial",
+                                  **self.overrides, teacher=self.teacher_path)
 
 
 @dataclass

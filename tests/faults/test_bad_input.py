@@ -184,8 +184,8 @@ def test_on_an_autoscaling_cluster_such_a_trial_is_a_warning(
     from rich.console import Console
 
     from kdtune.errors import KdtuneError
+    from kdtune.tune.ray_session import check_resources
     from kdtune.tune.space import load_space
-    from kdtune.tune.sweep import check_resources
 
     space = load_space(write_space(tmp_path, teacher_path, resources={"cpus": 64, "gpus": 1}))
     shown = io.StringIO()

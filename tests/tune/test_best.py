@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from kdtune.cli import main
-from kdtune.config import TrainConfig
-from kdtune.tracking import best_configs, decode_param
+from kdtune.resolve import config_from_yaml
+from kdtune.runs import decode_param
+from kdtune.tracking import best_configs
 
 from .conftest import (
     BASE_SPACE,
@@ -115,7 +116,7 @@ def test_config_out_retrains_with_kdtune_train(asha_sweep: SweepRecord, tmp_path
     for key in ("method", "hidden", "lr", "epochs", "teacher", "dataset"):
         assert written[key] == decode_param(best[f"params.{key}"]), key
     assert "seeds" not in written and "out" not in written
-    TrainConfig.from_yaml(out)  # valid as it is
+    config_from_yaml(out)  # valid as it is
 
     assert main(["train", "--config", str(out), "--epochs", "1", "--json"]) == 0
     metrics = last_json(capsys.readouterr().out)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from kdtune.cli import main
-from kdtune.config import TrainConfig
 from kdtune.data import load_dataset
 from kdtune.data.datasets import _digits_arrays
 from kdtune.models import create_model
+from kdtune.resolve import config_from_dict
 from kdtune.tracking import Tracker
 
 from .conftest import SweepRecord, new_store, sqlite_uri
@@ -33,7 +33,7 @@ def student_from_mlflow(record: SweepRecord, run_id: str, folder: Path) -> tuple
     """The student rebuilt straight from its run's ``student.pt`` (not through kdtune export)."""
     path = record.tracker().client.download_artifacts(run_id, "student.pt", str(folder))
     state = torch.load(path, weights_only=True)
-    config = TrainConfig.from_dict(state["config"])
+    config = config_from_dict(state["config"])
     model = create_model(config.model, 10, (1, 8, 8), **config.model_kwargs())
     model.load_state_dict(state["state_dict"])
     return config, model.eval()

@@ -22,6 +22,7 @@ from kdtune.finalize import (
     t_interval,
     trial_id_of,
 )
+from kdtune.resolve import config_from_dict, config_keys
 from kdtune.sweep_results import final_mask
 
 from .conftest import BASE_SPACE, SweepRecord, new_store, sqlite_uri, write_space
@@ -251,16 +252,14 @@ def test_a_smaller_top_leaves_the_others_out_of_the_table(
 
 
 def _config(params: dict[str, Any]) -> Any:
-    from kdtune.config import TrainConfig
 
-    return TrainConfig.from_dict(params)
+    return config_from_dict(params)
 
 
 def _key(row: Any) -> tuple[str, str, int]:
-    from kdtune.config import TrainConfig
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
 
-    config = TrainConfig.from_dict(config_from_run(row, fields=TrainConfig.field_names()))
+    config = config_from_dict(config_from_run(row, fields=config_keys()))
     return job_key(row["tags.kdtune.role"], row["tags.kdtune.finalist"], config,
                    json.loads(row["params.seed"]))
 
@@ -285,8 +284,7 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
     without a baseline; one by part of the config mixes A's, C's and D's."""
     import pandas as pd
 
-    from kdtune.config import TrainConfig
-    from kdtune.tracking import encode_param
+    from kdtune.runs import encode_param
     from kdtune.tune.callbacks import describe
     from kdtune.tune.trainable import TrialSettings
 
@@ -296,7 +294,7 @@ def test_each_finalist_is_paired_with_its_own_baseline_shared_or_not() -> None:
                  "E": ("vanilla", [8], 0.1)}
     kd_knobs = {"E": {"alpha": 0.3, "temperature": 8.0}}  # E: A with other KD weights
     trials = pd.DataFrame([
-        {"trial_id": t, **{f"params.{k}": encode_param(v) for k, v in TrainConfig.from_dict(
+        {"trial_id": t, **{f"params.{k}": encode_param(v) for k, v in config_from_dict(
             {**fixed, "method": m, "hidden": h, "lr": lr, "seed": 0, **kd_knobs.get(t, {})}
         ).to_dict().items()}}
         for t, (m, h, lr) in finalists.items()])
@@ -343,11 +341,10 @@ def test_the_baseline_of_a_feature_distiller_is_the_student_alone() -> None:
     alone would still train the student on the teacher's features."""
     import pandas as pd
 
-    from kdtune.config import TrainConfig
     from kdtune.finalize import baseline_key
-    from kdtune.tracking import encode_param
+    from kdtune.runs import encode_param
 
-    config = TrainConfig.from_dict({"dataset": "digits", "model": "mlp", "hidden": [8],
+    config = config_from_dict({"dataset": "digits", "model": "mlp", "hidden": [8],
                                     "method": "vanilla", "feature_method": "fitnet",
                                     "feature_weight": 10.0, "seed": 0})
     trials = pd.DataFrame([{"trial_id": "A", **{f"params.{k}": encode_param(v)
@@ -360,4 +357,4 @@ def test_the_baseline_of_a_feature_distiller_is_the_student_alone() -> None:
     kd = next(j["params"] for j in jobs if j["role"] == "kd")
     assert kd["feature_method"] == "fitnet" and kd["feature_weight"] == 10.0
     # summarise finds it from the finalist's config, and from the baseline's own
-    assert baseline_key(config) == baseline_key(TrainConfig.from_dict(alone))
+    assert baseline_key(config) == baseline_key(config_from_dict(alone))

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from kdtune.cli import main
-from kdtune.config import TrainConfig
+from kdtune.resolve import config_from_dict, config_keys
+from kdtune.runs import config_from_run, driver_run_seconds
 from kdtune.sweep_report import write_report
 from kdtune.sweep_report.figures import (
     HEIGHT,
@@ -43,7 +44,7 @@ from kdtune.sweep_report.sweep_data import (
     on_grid,
 )
 from kdtune.sweep_results import TeacherFacts
-from kdtune.tracking import Tracker, config_from_run, driver_run_seconds
+from kdtune.tracking import Tracker
 from kdtune.vocabulary import (
     TAG_DRIVER_RUNS,
     TAG_FINALIST,
@@ -221,7 +222,7 @@ def test_leaderboard_spread_is_the_seeds_spread(alpha_sweeps: tuple[SweepRecord,
         (r.values["val_accuracy"].mean for r in rows), reverse=True)
     top = rows[0]
     run = data.trials[data.trials[f"tags.{TAG_READABLE_ID}"] == top.label].iloc[0]
-    config = TrainConfig.from_dict(config_from_run(run, fields=TrainConfig.field_names()))
+    config = config_from_dict(config_from_run(run, fields=config_keys()))
     assert config.teacher == str(teacher_path) and config.alpha in ALPHAS
     per_seed = [train(config.replace(seed=seed), measure_latency=False).metrics
                 for seed in (0, 1)]

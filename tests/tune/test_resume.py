@@ -285,7 +285,7 @@ def test_restore_finds_a_checkpoint_deleted_before_the_snapshot(asha_sweep, tmp_
     """The snapshot names checkpoint N, Ray had already deleted it for N+1 (num_to_keep=1)."""
     from ray import tune
 
-    from kdtune.tune.sweep import repair_checkpoints
+    from kdtune.tune.recovery import repair_checkpoints
     from kdtune.tune.trainable import run_trial
 
     copy = tmp_path / "exp"

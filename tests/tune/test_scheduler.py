@@ -22,7 +22,6 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from kdtune.tune.scheduler import (
     RungScheduler,
     crowding_distance,
-    non_dominated_fronts,
     rung_keeps,
     rung_milestones,
 )
@@ -125,16 +124,6 @@ def test_rung_keeps_decides_as_rays_asha_scheduler() -> None:
             ours = [rung_keeps([[v] for v in values[:i + 1]], ["max"], rf)
                     for i in range(len(values))]
             assert ours == ray_asha_decisions(values, rf), (values, rf)
-
-
-def test_non_dominated_fronts() -> None:
-    points = [(1, 5), (2, 3), (4, 1), (3, 4), (5, 5), (4, 4)]
-    # (3, 4) is dominated by (2, 3) only; (4, 4) by (3, 4) too; (5, 5) by everything
-    assert non_dominated_fronts(points) == [[0, 1, 2], [3], [5], [4]]
-    assert non_dominated_fronts([(1, 1), (1, 1), (2, 2)]) == [[0, 1], [2]]  # equal: same front
-    assert non_dominated_fronts([(2, 1), (1, 2)]) == [[0, 1]]
-    assert non_dominated_fronts([(3,), (1,), (2,), (1,)]) == [[1, 3], [2], [0]]
-    assert non_dominated_fronts([]) == []
 
 
 def test_crowding_distance() -> None:

@@ -30,6 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
 from kdtune.tune import searcher as searcher_module
+from kdtune.tune.ray_session import trial_dirname_of
+from kdtune.tune.recovery import reask_lost_trials
 from kdtune.tune.searcher import (
     StudySearcher,
     config_key,
@@ -39,7 +41,6 @@ from kdtune.tune.searcher import (
 )
 from kdtune.tune.space import expand_grid, grid_points, load_space
 from kdtune.tune.study import ATTR_RAY_ID, ATTR_REASKED, ATTR_REPEAT_OF, SweepStudy
-from kdtune.tune.sweep import reask_lost_trials, trial_dirname_of
 
 from .conftest import write_space
 

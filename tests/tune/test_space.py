@@ -532,14 +532,14 @@ def test_trial_config_rejects_bad_params() -> None:
 ])
 def test_asha_ranks_by_the_scheduler_metric(tmp_path: Path, scheduler: dict[str, Any],
                                             objective: Any, expected: tuple[str, str]) -> None:
+    from kdtune.tune.scheduler import trial_scheduler
     from kdtune.tune.study import SweepStudy
-    from kdtune.tune.sweep import make_scheduler
 
     sampler = "nsga2" if isinstance(objective, list) else "tpe"
     space = load_space(write(tmp_path, edit(scheduler={"type": "asha", **scheduler},
                                             objective=objective, search__sampler=sampler)))
     assert (space.scheduler.metric, space.scheduler.mode) == expected
-    rungs = make_scheduler(space, SweepStudy(f"sqlite:///{tmp_path}/optuna.db", "s"))
+    rungs = trial_scheduler(space, SweepStudy(f"sqlite:///{tmp_path}/optuna.db", "s"))
     assert (rungs.metrics[0], rungs.modes[0]) == expected
 
 

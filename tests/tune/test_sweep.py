@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 import kdtune
 from kdtune.cli import main
-from kdtune.config import TrainConfig
-from kdtune.tracking import config_from_run, decode_param
+from kdtune.resolve import config_from_dict, config_keys
+from kdtune.runs import config_from_run, decode_param
 from kdtune.vocabulary import LATENCY_SPREAD_METRICS, TEACHER_LATENCY_SPREAD
 
 from .conftest import BASE_SPACE, SweepRecord, sqlite_uri, write_space
@@ -95,7 +95,7 @@ def test_child_params_are_the_full_resolved_config(asha_sweep: SweepRecord,
     for _, row in tracker.trial_runs("asha").iterrows():
         run = tracker.client.get_run(row["run_id"])
         params = run.data.params
-        config = TrainConfig.from_dict(config_from_run(params, TrainConfig.field_names()))
+        config = config_from_dict(config_from_run(params, config_keys()))
         assert set(params) == set(config.to_dict()) | {"seeds"}  # the method's own keys only
         # fixed + the trial's own parameters + what the search layer fills in
         assert (config.dataset, config.model, config.epochs, config.batch_size) == \
@@ -164,7 +164,7 @@ def test_best_student_weights_are_logged(asha_sweep: SweepRecord, tmp_path: Path
     local = tracker.client.download_artifacts(best["run_id"], "student.pt", str(tmp_path))
     saved = torch.load(local, weights_only=True)
     assert saved["format"] == "kdtune-student/1"
-    config = TrainConfig.from_dict(saved["config"])
+    config = config_from_dict(saved["config"])
     assert config.hidden == tuple(decode_param(best["params.hidden"]))
     # the weights are the trained student's: its first layer has the configured width
     first = next(v for k, v in saved["state_dict"].items() if k.endswith("weight"))

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from kdtune.cli import main
-from kdtune.tracking import Tracker, driver_run_seconds
+from kdtune.runs import driver_run_seconds
+from kdtune.tracking import Tracker
 
 from .conftest import SweepRecord, new_store, sqlite_uri, write_space
 
@@ -136,8 +137,9 @@ def test_the_teacher_is_said_to_be_trained_or_reused_before_it_is(asha_sweep: Sw
 
     from rich.console import Console
 
+    from kdtune.tune.prepare import prepare_context
     from kdtune.tune.space import load_space
-    from kdtune.tune.sweep import Store, prepare_context
+    from kdtune.tune.stores import Store
 
     lines = asha_sweep.output.splitlines()
     assert lines[0] == "training the teacher once on the driver ..."

@@ -159,7 +159,7 @@ def test_warm_start_runs_the_best_configs_of_another_sweep_first(
     assert "warm start: 2 configuration(s) of sweep 'small'" in capsys.readouterr().out
     import optuna
 
-    from kdtune.tracking import config_from_run
+    from kdtune.runs import config_from_run
     from kdtune.tune.space import load_space, params_in_space, suggest
 
     loaded = load_space(space)

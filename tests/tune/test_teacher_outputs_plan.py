@@ -11,8 +11,9 @@ from rich.console import Console
 from kdtune.config import TrainConfig
 from kdtune.teacher import save_teacher, view_key
 from kdtune.trainer import load_data, train
+from kdtune.tune.prepare import prepare_context
 from kdtune.tune.space import load_space
-from kdtune.tune.sweep import Store, prepare_context
+from kdtune.tune.stores import Store
 
 
 @pytest.fixture(scope="module")
