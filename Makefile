@@ -15,7 +15,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check kdtune tests benchmarks
-	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -q -n 2 --dist loadscope $(PYTEST_ARGS); rc=$$?; \
 	 if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; exit $$rc
 
 bench: setup

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError, choose_one, did_you_mean
 from kdtune.pareto import pareto_front
-from kdtune.resolve import config_from_dict, config_keys
 from kdtune.vocabulary import (
     DIRECTIONS,
     MODES,
@@ -89,13 +88,15 @@ def config_from_run(row_or_params: Mapping[str, Any] | pd.Series,
     return out
 
 
-
 def run_config(row_or_params: Mapping[str, Any] | pd.Series, where: str = "config"
                ) -> TrainConfig:
     """The training config a run logged as its params (see :func:`config_from_run`),
-    validated; logged keys that are not config fields (``seeds``) are left out."""
-    return config_from_dict(config_from_run(row_or_params, fields=config_keys()),
-                                 where=where)
+    validated; logged keys that are not config fields (``seeds``) are left out. The method
+    registry it validates against is imported here, on the first call: ``kdtune best``
+    imports it only to write ``--config-out``."""
+    from kdtune.resolve import config_from_dict, config_keys
+
+    return config_from_dict(config_from_run(row_or_params, fields=config_keys()), where=where)
 
 
 def rank_trials(frame: pd.DataFrame, sweep: str, *, metrics: Sequence[str],

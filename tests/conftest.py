@@ -9,6 +9,11 @@
 * ``teacher_config``: the config behind it; ``tiny_student(**changes)``: a few-second MLP
   student config distilled from it.
 
+``make test`` runs two pytest-xdist workers, a test module at a time each
+(``--dist loadscope``): a module's tests run in order on one worker and share its
+module-scoped fixtures; each worker builds the session fixtures (the teacher, the shared sweep,
+its local Ray) once for itself.
+
 Torch runs single-threaded here: the CI machines have few, shared cores, and intra-op threads
 make the tiny models these tests train tens of times slower, not faster.
 """

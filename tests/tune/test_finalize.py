@@ -227,6 +227,7 @@ def test_a_smaller_top_leaves_the_others_out_of_the_table(
     record, _, flags = finalized
     tracker = record.tracker()
     before = tracker.final_runs("fin")
+    driver_runs = tracker.sweep_run("fin").data.tags["kdtune.driver_runs"]
     first = trial_id_of(tracker.best_configs("fin", metrics=["val_accuracy"], modes=["max"],
                                              top=1).iloc[0])
     capsys.readouterr()
@@ -244,11 +245,11 @@ def test_a_smaller_top_leaves_the_others_out_of_the_table(
     assert "keep their runs" in out
     # the report and export see the finalists of this table only
     assert set(runs.loc[final_mask(runs, "kd"), "tags.kdtune.finalist"]) == {first}
-    # the parent run records each driver run that trained (a finalize that reused every run
-    # trained nothing and is not one)
+    # the parent run records each driver run that trained: a finalize that reused every run
+    # trained nothing and is not one
     parent = tracker.sweep_run("fin").data.tags["kdtune.driver_runs"]
-    assert [r["kind"] for r in json.loads(parent)] == ["search", "finalize", "extend",
-                                                       "finalize"]
+    assert parent == driver_runs
+    assert [r["kind"] for r in json.loads(parent)][:2] == ["search", "finalize"]
 
 
 def _config(params: dict[str, Any]) -> Any:
