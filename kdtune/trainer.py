@@ -103,8 +103,8 @@ def warmup_scale(epoch: int, kd_warmup: int) -> float:
     return min(1.0, epoch / kd_warmup) if kd_warmup > 0 else 1.0
 
 
-def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer
-                   ) -> torch.optim.lr_scheduler.LRScheduler:
+def lr_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer
+                ) -> torch.optim.lr_scheduler.LRScheduler:
     """Multistep (x0.2 at 30/60/80% of the epochs, as in D'Amicantonio 2021, "Improvements to
     Knowledge Distillation on Deep Neural Networks", MSc thesis, University of Bologna) or
     cosine, stepped per epoch."""
@@ -154,7 +154,7 @@ class TrainingRun:
         self.optimizer = torch.optim.SGD(trained, lr=config.lr,
                                          momentum=config.momentum,
                                          weight_decay=config.weight_decay)
-        self.scheduler = make_scheduler(config, self.optimizer)
+        self.scheduler = lr_schedule(config, self.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.elapsed = 0.0

@@ -23,7 +23,7 @@ from kdtune.trainer import (
     TrainingRun,
     TrainResult,
     load_data,
-    make_scheduler,
+    lr_schedule,
     resolve_device,
     train,
 )
@@ -251,7 +251,7 @@ def test_checkpoint_loads_weights_only(tiny_student, digits: DataSplits, tmp_pat
 def test_schedules() -> None:
     def lrs(schedule: str, epochs: int) -> list[float]:
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        sched = make_scheduler(TrainConfig(schedule=schedule, epochs=epochs), opt)
+        sched = lr_schedule(TrainConfig(schedule=schedule, epochs=epochs), opt)
         out = []
         for _ in range(epochs):
             out.append(opt.param_groups[0]["lr"])

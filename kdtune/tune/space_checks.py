@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError, did_you_mean
 from kdtune.tune.sampling import MAX_CONFIGS, expand, plain
-from kdtune.tune.space_schema import DATA_KEYS, RUNG_METRICS, TEACHER_DEFAULT_KEYS, At, coerce
+from kdtune.tune.space_schema import DATA_KEYS, RUNG_METRICS, TEACHER_DEFAULT_KEYS, At, coerce_key
 from kdtune.tune.space_values import hashable
 from kdtune.vocabulary import MODES as METRIC_MODES
 
@@ -52,7 +52,7 @@ def conditions(name: str, when: Mapping[str, tuple[Any, ...]] | None,
         allowed: list[Any] = []
         for value in values:
             with contextlib.suppress(KdtuneError):  # not of the type: not a choice either
-                value = hashable(coerce(ref, value))
+                value = hashable(coerce_key(ref, value))
             if value not in ref_p.choices:
                 raise At(where, f"impossible condition: {plain(value)!r} is not a choice of "
                                 f"{ref} (choices: {', '.join(shown)})"

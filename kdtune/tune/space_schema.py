@@ -148,7 +148,7 @@ def base_type(hint: Any) -> type:
     return tuple if typing.get_origin(hint) is tuple else hint
 
 
-def coerce(name: str, value: Any, hint: Any = None) -> Any:
+def coerce_key(name: str, value: Any, hint: Any = None) -> Any:
     """``value`` as config key ``name`` (of type ``hint``, looked up when None) takes it
     (:func:`kdtune.coerce.coerce`), with ``on``/``off`` for true/false; else
     :class:`KdtuneError` without a location."""
@@ -216,7 +216,7 @@ def _value_schema(hint: Any, names: list[str] | None, param: Any) -> dict[str, A
 def _value_type(name: str, hint: Any, names: list[str] | None, param: Any, check: bool) -> Any:
     """The type of key ``name``'s value: coerced like a config's, range-checked when ``check``."""
     def validate(value: Any) -> Any:
-        out = coerce(name, value, hint)
+        out = coerce_key(name, value, hint)
         if check:
             check_alone(name, out)
         return out
