@@ -105,11 +105,12 @@ def _check_run_folder(out: str, *, force: bool) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
+    # refusals of bad input come before torch is imported
+    config = _config_from_args(args, method="none", teacher=None)
     from kdtune import report
     from kdtune.paths import writable_folder
     from kdtune.teacher_store import obtain_teacher, teachers_folder
 
-    config = _config_from_args(args, method="none", teacher=None)
     writable_folder(teachers_folder(config), "--out")
     path, metrics, reused = obtain_teacher(config, retrain=args.retrain,
                                            callbacks=[report.epoch_printer()])

@@ -109,12 +109,16 @@ def _local_ray_on_loopback(args: argparse.Namespace) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    _local_ray_on_loopback(args)
-    from kdtune.tune.sweep import run_sweep
-
+def _check_num_samples(args: argparse.Namespace) -> None:
     if args.num_samples is not None and args.num_samples < 1:
         raise KdtuneError(f"--num-samples {args.num_samples} must be >= 1")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    _local_ray_on_loopback(args)
+    _check_num_samples(args)
+    from kdtune.tune.sweep import run_sweep
+
     outcome = run_sweep(args.space, name=args.name, address=args.address,
                         mlflow_uri=args.mlflow_uri, storage=args.storage,
                         study_storage=args.study_storage, num_samples=args.num_samples)
@@ -123,10 +127,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     _local_ray_on_loopback(args)
+    _check_num_samples(args)
     from kdtune.tune.sweep import resume_sweep
 
-    if args.num_samples is not None and args.num_samples < 1:
-        raise KdtuneError(f"--num-samples {args.num_samples} must be >= 1")
     outcome = resume_sweep(args.name, address=args.address, mlflow_uri=args.mlflow_uri,
                            storage=args.storage, study_storage=args.study_storage,
                            num_samples=args.num_samples)

@@ -16,14 +16,7 @@ import torch
 from torch import nn
 
 from kdtune.errors import KdtuneError, choose_one
-from kdtune.models.catalog import (  # noqa: F401  (the registry side, re-exported)
-    MODELS,
-    ModelSpec,
-    list_models,
-    model_options,
-    register_model,
-    unregister_model,
-)
+from kdtune.models.catalog import MODELS
 
 
 class Features(NamedTuple):

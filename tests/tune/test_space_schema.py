@@ -19,11 +19,11 @@ from kdtune.errors import KdtuneError
 from kdtune.tune.space import load_space
 from kdtune.tune.space_schema import json_schema
 
+from .test_shipped_spaces import EXAMPLES
 from .test_space import BASE, edit, write
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
-DOCS = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md")])
 
 
 class Yaml12Loader(yaml.SafeLoader):
@@ -51,18 +51,6 @@ def problems(validator: jsonschema.Draft202012Validator, data: Any) -> list[str]
             for e in validator.iter_errors(data)]
 
 
-def yaml_examples() -> list[tuple[str, str]]:
-    """(``file:line``, text) of every fenced ```yaml block in README.md and docs/."""
-    found = []
-    for doc in DOCS:
-        text = doc.read_text()
-        for match in re.finditer(r"^```yaml\n(.*?)^```", text, re.S | re.M):
-            line = text[:match.start()].count("\n") + 1
-            found.append((f"{doc.relative_to(ROOT)}:{line}", match.group(1)))
-    return found
-
-
-EXAMPLES = yaml_examples()
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
