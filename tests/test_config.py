@@ -81,8 +81,8 @@ def test_negative_list_keeps_its_sign() -> None:
 
 def test_scalars_are_coerced() -> None:
     cfg = config_from_dict({"alpha": 1, "temperature": "3", "epochs": 5.0, "lr": 1,
-                                 "seed": "7", "download": "yes", "train_per_class": 10,
-                                 "teacher": None})
+                            "seed": "7", "download": "yes", "train_per_class": 10,
+                            "teacher": None})
     assert (cfg.alpha, cfg.temperature, cfg.epochs, cfg.lr, cfg.seed) == (1.0, 3.0, 5, 1.0, 7)
     assert isinstance(cfg.alpha, float) and isinstance(cfg.epochs, int)
     assert cfg.download is True and cfg.teacher is None
@@ -255,7 +255,7 @@ def test_unset_method_parameters_are_not_given(tmp_path: Path) -> None:
 
 def test_replace_with_another_method_keeps_the_parameters_it_declares() -> None:
     cfg = config_from_dict({"method": "dkd", "nckd_weight": 2,
-                                 "logit_standardization": True})
+                            "logit_standardization": True})
     assert replace_config(cfg, alpha=0.2).method_params["nckd_weight"] == 2.0
     assert replace_config(cfg, method="vanilla").method_params == {
         "logit_standardization": True}

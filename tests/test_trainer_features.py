@@ -52,7 +52,7 @@ def student(teacher_path: Path, **changes: object) -> TrainConfig:
                       batch_size=32, device="cpu", seed=1, lr=0.05)
     base.update(changes)
     return config_from_dict({k: list(v) if isinstance(v, tuple) else v
-                                  for k, v in base.items()})
+                             for k, v in base.items()})
 
 
 def _state(m: torch.nn.Module) -> dict[str, torch.Tensor]:

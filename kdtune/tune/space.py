@@ -22,6 +22,7 @@ from kdtune.config import TrainConfig, parse_yaml
 from kdtune.errors import KdtuneError
 from kdtune.resolve import config_from_dict
 from kdtune.tune import space_checks as rules
+from kdtune.tune.overlay import trial_train_config
 from kdtune.tune.sampling import expand_grid, grid_points, optuna_params, params_in_space, suggest
 from kdtune.tune.space_branches import Branches
 from kdtune.tune.space_checks import teacher_dict
@@ -48,10 +49,7 @@ __all__ = [
 def trial_config(space: SearchSpace, params: Mapping[str, Any], *,
                  seed: int | None = None) -> TrainConfig:
     """The trial's :class:`TrainConfig`: ``fixed`` overlaid with ``params`` (and ``seed``)."""
-    data = {**space.fixed, **params}
-    if seed is not None:
-        data["seed"] = seed
-    return config_from_dict(data, where=f"{space.source}: trial")
+    return trial_train_config(space.fixed, params, seed=seed, where=f"{space.source}: trial")
 
 
 def teacher_config(space: SearchSpace) -> TrainConfig | None:
@@ -63,7 +61,7 @@ def teacher_config(space: SearchSpace) -> TrainConfig | None:
     if space.teacher is None or space.teacher.config is None:
         return None
     return config_from_dict(teacher_dict(space.fixed, space.teacher.config),
-                                 where=f"{space.source}: teacher")
+                            where=f"{space.source}: teacher")
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kdtune.config import TrainConfig
 from kdtune.errors import KdtuneError
 from kdtune.resolve import config_from_dict
+from kdtune.tune.overlay import trial_train_config
 from kdtune.tune.sampling import MAX_CONFIGS, expand, plain
 from kdtune.tune.space_checks import default, teacher_dict
 from kdtune.tune.space_schema import NOT_TEACHER, At
@@ -175,7 +176,7 @@ class Branches:
         from kdtune.no_effect import no_effect
 
         try:
-            cfg = config_from_dict({**fixed, **params})
+            cfg = trial_train_config(fixed, params)
         except KdtuneError as exc:
             raise At(key, f"{exc}{_in_trial(params)}") from None
         for name in fixed:  # a fixed value has an effect when it has one in some trial

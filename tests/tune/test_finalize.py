@@ -346,8 +346,8 @@ def test_the_baseline_of_a_feature_distiller_is_the_student_alone() -> None:
     from kdtune.runs import encode_param
 
     config = config_from_dict({"dataset": "digits", "model": "mlp", "hidden": [8],
-                                    "method": "vanilla", "feature_method": "fitnet",
-                                    "feature_weight": 10.0, "seed": 0})
+                               "method": "vanilla", "feature_method": "fitnet",
+                               "feature_weight": 10.0, "seed": 0})
     trials = pd.DataFrame([{"trial_id": "A", **{f"params.{k}": encode_param(v)
                                                 for k, v in config.to_dict().items()}}])
     jobs = finalist_jobs(trials, [1, 2])
