@@ -22,7 +22,8 @@ from kdtune.finalize import (
     t_interval,
     trial_id_of,
 )
-from kdtune.resolve import config_from_dict, config_keys
+from kdtune.resolve import config_from_dict
+from kdtune.runs import run_config
 from kdtune.sweep_results import final_mask
 
 from .conftest import BASE_SPACE, SweepRecord, new_store, sqlite_uri, write_space
@@ -258,9 +259,8 @@ def _config(params: dict[str, Any]) -> Any:
 
 
 def _key(row: Any) -> tuple[str, str, int]:
-    from kdtune.runs import config_from_run
 
-    config = config_from_dict(config_from_run(row, fields=config_keys()))
+    config = run_config(row)
     return job_key(row["tags.kdtune.role"], row["tags.kdtune.finalist"], config,
                    json.loads(row["params.seed"]))
 

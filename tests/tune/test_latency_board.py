@@ -13,7 +13,7 @@ from torch import nn
 
 from kdtune.metrics import LATENCY_POLICY, Latency, cpu_latency
 from kdtune.models import create_model
-from kdtune.resolve import config_from_dict, config_keys
+from kdtune.runs import run_config
 from kdtune.tune.latency_board import (
     LatencyBoard,
     SharedLatency,
@@ -135,7 +135,6 @@ def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
     import ray
 
     from kdtune.config import TrainConfig
-    from kdtune.runs import config_from_run
     from kdtune.trainer import build_student, load_data
 
     runs = asha_sweep.tracker().trial_runs("asha")
@@ -147,7 +146,7 @@ def test_a_resumed_sweep_starts_from_the_figures_in_mlflow(ray_session: None,
     widths = {row["params.hidden"] for _, row in finished.iterrows()}
     assert published == 2 * len(widths)  # b1 and b256 of each architecture
     for _, row in finished.iterrows():
-        config = config_from_dict(config_from_run(row, fields=config_keys()))
+        config = run_config(row)
         model = build_student(config, data)
         for batch, metric in LATENCY_FIGURES.items():
             key = board_key(model, data.in_shape, batch)
@@ -165,7 +164,6 @@ def test_figures_recorded_without_a_spread_are_seeded_without_one(
     import ray
 
     from kdtune.config import TrainConfig
-    from kdtune.runs import config_from_run
     from kdtune.trainer import build_student, load_data
 
     runs = asha_sweep.tracker().trial_runs("asha")
@@ -174,7 +172,7 @@ def test_figures_recorded_without_a_spread_are_seeded_without_one(
     board = start_board()
     assert seed_board(board, without, data) > 0
     row = without[without["metrics.latency_ms_b1"].notna()].iloc[0]
-    config = config_from_dict(config_from_run(row, fields=config_keys()))
+    config = run_config(row)
     ms, iqr = ray.get(board.get.remote(board_key(build_student(config, data),
                                                  data.in_shape, 1)))
     assert ms == row["metrics.latency_ms_b1"] and math.isnan(iqr)

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 
 from kdtune.cli import main
-from kdtune.resolve import config_from_dict, config_keys
-from kdtune.runs import config_from_run, driver_run_seconds
+from kdtune.runs import driver_run_seconds, run_config
 from kdtune.sweep_report import write_report
 from kdtune.sweep_report.figures import (
     HEIGHT,
@@ -222,7 +221,7 @@ def test_leaderboard_spread_is_the_seeds_spread(alpha_sweeps: tuple[SweepRecord,
         (r.values["val_accuracy"].mean for r in rows), reverse=True)
     top = rows[0]
     run = data.trials[data.trials[f"tags.{TAG_READABLE_ID}"] == top.label].iloc[0]
-    config = config_from_dict(config_from_run(run, fields=config_keys()))
+    config = run_config(run)
     assert config.teacher == str(teacher_path) and config.alpha in ALPHAS
     per_seed = [train(config.replace(seed=seed), measure_latency=False).metrics
                 for seed in (0, 1)]

@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 import kdtune
 from kdtune.cli import main
-from kdtune.resolve import config_from_dict, config_keys
-from kdtune.runs import config_from_run, decode_param
+from kdtune.resolve import config_from_dict
+from kdtune.runs import decode_param, run_config
 from kdtune.vocabulary import LATENCY_SPREAD_METRICS, TEACHER_LATENCY_SPREAD
 
 from .conftest import BASE_SPACE, SweepRecord, sqlite_uri, write_space
@@ -95,7 +95,7 @@ def test_child_params_are_the_full_resolved_config(asha_sweep: SweepRecord,
     for _, row in tracker.trial_runs("asha").iterrows():
         run = tracker.client.get_run(row["run_id"])
         params = run.data.params
-        config = config_from_dict(config_from_run(params, config_keys()))
+        config = run_config(params)
         assert set(params) == set(config.to_dict()) | {"seeds"}  # the method's own keys only
         # fixed + the trial's own parameters + what the search layer fills in
         assert (config.dataset, config.model, config.epochs, config.batch_size) == \
