@@ -1,4 +1,4 @@
-"""The main job on the embedded digits data, as seed 001 (the lecture) tells it.
+"""The main job on the embedded digits data, as the lecture tells it.
 
 A 1200-1200 MLP teacher is trained on the full training part; small MLP students are then
 trained on a reduced set (a few images per class) alone (``none``) and with vanilla KD,

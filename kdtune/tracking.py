@@ -454,7 +454,7 @@ def best_configs(name: str, *, metric: str | Sequence[str] | None = None,
     front); a comma-separated string counts as a list. A metric given without a mode takes the
     sweep's mode for it, else its natural one (max for accuracies and speedup, min for
     params, FLOPs, latency, time, losses). ``tracking_uri`` defaults to the local store in
-    the current folder. Use :func:`config_from_run` on a row to rebuild its config.
+    the current folder. :func:`kdtune.runs.run_config` rebuilds a row's config.
     """
     uri = tracking_uri or default_tracking_uri(default_store())
     require_store(uri)
