@@ -149,9 +149,9 @@ def test_a_method_plugin_is_in_the_schema(validator: jsonschema.Draft202012Valid
         load_space(write(tmp_path, data))  # unregistered: a model without it
 
 
-def test_kdtune_space_schema_prints_it_without_ray_or_mlflow() -> None:
+def test_kdtune_space_schema_prints_it_without_torch_ray_or_mlflow() -> None:
     code = ("import sys; from kdtune.cli import main; code = main(['space-schema']); "
-            "assert not {'ray', 'mlflow', 'optuna'} & set(sys.modules), 'imported'; "
+            "assert not {'torch', 'ray', 'mlflow', 'optuna'} & set(sys.modules), 'imported'; "
             "sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, check=True)
